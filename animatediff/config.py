@@ -1,0 +1,390 @@
+"""Typed, frozen configuration for every job, loaded from YAML presets with dotted overrides.
+
+    cfg = load_config("configs/tiny.yaml", ["train.max_steps=20", "model.motion.num_layers=2"])
+
+Each section is a frozen dataclass; every field carries a docstring (the string literal under it).
+Validation lives in ``__post_init__`` and raises ``ConfigError`` naming the option, e.g.
+``model.motion.num_heads: must divide ...``. Unknown keys are errors, never silently ignored.
+Sections owned by later stages (data, train, serve, ...) are added to ``Config`` below in the same
+style.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or invalid; the message names the option."""
+
+
+def _check(condition: bool, option: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{option}: {message}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    path: str
+    """A LoRA ``.safetensors`` file (kohya/A1111 or diffusers/PEFT key style) merged into the base."""
+    scale: float = 1.0
+    """Multiplier of the LoRA update ``scale * up @ down``."""
+
+
+@dataclass(frozen=True)
+class BaseModelConfig:
+    pretrained: str = "builtin:tiny"
+    """Frozen SD 1.5 base: a diffusers pipeline directory, a hub id (machines with internet), or
+    ``builtin:tiny`` (random weights built deterministically from ``tiny_seed``; offline, tests)."""
+    single_file: str | None = None
+    """Optional personalized checkpoint (a single-file SD ``.safetensors``, DreamBooth-style) whose
+    UNet, VAE and text encoder replace the base's."""
+    loras: tuple[LoraConfig, ...] = ()
+    """LoRA weights merged into the frozen base, in order, before the motion module is injected."""
+    tiny_seed: int = 0
+    """Seed of the ``builtin:tiny`` random weights; every process builds the same model."""
+    cache_dir: str = "~/.cache/animatediff"
+    """Where ``builtin:tiny`` is materialised as a diffusers directory."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.pretrained), "model.base.pretrained", "must not be empty")
+
+
+@dataclass(frozen=True)
+class MotionModuleConfig:
+    num_layers: int = 1
+    """Transformer blocks per motion module (the released v1/v2/v3 modules use 1)."""
+    num_heads: int = 8
+    """Attention heads of the temporal self-attention."""
+    attention_blocks: int = 2
+    """Temporal self-attention layers per transformer block (the original uses 2)."""
+    max_frames: int = 32
+    """Length of the sinusoidal position encoding (v1: 24, v2/v3: 32)."""
+    norm_groups: int = 32
+    """GroupNorm groups at the module input."""
+    norm_eps: float = 1e-6
+    """GroupNorm epsilon."""
+    cross_frame_norm: bool = False
+    """False: GroupNorm per frame, as the original AnimateDiff. True: statistics span all frames of
+    a clip, as diffusers' ``MotionAdapter`` (needed for bit-parity with diffusers)."""
+    mid_block: bool = True
+    """Insert a motion module in the UNet mid block (v2 layout); False gives the v1/v3 layout."""
+    ff_mult: int = 4
+    """GEGLU feed-forward width multiplier."""
+    zero_init_out: bool = True
+    """Zero-initialise ``proj_out`` (weight and bias) so a fresh module is the identity."""
+    gradient_checkpointing: bool = False
+    """Recompute motion-module and UNet activations in the backward pass to save memory."""
+
+    def __post_init__(self) -> None:
+        for name in ("num_layers", "num_heads", "attention_blocks", "max_frames", "norm_groups"):
+            _check(getattr(self, name) >= 1, f"model.motion.{name}", "must be >= 1")
+        _check(self.ff_mult >= 1, "model.motion.ff_mult", "must be >= 1")
+        _check(self.norm_eps > 0, "model.motion.norm_eps", "must be > 0")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    num_train_timesteps: int = 1000
+    """Length of the training noise schedule."""
+    beta_start: float = 0.00085
+    """First beta of the schedule."""
+    beta_end: float = 0.012
+    """Last beta of the schedule (AnimateDiff trains with 0.012, SD 1.5 itself with 0.012 too)."""
+    beta_schedule: Literal["linear", "scaled_linear"] = "linear"
+    """``linear`` (AnimateDiff's training setup) or ``scaled_linear`` (SD 1.5's)."""
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    """What the UNet predicts, and so what the L2 loss compares against."""
+    caption_dropout: float = 0.1
+    """Probability that a training caption is replaced by the empty prompt (enables CFG)."""
+
+    def __post_init__(self) -> None:
+        _check(self.num_train_timesteps >= 1, "model.diffusion.num_train_timesteps", "must be >= 1")
+        _check(
+            0 < self.beta_start < self.beta_end < 1,
+            "model.diffusion.beta_start",
+            f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}",
+        )
+        _check(
+            self.beta_schedule in ("linear", "scaled_linear"),
+            "model.diffusion.beta_schedule",
+            f"must be 'linear' or 'scaled_linear', got {self.beta_schedule!r}",
+        )
+        _check(
+            self.prediction_type in ("epsilon", "v_prediction"),
+            "model.diffusion.prediction_type",
+            f"must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}",
+        )
+        _check(
+            0 <= self.caption_dropout <= 1, "model.diffusion.caption_dropout", "must be in [0, 1]"
+        )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    base: BaseModelConfig = field(default_factory=BaseModelConfig)
+    """The frozen Stable Diffusion base and its personalisation."""
+    motion: MotionModuleConfig = field(default_factory=MotionModuleConfig)
+    """The trainable motion module."""
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    """Noise schedule and training objective."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    scheduler: str = "DDIMScheduler"
+    """A diffusers scheduler class name (``DDIMScheduler``, ``EulerDiscreteScheduler``, ...)."""
+    num_inference_steps: int = 25
+    """Denoising steps."""
+    guidance_scale: float = 7.5
+    """Classifier-free guidance scale; 1.0 disables the unconditional pass."""
+    num_frames: int = 16
+    """Frames to generate; longer than ``context_frames`` uses sliding windows."""
+    height: int = 256
+    """Output height in pixels (multiple of 8)."""
+    width: int = 256
+    """Output width in pixels (multiple of 8)."""
+    context_frames: int = 16
+    """Sliding-window length over the frame axis (the training length)."""
+    context_overlap: int = 4
+    """Frames shared by neighbouring windows, blended with weights."""
+    decode_chunk_frames: int = 8
+    """Frames decoded by the VAE at once, bounding decode memory."""
+    fps: int = 8
+    """Frame rate of exported videos."""
+    negative_prompt: str = ""
+    """Default negative prompt."""
+    seed: int = 42
+    """Default seed; the same seed and inputs give the same video."""
+
+    def __post_init__(self) -> None:
+        for name in ("num_inference_steps", "num_frames", "context_frames", "decode_chunk_frames"):
+            _check(getattr(self, name) >= 1, f"sample.{name}", "must be >= 1")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            _check(
+                value > 0 and value % 8 == 0,
+                f"sample.{name}",
+                f"must be a positive multiple of 8, got {value}",
+            )
+        _check(
+            0 <= self.context_overlap < self.context_frames,
+            "sample.context_overlap",
+            "must be >= 0 and smaller than sample.context_frames",
+        )
+        _check(self.guidance_scale >= 1.0, "sample.guidance_scale", "must be >= 1.0")
+        _check(self.fps >= 1, "sample.fps", "must be >= 1")
+
+
+# ---------------------------------------------------------------------------------------------
+# The root config. Later stages add their sections here (data, train, serve, mlflow, ray).
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Base model, motion module and diffusion objective."""
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    """Text-to-video sampling defaults."""
+    output_dir: str = "outputs"
+    """Where jobs write their results (local path or ``s3://``)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: YAML -> nested dataclasses, dotted overrides, and back to plain dicts.
+# ---------------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(value: Any, tp: Any, option: str) -> Any:
+    """Convert a YAML value to the annotated type ``tp``; raise ``ConfigError`` naming ``option``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, option)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if errors else f"{option}: invalid value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{option}: must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{option}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{option}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ConfigError(f"{option}: expected {len(args)} items, got {len(value)}")
+        return tuple(_coerce(v, a, f"{option}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{option}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(v, args[1], f"{option}.{k}") for k, v in value.items()}
+    if _is_dataclass_type(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{option}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, prefix=option)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{option}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{option}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{option}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{option}: expected a string, got {value!r}")
+    raise ConfigError(f"{option}: unsupported annotation {tp!r}")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a nested mapping; unknown keys raise ``ConfigError``."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"{where}: unknown option (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in data.items():
+        option = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, hints[name], option)
+    try:
+        return cls(**kwargs)
+    except TypeError as error:  # a required field is missing
+        raise ConfigError(f"{prefix or cls.__name__}: {error}") from error
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The config as plain YAML-able data (tuples become lists)."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(config)
+
+
+def flatten(config: Any) -> dict[str, Any]:
+    """``{"model.motion.num_layers": 1, ...}``: for MLflow params and printing."""
+    flat: dict[str, Any] = {}
+
+    def walk(value: Any, prefix: str) -> None:
+        if isinstance(value, dict):
+            for key, sub in value.items():
+                walk(sub, f"{prefix}.{key}" if prefix else key)
+        else:
+            flat[prefix] = value
+
+    walk(to_dict(config), "")
+    return flat
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings to a nested mapping; values are parsed as YAML scalars."""
+    data = _deep_copy(data)
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(f"{override}: overrides look like key.sub=value")
+        key, raw = override.split("=", 1)
+        key = key.strip().removeprefix("--")
+        if not key:
+            raise ConfigError(f"{override}: empty option name")
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{key}: {part} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data
+
+
+def load_config(
+    path: str | Path | None = None, overrides: Sequence[str] = (), cls: type[T] = Config
+) -> T:
+    """Load a YAML preset (or the defaults when ``path`` is None) and apply dotted overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text()
+        loaded = yaml.safe_load(text)
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        data = loaded or {}
+    return from_dict(cls, apply_overrides(data, overrides))
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def parse_cli(argv: Sequence[str] | None = None, description: str = "") -> tuple[Config, list[str]]:
+    """Shared CLI of ``python -m jobs.<name> --config configs/x.yaml key.sub=value ...``.
+
+    Returns the loaded config and the raw overrides (for logging)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", default=None, help="YAML preset under configs/")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=10")
+    args = parser.parse_args(argv)
+    return load_config(args.config, args.overrides), list(args.overrides)
