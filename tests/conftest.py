@@ -28,7 +28,9 @@ def ray_cluster():
     (see docs in README, "Ray on small machines")."""
     import ray
 
+    # address="local": always a fresh cluster, never one that `ray start` left on this machine.
     ray.init(
+        address="local",
         num_cpus=4,
         include_dashboard=False,
         log_to_driver=False,
