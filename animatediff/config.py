@@ -195,6 +195,169 @@ class SampleConfig:
 
 
 # ---------------------------------------------------------------------------------------------
+# Training and experiment tracking
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data_uri: str = ""
+    """Latent shards (Parquet directory, local path or ``s3://``) written by the data pipeline."""
+    val_data_uri: str | None = None
+    """Shards for the validation loss; None reuses ``train.data_uri``."""
+    val_max_clips: int = 8
+    """Clips of the validation set used for the validation loss (fixed noise, fixed timesteps)."""
+    num_workers: int = 2
+    """Ray Train workers (data-parallel ranks)."""
+    use_gpu: bool = False
+    """One GPU per worker (NCCL); False trains on CPU with the gloo backend."""
+    cpus_per_worker: float = 1.0
+    """Logical CPUs reserved per worker; keep some free for Ray Data on small machines."""
+    max_steps: int = 1000
+    """Optimizer steps to train (the run ends there; resumed runs count from their checkpoint)."""
+    batch_size: int = 1
+    """Clips per worker per micro-batch."""
+    grad_accum_steps: int = 1
+    """Micro-batches accumulated per optimizer step (global batch = workers * batch * accum)."""
+    lr: float = 1e-4
+    """Peak AdamW learning rate."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    weight_decay: float = 1e-2
+    """AdamW decoupled weight decay."""
+    warmup_steps: int = 0
+    """Linear warm-up from 0 to ``train.lr`` over these optimizer steps."""
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """After warm-up: ``constant`` or ``cosine`` decay to 0 at ``train.max_steps``."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clipping threshold; 0 disables."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage: 0 (plain data parallel), 2 (shard optimizer state and gradients) or
+    3 (also parameters)."""
+    offload_optimizer: bool = False
+    """ZeRO optimizer state offload to CPU memory (stage 2/3; compiles DeepSpeed's CPUAdam)."""
+    mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """``auto``: bf16 on GPU, fp32 on CPU."""
+    seed: int = 0
+    """Seeds model init, data shuffling and per-step noise: a run is reproducible."""
+    shuffle_buffer: int = 0
+    """Rows of the local shuffle buffer per worker (seeded per epoch); 0 keeps the shard order."""
+    prefetch_batches: int = 2
+    """Batches Ray Data prepares ahead of the training step."""
+    checkpoint_every: int = 100
+    """Save a checkpoint every this many optimizer steps (and at the end); 0: only at the end."""
+    keep_last: int = 3
+    """Checkpoints kept in storage (older ones are deleted)."""
+    storage_path: str = "outputs/ray_results"
+    """Where Ray Train keeps runs and checkpoints: a local path or ``s3://bucket/prefix``."""
+    run_name: str = "animatediff-motion"
+    """Ray Train run name; re-running with the same name and storage resumes from the latest
+    checkpoint."""
+    max_failures: int = 2
+    """Worker-group restarts (from the latest checkpoint) before the run fails; -1: unlimited."""
+    log_every: int = 1
+    """Log metrics every this many optimizer steps."""
+    validate_every: int = 0
+    """Validation loss and sample GIFs every this many steps (and at the end); 0: only at the end."""
+    validation_prompts: tuple[str, ...] = ("a corgi running on the beach",)
+    """Fixed prompts rendered to GIFs at each validation (empty: no samples)."""
+    validation_seed: int = 1234
+    """Seed of validation noise, timesteps and samples."""
+    validation_steps: int = 0
+    """Denoising steps of validation samples; 0 uses ``sample.num_inference_steps``."""
+    register: bool = True
+    """Register the final motion module in the MLflow model registry (alias ``candidate``)."""
+    fault_injection_step: int | None = None
+    """Testing only: the last rank kills its own process at this step on the first attempt (no
+    checkpoint restored yet), exercising ``train.max_failures``."""
+
+    def __post_init__(self) -> None:
+        for name in ("num_workers", "max_steps", "batch_size", "grad_accum_steps", "keep_last"):
+            _check(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
+        for name in ("warmup_steps", "checkpoint_every", "validate_every", "prefetch_batches"):
+            _check(getattr(self, name) >= 0, f"train.{name}", "must be >= 0")
+        _check(self.val_max_clips >= 1, "train.val_max_clips", "must be >= 1")
+        _check(self.shuffle_buffer >= 0, "train.shuffle_buffer", "must be >= 0")
+        _check(self.validation_steps >= 0, "train.validation_steps", "must be >= 0")
+        _check(self.log_every >= 1, "train.log_every", "must be >= 1")
+        _check(self.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0")
+        _check(self.lr > 0, "train.lr", "must be > 0")
+        _check(
+            all(0 <= b < 1 for b in self.betas), "train.betas", f"must be in [0, 1), got {self.betas}"
+        )
+        _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables)")
+        _check(
+            self.zero_stage in (0, 2, 3),
+            "train.zero_stage",
+            f"must be 0, 2 or 3, got {self.zero_stage}",
+        )
+        _check(
+            not (self.offload_optimizer and self.zero_stage == 0),
+            "train.offload_optimizer",
+            "needs train.zero_stage 2 or 3",
+        )
+        _check(
+            self.lr_schedule in ("constant", "cosine"),
+            "train.lr_schedule",
+            f"must be 'constant' or 'cosine', got {self.lr_schedule!r}",
+        )
+        _check(
+            self.mixed_precision in ("auto", "bf16", "fp32"),
+            "train.mixed_precision",
+            f"must be 'auto', 'bf16' or 'fp32', got {self.mixed_precision!r}",
+        )
+        _check(
+            not (self.mixed_precision == "bf16" and not self.use_gpu),
+            "train.mixed_precision",
+            "bf16 needs train.use_gpu (CPU trains in fp32)",
+        )
+        _check(self.max_failures >= -1, "train.max_failures", "must be >= -1")
+        _check(bool(self.run_name), "train.run_name", "must not be empty")
+        _check(bool(self.storage_path), "train.storage_path", "must not be empty")
+        _check(
+            self.fault_injection_step is None or self.fault_injection_step >= 1,
+            "train.fault_injection_step",
+            "must be >= 1",
+        )
+
+    @property
+    def precision(self) -> str:
+        """The resolved precision: ``bf16`` or ``fp32``."""
+        if self.mixed_precision == "auto":
+            return "bf16" if self.use_gpu else "fp32"
+        return self.mixed_precision
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    enabled: bool = True
+    """Track runs and register models in MLflow (rank 0 only)."""
+    tracking_uri: str = ""
+    """Tracking store; empty: ``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///mlflow.db``."""
+    artifact_location: str = ""
+    """Artifact root of a new experiment; empty: ``mlartifacts`` next to a SQLite store, the
+    server's default with a tracking server."""
+    experiment: str = "animatediff-motion"
+    """Experiment name (created when missing)."""
+    registered_model: str = "animatediff-motion-module"
+    """Registry name of the trained motion module; new versions get alias ``candidate``."""
+    candidate_alias: str = "candidate"
+    """Alias set on every newly registered version."""
+    champion_alias: str = "champion"
+    """Alias that ``jobs.promote`` moves to a version that passes the check."""
+
+    def __post_init__(self) -> None:
+        for name in ("experiment", "registered_model", "candidate_alias", "champion_alias"):
+            _check(bool(getattr(self, name)), f"mlflow.{name}", "must not be empty")
+        _check(
+            self.candidate_alias != self.champion_alias,
+            "mlflow.champion_alias",
+            "must differ from mlflow.candidate_alias",
+        )
+
+
+# ---------------------------------------------------------------------------------------------
 # The root config. Later stages add their sections here (data, train, serve, mlflow, ray).
 # ---------------------------------------------------------------------------------------------
 
@@ -207,6 +370,10 @@ class Config:
     """Text-to-video sampling defaults."""
     output_dir: str = "outputs"
     """Where jobs write their results (local path or ``s3://``)."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Motion-module training on Ray Train + DeepSpeed (``python -m jobs.train``)."""
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    """Experiment tracking and the model registry."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,7 +416,7 @@ def _coerce(value: Any, tp: Any, option: str) -> Any:
             return tuple(_coerce(v, args[0], f"{option}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
             raise ConfigError(f"{option}: expected {len(args)} items, got {len(value)}")
-        return tuple(_coerce(v, a, f"{option}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+        return tuple(_coerce(v, a, f"{option}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{option}: expected a mapping, got {value!r}")
