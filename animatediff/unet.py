@@ -1,0 +1,251 @@
+"""The inflated video UNet: a frozen diffusers ``UNet2DConditionModel`` plus AnimateDiff motion modules.
+
+Frames are folded into the batch (``b c f h w -> (b f) c h w``) for every 2D layer; a motion module
+follows every resnet/attention pair at every resolution level of the down and up paths, and the
+attention of the mid block when the motion config asks for it (v2 layout). The forward re-runs the
+diffusers blocks' loops (resnets, attentions, down/upsamplers) so the motion modules slot in exactly
+where diffusers' ``UNetMotionModel`` puts them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from animatediff.config import MotionModuleConfig
+from animatediff.motion_module import MotionModules
+
+_DOWN_TYPES = {"CrossAttnDownBlock2D", "DownBlock2D"}
+_UP_TYPES = {"CrossAttnUpBlock2D", "UpBlock2D"}
+_MID_TYPE = "UNetMidBlock2DCrossAttn"
+
+# One step of a layer group: ("resnet" | "attn" | "motion", module).
+Step = tuple[str, nn.Module]
+
+
+def _check_supported(unet2d: nn.Module) -> None:
+    """Refuse UNet features this forward does not implement, instead of silently ignoring them."""
+    config = unet2d.config
+    problems = []
+    if not set(config.down_block_types) <= _DOWN_TYPES:
+        problems.append(
+            f"down_block_types {tuple(config.down_block_types)} (supported: {_DOWN_TYPES})"
+        )
+    if not set(config.up_block_types) <= _UP_TYPES:
+        problems.append(f"up_block_types {tuple(config.up_block_types)} (supported: {_UP_TYPES})")
+    if config.mid_block_type != _MID_TYPE or len(unet2d.mid_block.attentions) != 1:
+        problems.append(
+            f"mid_block_type {config.mid_block_type!r} (supported: {_MID_TYPE} with 1 attention)"
+        )
+    if not isinstance(config.layers_per_block, int):
+        problems.append(f"per-block layers_per_block {config.layers_per_block}")
+    if unet2d.class_embedding is not None or config.addition_embed_type is not None:
+        problems.append("class / addition embeddings")
+    if unet2d.encoder_hid_proj is not None:
+        problems.append("encoder_hid_proj")
+    if problems:
+        raise ValueError(
+            "VideoUNet cannot inflate this UNet2DConditionModel: " + "; ".join(problems)
+        )
+
+
+class VideoUNet(nn.Module):
+    """A frozen 2D UNet (``.unet2d``, the caller's modules, shared not copied) and trainable
+    ``.motion_modules``.
+
+    ``forward(sample: (batch, channels, frames, height, width), timestep: () or (batch,),
+    encoder_hidden_states: (batch, tokens, dim)) -> (batch, out_channels, frames, height, width)``.
+    """
+
+    def __init__(
+        self, unet2d: nn.Module, motion_modules: MotionModules, motion_cfg: MotionModuleConfig
+    ) -> None:
+        super().__init__()
+        _check_supported(unet2d)
+        config = unet2d.config
+        expected = (tuple(config.block_out_channels), config.layers_per_block, motion_cfg.mid_block)
+        found = (
+            motion_modules.block_out_channels,
+            motion_modules.layers_per_block,
+            motion_modules.mid_block is not None,
+        )
+        if expected != found:
+            raise ValueError(
+                "motion modules do not fit this UNet: (block_out_channels, layers_per_block, "
+                f"model.motion.mid_block) is {expected} for the UNet/config but {found} for the modules"
+            )
+        unet2d.requires_grad_(False)
+        self.unet2d = unet2d
+        self.motion_modules = motion_modules
+        self.motion_cfg = motion_cfg
+        self.gradient_checkpointing = False
+        if motion_cfg.gradient_checkpointing:
+            self.enable_gradient_checkpointing()
+
+    @classmethod
+    def from_unet2d(
+        cls,
+        unet2d: nn.Module,
+        motion_cfg: MotionModuleConfig,
+        motion_modules: MotionModules | None = None,
+    ) -> VideoUNet:
+        """Inflate ``unet2d`` (its modules are reused and frozen in place). Without
+        ``motion_modules`` fresh ones are built on the UNet's device and dtype (identity at start
+        when ``motion_cfg.zero_init_out``)."""
+        if motion_modules is None:
+            with torch.device(unet2d.device):
+                motion_modules = MotionModules(
+                    tuple(unet2d.config.block_out_channels),
+                    unet2d.config.layers_per_block,
+                    motion_cfg,
+                )
+            motion_modules.to(dtype=unet2d.dtype)
+        return cls(unet2d, motion_modules, motion_cfg)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The motion-module parameters: the only ones that train."""
+        return list(self.motion_modules.parameters())
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute activations in the backward pass: each resnet/attention/motion-module group,
+        the upsamplers and the output head keep only their input."""
+        self.gradient_checkpointing = True
+        # The groups already cover the motion modules; checkpointing them again would recompute twice.
+        self.motion_modules.set_gradient_checkpointing(False)
+
+    def disable_gradient_checkpointing(self) -> None:
+        self.gradient_checkpointing = False
+        self.motion_modules.set_gradient_checkpointing(False)
+
+    # -- forward ------------------------------------------------------------------------------
+
+    def _checkpointed(self, fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+    def _group(
+        self,
+        steps: list[Step],
+        hidden: torch.Tensor,
+        emb: torch.Tensor,
+        text: torch.Tensor,
+        num_frames: int,
+    ) -> torch.Tensor:
+        """Run resnet / cross-attention / motion-module steps on (batch*frames, C, H, W)."""
+
+        def run(hidden: torch.Tensor, emb: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+            for kind, module in steps:
+                if kind == "resnet":
+                    hidden = module(hidden, emb)
+                elif kind == "attn":
+                    hidden = module(hidden, encoder_hidden_states=text, return_dict=False)[0]
+                else:
+                    hidden = module(hidden, num_frames)
+            return hidden
+
+        return self._checkpointed(run, hidden, emb, text)
+
+    def _time_embedding(
+        self, timestep: torch.Tensor | float | int, sample: torch.Tensor
+    ) -> torch.Tensor:
+        """(batch, time_embed_dim) from a scalar, () or (batch,) timestep."""
+        unet, batch = self.unet2d, sample.shape[0]
+        if not torch.is_tensor(timestep):
+            dtype = torch.float32 if isinstance(timestep, float) else torch.int64
+            timestep = torch.tensor(timestep, dtype=dtype, device=sample.device)
+        if timestep.ndim == 0:
+            timestep = timestep[None]
+        if timestep.ndim != 1 or timestep.shape[0] not in (1, batch):
+            raise ValueError(
+                f"timestep must be a scalar or have shape ({batch},), got {tuple(timestep.shape)}"
+            )
+        t_emb = unet.time_proj(timestep.to(sample.device).expand(batch)).to(sample.dtype)
+        emb = unet.time_embedding(t_emb)
+        return emb if unet.time_embed_act is None else unet.time_embed_act(emb)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        encoder_hidden_states: torch.Tensor,
+    ) -> torch.Tensor:
+        """``sample``: (batch, channels, frames, height, width); ``timestep``: () or (batch,);
+        ``encoder_hidden_states``: (batch, tokens, dim) -> (batch, out_channels, frames, height, width)."""
+        if sample.ndim != 5:
+            raise ValueError(
+                f"sample must be (batch, channels, frames, height, width), got {tuple(sample.shape)}"
+            )
+        batch, channels, frames, height, width = sample.shape
+        if encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[0] != batch:
+            raise ValueError(
+                f"encoder_hidden_states must be ({batch}, tokens, dim), got "
+                f"{tuple(encoder_hidden_states.shape)}"
+            )
+        if frames > self.motion_cfg.max_frames:
+            raise ValueError(
+                f"{frames} frames exceed model.motion.max_frames={self.motion_cfg.max_frames}; "
+                "use sliding context windows"
+            )
+        unet, mm = self.unet2d, self.motion_modules
+
+        # Fold frames into the batch; every per-clip input is repeated per frame in (b f) order.
+        hidden = sample.transpose(1, 2).reshape(batch * frames, channels, height, width)
+        emb = self._time_embedding(timestep, sample).repeat_interleave(frames, dim=0)
+        text = encoder_hidden_states.repeat_interleave(frames, dim=0)
+        if unet.config.center_input_sample:
+            hidden = 2 * hidden - 1.0
+        # Sizes that are not multiples of the total upsampling must be forwarded to the upsamplers.
+        forward_upsample_size = any(s % 2**unet.num_upsamplers for s in (height, width))
+
+        hidden = unet.conv_in(hidden)
+        skips = [hidden]
+        for block, motion in zip(unet.down_blocks, mm.down_blocks):
+            attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
+            for resnet, attn, motion_module in zip(
+                block.resnets, attentions, motion.motion_modules
+            ):
+                steps = [("resnet", resnet), ("attn", attn), ("motion", motion_module)]
+                hidden = self._group(
+                    [s for s in steps if s[1] is not None], hidden, emb, text, frames
+                )
+                skips.append(hidden)
+            for downsampler in block.downsamplers or []:
+                hidden = downsampler(hidden)
+                skips.append(hidden)
+
+        mid = unet.mid_block
+        hidden = self._group([("resnet", mid.resnets[0])], hidden, emb, text, frames)
+        steps = [("attn", mid.attentions[0])]
+        if mm.mid_block is not None:  # after the attention, before the second resnet (as diffusers)
+            steps.append(("motion", mm.mid_block.motion_modules[0]))
+        hidden = self._group(steps + [("resnet", mid.resnets[1])], hidden, emb, text, frames)
+
+        for index, (block, motion) in enumerate(zip(unet.up_blocks, mm.up_blocks)):
+            attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
+            for resnet, attn, motion_module in zip(
+                block.resnets, attentions, motion.motion_modules
+            ):
+                hidden = torch.cat([hidden, skips.pop()], dim=1)
+                steps = [("resnet", resnet), ("attn", attn), ("motion", motion_module)]
+                hidden = self._group(
+                    [s for s in steps if s[1] is not None], hidden, emb, text, frames
+                )
+            is_final = index == len(unet.up_blocks) - 1
+            upsample_size = skips[-1].shape[2:] if forward_upsample_size and not is_final else None
+            for upsampler in block.upsamplers or []:
+                # partial, not a closure: the recomputation runs after the loop has moved on.
+                hidden = self._checkpointed(partial(upsampler, output_size=upsample_size), hidden)
+
+        hidden = self._checkpointed(self._head, hidden)
+        return hidden.reshape(batch, frames, -1, height, width).transpose(1, 2)
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        unet = self.unet2d
+        if unet.conv_norm_out is not None:
+            hidden = unet.conv_act(unet.conv_norm_out(hidden))
+        return unet.conv_out(hidden)
