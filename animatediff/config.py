@@ -430,8 +430,8 @@ class ServeConfig:
     """Name of the Serve application."""
     route_prefix: str = "/"
     """URL prefix of the application."""
-    model_name: str = "animatediff-motion-module"
-    """Registered MLflow model holding the motion-module versions."""
+    model_name: str = ""
+    """Registered MLflow model holding the motion-module versions; empty: ``mlflow.registered_model``."""
     model_alias: str = "champion"
     """Alias served when a request names no model (``models:/<model_name>@<alias>``)."""
     alias_ttl_s: float = 5.0
@@ -465,7 +465,7 @@ class ServeConfig:
         _check(bool(self.host), "serve.host", "must not be empty")
         _check(0 <= self.port <= 65535, "serve.port", f"must be in [0, 65535], got {self.port}")
         _check(self.route_prefix.startswith("/"), "serve.route_prefix", "must start with '/'")
-        for name in ("app_name", "model_name", "model_alias"):
+        for name in ("app_name", "model_alias"):
             _check(bool(getattr(self, name)), f"serve.{name}", "must not be empty")
         _check("default" not in self.bases, "serve.bases", "'default' is reserved for model.base")
         _check(self.alias_ttl_s >= 0, "serve.alias_ttl_s", "must be >= 0")

@@ -1,0 +1,128 @@
+"""Which motion-module version a request means: aliases and versions of the MLflow registry.
+
+The server never pins a version at start-up. ``RegistryView`` keeps a snapshot of the registered
+model's versions and aliases for ``ttl_s`` seconds, and ``resolve_model_ref`` turns what a request
+names ("champion", "3", "v3", nothing) into a concrete version. Moving an alias therefore reaches
+new requests within ``ttl_s`` without restarting a replica.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from animatediff.serve_schema import RequestError
+
+MISS_REFRESH_S = 1.0
+
+
+@dataclass(frozen=True)
+class ModelSnapshot:
+    """Versions of one registered model and where its aliases point, at ``taken_at``."""
+
+    name: str
+    versions: tuple[dict[str, Any], ...] = ()
+    aliases: dict[str, str] = field(default_factory=dict)
+    taken_at: float = 0.0
+
+    def version_numbers(self) -> list[str]:
+        return [v["version"] for v in self.versions]
+
+
+def resolve_model_ref(ref: str | None, snapshot: ModelSnapshot, default_alias: str) -> str:
+    """``None`` -> the default alias; an alias -> its version; "3"/"v3" -> "3" if registered.
+
+    Raises ``RequestError("model", ...)`` listing what is known when nothing matches."""
+    ref = (ref or default_alias).strip()
+    if ref in snapshot.aliases:
+        return snapshot.aliases[ref]
+    number = ref[1:] if ref[:1] in ("v", "V") and ref[1:].isdigit() else ref
+    if number.isdigit() and str(int(number)) in snapshot.version_numbers():
+        return str(int(number))
+    known_aliases = ", ".join(sorted(snapshot.aliases)) or "none"
+    known_versions = ", ".join(snapshot.version_numbers()) or "none"
+    if not snapshot.versions:
+        reason = f"no version of {snapshot.name!r} is registered yet"
+    else:
+        reason = (
+            f"unknown model {ref!r} for {snapshot.name!r}; aliases: {known_aliases}; "
+            f"versions: {known_versions}"
+        )
+    raise RequestError("model", reason)
+
+
+def read_snapshot(tracking_uri: str, name: str) -> ModelSnapshot:
+    """Ask the registry (one search and one get) for the versions and aliases of ``name``."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        registered = client.get_registered_model(name)
+    except MlflowException as error:
+        if getattr(error, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            return ModelSnapshot(name=name, taken_at=time.monotonic())
+        raise
+    aliases = {alias: str(version) for alias, version in (registered.aliases or {}).items()}
+    by_version: dict[str, list[str]] = {}
+    for alias, version in aliases.items():
+        by_version.setdefault(version, []).append(alias)
+    versions = []
+    for mv in client.search_model_versions(f"name='{name}'"):
+        versions.append(
+            {
+                "version": str(mv.version),
+                "aliases": sorted(by_version.get(str(mv.version), [])),
+                "run_id": mv.run_id,
+                "source": mv.source,
+                "created_ms": mv.creation_timestamp,
+                "description": mv.description or "",
+            }
+        )
+    versions.sort(key=lambda v: int(v["version"]))
+    return ModelSnapshot(
+        name=name, versions=tuple(versions), aliases=aliases, taken_at=time.monotonic()
+    )
+
+
+class RegistryView:
+    """A ``ModelSnapshot`` refreshed at most every ``ttl_s`` seconds (thread-safe)."""
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        name: str,
+        ttl_s: float,
+        reader: Callable[[str, str], ModelSnapshot] = read_snapshot,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.tracking_uri, self.name, self.ttl_s = tracking_uri, name, ttl_s
+        self._reader, self._clock = reader, clock
+        self._snapshot: ModelSnapshot | None = None
+        self._lock = threading.Lock()
+
+    def snapshot(self) -> ModelSnapshot:
+        with self._lock:
+            stale = self._snapshot is None or self._clock() - self._snapshot.taken_at >= self.ttl_s
+            if stale:
+                fresh = self._reader(self.tracking_uri, self.name)
+                self._snapshot = ModelSnapshot(
+                    fresh.name, fresh.versions, fresh.aliases, taken_at=self._clock()
+                )
+            return self._snapshot
+
+    def resolve(self, ref: str | None, default_alias: str) -> str:
+        """Resolve against the cached snapshot; on a miss, re-read once in case it just landed
+        (at most once a second, so a stream of bad names cannot hammer the registry)."""
+        snapshot = self.snapshot()
+        try:
+            return resolve_model_ref(ref, snapshot, default_alias)
+        except RequestError:
+            if self._clock() - snapshot.taken_at < MISS_REFRESH_S:
+                raise
+            with self._lock:
+                self._snapshot = None
+            return resolve_model_ref(ref, self.snapshot(), default_alias)

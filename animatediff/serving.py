@@ -1,0 +1,353 @@
+"""Ray Serve application: a FastAPI ingress in front of a multiplexed, batching video generator.
+
+    serve run infra/serve_config.yaml            # or: python -m jobs.serve --config configs/tiny.yaml
+
+HTTP (see ``/docs``): ``POST /v1/generate`` -> video bytes, ``GET /v1/models``, ``GET /healthz``,
+and a web page at ``/``.
+
+Two deployments:
+- ``Ingress`` validates requests (422 naming the field), checks the optional bearer token, resolves
+  the requested model (alias or version) against the MLflow registry through a short-TTL cache, and
+  forwards to the generator with ``multiplexed_model_id="<version>/<base>"``. It turns the
+  generator's back-pressure into 503 at once.
+- ``VideoGenerator`` keeps up to ``serve.max_models_per_replica`` (version, base) pipelines per
+  replica (``serve.multiplexed``, LRU) and groups compatible requests with ``serve.batch``: Serve
+  splits a batch by model id, the replica splits it further by shape (frames, steps, size, guidance)
+  and denoises each group as one batch. Heavy work runs in a thread so the replica stays responsive.
+
+Nothing is loaded at import: replicas read the registry and the base model when first asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+
+from animatediff.config import Config, from_dict, load_config, to_dict
+from animatediff.export import MIME_TYPES, export_video
+from animatediff.model_refs import RegistryView
+from animatediff.serve_schema import (
+    GenerateRequest,
+    GenerationParams,
+    RequestError,
+    parse_generate_body,
+    response_headers,
+)
+from animatediff.tracking import resolve_tracking_uri
+
+STATIC_DIR = Path(__file__).parent / "static"
+RETRY_AFTER_S = 1
+
+app = FastAPI(
+    title="AnimateDiff on Ray Serve",
+    version="1",
+    description="Text-to-video with AnimateDiff motion modules from the MLflow model registry.",
+)
+
+
+@app.exception_handler(RequestError)
+async def _request_error(_: Request, error: RequestError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status)
+
+
+def model_name(cfg: Config) -> str:
+    return cfg.serve.model_name or cfg.mlflow.registered_model
+
+
+def multiplexed_id(version: str, base: str) -> str:
+    return f"{version}/{base}"
+
+
+def parse_multiplexed_id(model_id: str) -> tuple[str, str]:
+    version, _, base = model_id.partition("/")
+    if not version.isdigit() or not base:
+        raise ValueError(f"model id {model_id!r}: expected '<version>/<base>'")
+    return version, base
+
+
+def group_by_shape(requests: list[GenerationParams]) -> list[list[int]]:
+    """Indices of ``requests`` grouped so that each group can be denoised as one batch."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for index, params in enumerate(requests):
+        groups[params.shape_key()].append(index)
+    return list(groups.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Generator
+# ---------------------------------------------------------------------------------------------
+
+
+class LoadedModel:
+    """One (motion-module version, base) pipeline held by a generator replica."""
+
+    def __init__(self, pipeline: Any, version: str, base: str, load_ms: float) -> None:
+        self.pipeline, self.version, self.base, self.load_ms = pipeline, version, base, load_ms
+
+
+@serve.deployment(name="VideoGenerator")
+class VideoGenerator:
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.cfg = from_dict(Config, config)
+        self.name = model_name(self.cfg)
+        self._bases: dict[str, Any] = {}
+        self._base_lock = asyncio.Lock()
+
+        async def load(model_id: str) -> LoadedModel:
+            return await self._load(model_id)
+
+        # Wired here, not as a decorator, because the LRU size comes from the config.
+        self.get_model = serve.multiplexed(
+            max_num_models_per_replica=self.cfg.serve.max_models_per_replica
+        )(load)
+        self.generate.set_max_batch_size(self.cfg.serve.max_batch_size)
+        self.generate.set_batch_wait_timeout_s(self.cfg.serve.batch_wait_timeout_s)
+
+    async def _base(self, name: str) -> Any:
+        """Frozen base components, shared by every motion-module version on this replica."""
+        async with self._base_lock:
+            if name not in self._bases:
+                from animatediff.base_model import load_base_model
+
+                base_cfg = self.cfg.model.base if name == "default" else self.cfg.serve.bases[name]
+                self._bases[name] = await asyncio.to_thread(load_base_model, base_cfg)
+            return self._bases[name]
+
+    async def _load(self, model_id: str) -> LoadedModel:
+        from animatediff.registry import load_registered_motion_module
+        from animatediff.sampling import TextToVideo
+        from animatediff.unet import VideoUNet
+
+        start = time.perf_counter()
+        version, base_name = parse_multiplexed_id(model_id)
+        base = await self._base(base_name)
+        uri = f"models:/{self.name}/{version}"
+        modules, motion_cfg, _ = await asyncio.to_thread(load_registered_motion_module, uri)
+        base_cfg = (
+            self.cfg.model.base if base_name == "default" else self.cfg.serve.bases[base_name]
+        )
+        cfg = dataclasses.replace(
+            self.cfg, model=dataclasses.replace(self.cfg.model, base=base_cfg, motion=motion_cfg)
+        )
+        unet = VideoUNet.from_unet2d(base.unet, motion_cfg, modules)
+        pipeline = TextToVideo(cfg, base=base, unet=unet)
+        return LoadedModel(pipeline, version, base_name, (time.perf_counter() - start) * 1000)
+
+    def _run(self, model: LoadedModel, batch: list[GenerationParams]) -> list[dict[str, Any]]:
+        """Denoise each shape group as one batch, then encode every video (runs in a thread)."""
+        results: list[dict[str, Any]] = [{} for _ in batch]
+        for group in group_by_shape(batch):
+            first = batch[group[0]]
+            start = time.perf_counter()
+            videos = model.pipeline.generate(
+                [batch[i].prompt for i in group],
+                [batch[i].negative_prompt for i in group],
+                [batch[i].seed for i in group],
+                num_frames=first.num_frames,
+                num_inference_steps=first.num_inference_steps,
+                guidance_scale=first.guidance_scale,
+                height=first.height,
+                width=first.width,
+            )
+            generate_ms = (time.perf_counter() - start) * 1000
+            for index, frames in zip(group, videos):
+                params = batch[index]
+                start = time.perf_counter()
+                data = export_video(frames, params.output_format, params.fps)
+                results[index] = {
+                    "video": data,
+                    "content_type": MIME_TYPES[params.output_format],
+                    "version": model.version,
+                    "batch_size": len(group),
+                    "timings_ms": {
+                        "generate": generate_ms,
+                        "encode": (time.perf_counter() - start) * 1000,
+                    },
+                }
+        return results
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)
+    async def generate(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One result per request: video bytes, content type, version, timings. Serve has
+        already split the batch by multiplexed model id, so one model serves it all."""
+        model = await self.get_model(serve.get_multiplexed_model_id())
+        batch = [GenerationParams(**request) for request in requests]
+        return await asyncio.to_thread(self._run, model, batch)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ingress
+# ---------------------------------------------------------------------------------------------
+
+_GENERATE_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": GenerateRequest.model_json_schema()}},
+    },
+    "responses": {
+        "200": {
+            "description": "The video; headers X-Seed, X-Model-Version, Server-Timing.",
+            "content": {mime: {} for mime in MIME_TYPES.values()},
+        },
+        "401": {"description": "Missing or wrong bearer token (when auth is on)."},
+        "422": {"description": "Invalid request: `error` names the field and the reason."},
+        "503": {"description": "Over capacity; retry after `Retry-After` seconds."},
+    },
+}
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, generator: Any, config: dict[str, Any]) -> None:
+        self.cfg = from_dict(Config, config)
+        self.generator = generator
+        self.name = model_name(self.cfg)
+        self.registry = RegistryView(
+            resolve_tracking_uri(self.cfg.mlflow), self.name, self.cfg.serve.alias_ttl_s
+        )
+        self._page: str | None = None
+
+    def _authorize(self, request: Request) -> None:
+        token = self.cfg.serve.auth_token
+        if token is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip(), token):
+            raise RequestError("authorization", "missing or wrong bearer token", status=401)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index(self) -> HTMLResponse:
+        if self._page is None:
+            self._page = (STATIC_DIR / "index.html").read_text()
+        return HTMLResponse(self._page)
+
+    @app.get("/healthz", summary="Liveness of the ingress")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok", "model": self.name, "alias": self.cfg.serve.model_alias}
+
+    @app.get("/v1/models", summary="Registered motion-module versions, aliases, bases, limits")
+    async def models(self, request: Request) -> dict[str, Any]:
+        self._authorize(request)
+        snapshot = await asyncio.to_thread(self.registry.snapshot)
+        sample, limits = self.cfg.sample, self.cfg.serve.limits
+        return {
+            "model_name": self.name,
+            "default_alias": self.cfg.serve.model_alias,
+            "aliases": snapshot.aliases,
+            "versions": list(snapshot.versions),
+            "bases": ["default", *self.cfg.serve.bases],
+            "limits": to_dict(limits),
+            "defaults": {
+                "num_frames": min(sample.num_frames, limits.max_frames),
+                "num_inference_steps": min(sample.num_inference_steps, limits.max_steps),
+                "guidance_scale": sample.guidance_scale,
+                "height": min(sample.height, limits.max_height),
+                "width": min(sample.width, limits.max_width),
+                "fps": sample.fps,
+            },
+        }
+
+    @app.post("/v1/generate", summary="Generate a video", openapi_extra=_GENERATE_DOC)
+    async def generate(self, request: Request) -> Response:
+        start = time.perf_counter()
+        self._authorize(request)
+        declared = request.headers.get("content-length", "")
+        limit = self.cfg.serve.limits.max_body_bytes
+        if declared.isdigit() and int(declared) > limit:  # refuse before reading it
+            raise RequestError("body", f"is {declared} bytes, the limit is {limit}")
+        params = parse_generate_body(await request.body(), self.cfg)
+        version = await asyncio.to_thread(
+            self.registry.resolve, params.model, self.cfg.serve.model_alias
+        )
+        handle = self.generator.options(multiplexed_model_id=multiplexed_id(version, params.base))
+        try:
+            result = await handle.generate.remote(params.to_dict())
+        except BackPressureError:
+            return JSONResponse(
+                {"error": "over capacity: too many requests queued, retry later"},
+                status_code=503,
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        except Exception as error:  # a failed model load or generation: say what, not a stack
+            cause = getattr(error, "cause", None) or error
+            message = str(cause).strip().splitlines()[-1] if str(cause).strip() else ""
+            return JSONResponse(
+                {"error": f"generation failed: {type(cause).__name__}: {message}"},
+                status_code=500,
+            )
+        total_ms = (time.perf_counter() - start) * 1000
+        timings = dict(result["timings_ms"])
+        timings["queue"] = max(0.0, total_ms - sum(timings.values()))
+        timings["total"] = total_ms
+        headers = response_headers(params, self.name, result["version"], timings)
+        headers["X-Batch-Size"] = str(result["batch_size"])
+        return Response(content=result["video"], media_type=result["content_type"], headers=headers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Application builders
+# ---------------------------------------------------------------------------------------------
+
+
+def _generator_options(cfg: Config) -> dict[str, Any]:
+    s = cfg.serve
+    options: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": s.replica_cpus, "num_gpus": s.replica_gpus},
+        "max_ongoing_requests": s.max_ongoing_requests,
+        "max_queued_requests": s.max_queued_requests,
+        # Loading a model can take a while on a cold node; do not kill the replica for it.
+        "health_check_timeout_s": 60.0,
+    }
+    scaling = s.autoscaling
+    if scaling.min_replicas == scaling.max_replicas:
+        options["num_replicas"] = scaling.min_replicas
+    else:
+        options["autoscaling_config"] = {
+            "min_replicas": scaling.min_replicas,
+            "max_replicas": scaling.max_replicas,
+            "target_ongoing_requests": scaling.target_ongoing_requests,
+            "upscale_delay_s": scaling.upscale_delay_s,
+            "downscale_delay_s": scaling.downscale_delay_s,
+        }
+    return options
+
+
+def _ingress_options(cfg: Config) -> dict[str, Any]:
+    s = cfg.serve
+    # The ingress only waits; it may hold every request the generators can hold, and a little
+    # more. Beyond that the proxy itself answers 503, so memory stays bounded under any burst.
+    capacity = (s.max_ongoing_requests + s.max_queued_requests) * s.autoscaling.max_replicas
+    return {
+        "ray_actor_options": {"num_cpus": 0},
+        "max_ongoing_requests": capacity + 8,
+        "max_queued_requests": capacity,
+    }
+
+
+def build_app(cfg: Config) -> Any:
+    """The bound Serve application for ``cfg`` (tracking URI resolved here, on the driver)."""
+    mlflow_cfg = dataclasses.replace(cfg.mlflow, tracking_uri=resolve_tracking_uri(cfg.mlflow))
+    plain = to_dict(dataclasses.replace(cfg, mlflow=mlflow_cfg))
+    generator = VideoGenerator.options(**_generator_options(cfg)).bind(plain)
+    return Ingress.options(**_ingress_options(cfg)).bind(generator, plain)
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """``import_path: animatediff.serving:app_builder`` for ``serve run``/``serve deploy``;
+    ``args: {config: configs/tiny.yaml, overrides: ["serve.alias_ttl_s=2"]}``."""
+    unknown = sorted(set(args) - {"config", "overrides"})
+    if unknown:
+        raise ValueError(f"serve app args: unknown keys {unknown} (known: config, overrides)")
+    return build_app(load_config(args.get("config"), list(args.get("overrides") or [])))

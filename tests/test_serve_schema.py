@@ -1,0 +1,150 @@
+"""Request validation and model resolution of the Serve app, without a server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from animatediff.config import load_config
+from animatediff.model_refs import ModelSnapshot, RegistryView, resolve_model_ref
+from animatediff.serve_schema import (
+    GenerationParams,
+    RequestError,
+    parse_generate_body,
+    response_headers,
+)
+
+CFG = load_config("configs/tiny.yaml", ["serve.bases.toon.pretrained=builtin:tiny"])
+
+
+def _parse(**fields) -> GenerationParams:
+    return parse_generate_body(json.dumps(fields).encode(), CFG)
+
+
+def _error(body: bytes | dict) -> RequestError:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    with pytest.raises(RequestError) as info:
+        parse_generate_body(raw, CFG)
+    return info.value
+
+
+def test_defaults_come_from_the_sample_section_within_limits():
+    params = _parse(prompt="a cat", seed=3)
+    sample = CFG.sample
+    assert (params.num_frames, params.num_inference_steps) == (
+        sample.num_frames,
+        sample.num_inference_steps,
+    )
+    assert (params.height, params.width, params.fps) == (sample.height, sample.width, sample.fps)
+    assert params.seed == 3 and params.output_format == "gif" and params.base == "default"
+    assert params.model is None
+
+
+def test_missing_seed_gets_a_random_one_in_range():
+    seeds = {_parse(prompt="a cat").seed for _ in range(5)}
+    assert len(seeds) > 1 and all(0 <= s < 2**32 for s in seeds)
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "words"),
+    [
+        ({"prompt": "   "}, "prompt", "must not be empty"),
+        ({"prompt": "x" * 1001}, "prompt", "limit is 1000"),
+        ({"prompt": "a", "num_frames": 17}, "num_frames", "between 1 and 16"),
+        ({"prompt": "a", "num_frames": 0}, "num_frames", "between 1 and 16"),
+        ({"prompt": "a", "num_inference_steps": 11}, "num_inference_steps", "between 1 and 10"),
+        ({"prompt": "a", "height": 60}, "height", "multiple of 8"),
+        ({"prompt": "a", "width": 136}, "width", "between 8 and 128"),
+        ({"prompt": "a", "guidance_scale": 0.5}, "guidance_scale", "between 1.0"),
+        ({"prompt": "a", "seed": -1}, "seed", "between 0"),
+        ({"prompt": "a", "output_format": "avi"}, "output_format", "gif"),
+        ({"prompt": "a", "base": "nope"}, "base", "known: default, toon"),
+        ({"prompt": "a", "colour": "red"}, "colour", "Extra inputs"),
+        ({"prompt": "a", "num_frames": "many"}, "num_frames", "integer"),
+        ({}, "prompt", "required"),
+    ],
+)
+def test_bad_requests_name_the_field_and_the_reason(fields, field, words):
+    error = _error(fields)
+    assert error.field == field and words in error.reason, str(error)
+    body = error.body()
+    assert body["detail"][0]["loc"] == ["body", field]
+    assert body["error"].startswith(f"{field}: ")
+
+
+def test_oversized_and_malformed_bodies():
+    big = json.dumps({"prompt": "a", "negative_prompt": "b" * 9000}).encode()
+    error = _error(big)
+    assert error.field == "body" and "limit is 8192" in error.reason
+    assert _error(b"{not json").field == "body"
+    assert "JSON object" in _error(b"[1, 2]").reason
+
+
+def test_shape_key_groups_only_compatible_requests():
+    a = _parse(prompt="a", seed=1)
+    b = _parse(prompt="b", seed=2, negative_prompt="blur", output_format="webp")
+    c = _parse(prompt="c", seed=3, num_frames=4)
+    assert a.shape_key() == b.shape_key() != c.shape_key()
+
+
+def test_response_headers_carry_seed_version_and_timings():
+    params = _parse(prompt="a", seed=7)
+    headers = response_headers(params, "m", "3", {"generate": 12.34, "total": 20.0})
+    assert headers["X-Seed"] == "7" and headers["X-Model-Version"] == "3"
+    assert headers["Server-Timing"] == "generate;dur=12.3, total;dur=20.0"
+    assert headers["X-Timing-Generate-Ms"] == "12.3"
+
+
+SNAPSHOT = ModelSnapshot(
+    name="mm",
+    versions=({"version": "1"}, {"version": "2"}, {"version": "3"}),
+    aliases={"champion": "2", "candidate": "3"},
+)
+
+
+@pytest.mark.parametrize(
+    ("ref", "version"),
+    [(None, "2"), ("", "2"), ("champion", "2"), ("candidate", "3"), ("1", "1"), ("v3", "3")],
+)
+def test_model_refs_resolve_to_versions(ref, version):
+    assert resolve_model_ref(ref, SNAPSHOT, "champion") == version
+
+
+@pytest.mark.parametrize("ref", ["v9", "9", "staging", "x1"])
+def test_unknown_models_are_named_with_what_is_known(ref):
+    with pytest.raises(RequestError) as info:
+        resolve_model_ref(ref, SNAPSHOT, "champion")
+    assert info.value.field == "model"
+    assert "aliases: candidate, champion; versions: 1, 2, 3" in info.value.reason
+
+
+def test_empty_registry_says_so():
+    with pytest.raises(RequestError, match="no version of 'mm' is registered"):
+        resolve_model_ref(None, ModelSnapshot(name="mm"), "champion")
+
+
+def test_registry_view_rereads_after_the_ttl_only():
+    now = [0.0]
+    reads = []
+    state = {"aliases": {"champion": "1"}}
+
+    def reader(uri: str, name: str) -> ModelSnapshot:
+        reads.append(now[0])
+        return ModelSnapshot(name, ({"version": "1"}, {"version": "2"}), dict(state["aliases"]))
+
+    view = RegistryView("sqlite:///x.db", "mm", ttl_s=5.0, reader=reader, clock=lambda: now[0])
+    assert view.resolve(None, "champion") == "1"
+    state["aliases"] = {"champion": "2"}  # the alias moves
+    now[0] = 4.9
+    assert view.resolve(None, "champion") == "1" and len(reads) == 1
+    now[0] = 5.0
+    assert view.resolve(None, "champion") == "2" and len(reads) == 2
+    # A miss re-reads at most once a second.
+    with pytest.raises(RequestError):
+        view.resolve("v7", "champion")
+    assert len(reads) == 2
+    now[0] = 6.5
+    with pytest.raises(RequestError):
+        view.resolve("v7", "champion")
+    assert len(reads) == 3
