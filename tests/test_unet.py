@@ -1,0 +1,186 @@
+"""The inflated video UNet: harmless at init, real temporal mixing, parity with diffusers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
+
+from animatediff.config import MotionModuleConfig
+from animatediff.motion_module import MotionModules, to_diffusers_key
+from animatediff.tiny import tiny_unet_kwargs
+from animatediff.unet import VideoUNet
+
+TINY_MOTION = dict(norm_groups=8, num_heads=4)
+
+
+@pytest.fixture(scope="module")
+def unet2d() -> UNet2DConditionModel:
+    torch.manual_seed(0)
+    return UNet2DConditionModel(**tiny_unet_kwargs()).eval()
+
+
+def _inputs(batch=2, frames=4, height=8, width=8, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    sample = torch.randn(batch, 4, frames, height, width, generator=generator)
+    text = torch.randn(batch, 7, 32, generator=generator)
+    timestep = torch.tensor([10, 500][:batch])
+    return sample, timestep, text
+
+
+def _video_unet(unet2d, seed=1, **motion) -> VideoUNet:
+    cfg = MotionModuleConfig(**{**TINY_MOTION, "zero_init_out": False, **motion})
+    video = VideoUNet.from_unet2d(unet2d, cfg)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in video.motion_modules.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
+    return video
+
+
+@pytest.mark.parametrize("size", [(8, 8), (7, 5)])
+def test_fresh_motion_modules_equal_the_2d_unet_per_frame(unet2d, size):
+    """(7, 5) is not a multiple of the downsampling: the upsample sizes must be forwarded."""
+    sample, timestep, text = _inputs(height=size[0], width=size[1])
+    before = {k: v.clone() for k, v in unet2d.state_dict().items()}
+    video = VideoUNet.from_unet2d(unet2d, MotionModuleConfig(**TINY_MOTION))
+    batch, channels, frames, height, width = sample.shape
+    with torch.no_grad():
+        ours = video(sample, timestep, text)
+        per_frame = unet2d(
+            sample.transpose(1, 2).reshape(batch * frames, channels, height, width),
+            timestep.repeat_interleave(frames),
+            text.repeat_interleave(frames, dim=0),
+        ).sample
+    per_frame = per_frame.reshape(batch, frames, channels, height, width).transpose(1, 2)
+    assert ours.shape == sample.shape
+    assert (ours - per_frame).abs().max() <= 1e-5
+    # The 2D weights are the base's own tensors, untouched and frozen.
+    after = dict(video.unet2d.state_dict())
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert video.unet2d is unet2d
+    assert not any(p.requires_grad for p in unet2d.parameters())
+
+
+def test_temporal_mixing_and_only_motion_modules_get_grads(unet2d):
+    video = _video_unet(unet2d)
+    sample, timestep, text = _inputs()
+    changed = sample.clone()
+    changed[:, :, 0] += 1.0
+    with torch.no_grad():
+        a, b = video(sample, timestep, text), video(changed, timestep, text)
+    for frame in range(1, sample.shape[2]):
+        assert (a[:, :, frame] - b[:, :, frame]).abs().max() > 1e-3
+
+    out = video(sample, timestep, text)
+    F.mse_loss(out, torch.zeros_like(out)).backward()
+    assert all(p.grad is None for p in unet2d.parameters())
+    motion = dict(video.motion_modules.named_parameters())
+    # Every motion module, at every level (incl. DownBlock2D/UpBlock2D and the mid block), is used.
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in motion.values())
+    assert {id(p) for p in video.trainable_parameters()} == {id(p) for p in motion.values()}
+    assert {id(p) for p in video.parameters() if p.requires_grad} == {
+        id(p) for p in motion.values()
+    }
+
+
+@pytest.mark.parametrize("mid_block", [True, False])
+def test_parity_with_diffusers_unet_motion_model(unet2d, mid_block):
+    from diffusers import MotionAdapter, UNetMotionModel
+
+    video = _video_unet(unet2d, cross_frame_norm=True, mid_block=mid_block)
+    assert (video.motion_modules.mid_block is not None) == mid_block
+    adapter = MotionAdapter(
+        block_out_channels=(32, 64),
+        motion_layers_per_block=2,
+        motion_norm_num_groups=8,
+        motion_num_attention_heads=4,
+        use_motion_mid_block=mid_block,
+    )
+    converted = {to_diffusers_key(k): v for k, v in video.motion_modules.state_dict().items()}
+    converted.pop(None)
+    adapter.load_state_dict(converted, strict=True)
+    reference = UNetMotionModel.from_unet2d(unet2d, adapter).eval()
+    sample, timestep, text = _inputs(frames=5)
+    with torch.no_grad():
+        ours = video(sample, timestep, text)
+        theirs = reference(sample, timestep, text.repeat_interleave(5, dim=0)).sample
+    assert ours.abs().mean() > 0.1
+    assert (ours - theirs).abs().max() <= 1e-4
+
+
+def test_gradient_checkpointing_same_outputs_and_grads_and_fewer_saved_tensors(unet2d):
+    sample, timestep, text = _inputs(batch=1)
+    results = []
+    for enabled in (False, True):
+        video = _video_unet(unet2d, gradient_checkpointing=enabled)
+        assert video.gradient_checkpointing == enabled
+        saved = []
+
+        def pack(t, saved=saved):
+            saved.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = video(sample, timestep, text)
+        F.mse_loss(out, torch.zeros_like(out)).backward()
+        grads = [p.grad for p in video.trainable_parameters()]
+        results.append((out.detach(), grads, sum(saved)))
+    (out0, grads0, saved0), (out1, grads1, saved1) = results
+    assert torch.allclose(out0, out1, atol=1e-6)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(grads0, grads1))
+    assert saved1 < saved0 / 3
+
+
+def test_scalar_timestep_broadcasts(unet2d):
+    video = _video_unet(unet2d)
+    sample, _, text = _inputs()
+    with torch.no_grad():
+        a = video(sample, 250, text)
+        b = video(sample, torch.tensor(250), text)
+        c = video(sample, torch.tensor([250, 250]), text)
+    assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_bad_inputs_are_clear_errors(unet2d):
+    video = _video_unet(unet2d, max_frames=4)
+    sample, timestep, text = _inputs(frames=5)
+    with pytest.raises(ValueError, match="max_frames=4"):
+        video(sample, timestep, text)
+    sample, timestep, text = _inputs()
+    with pytest.raises(ValueError, match="sample must be"):
+        video(sample[:, :, 0], timestep, text)
+    with pytest.raises(ValueError, match="encoder_hidden_states"):
+        video(sample, timestep, text[:1])
+    with pytest.raises(ValueError, match="timestep"):
+        video(sample, torch.tensor([1, 2, 3]), text)
+    other = MotionModules((32, 64), 1, MotionModuleConfig(**TINY_MOTION))
+    with pytest.raises(ValueError, match="do not fit"):
+        VideoUNet.from_unet2d(unet2d, MotionModuleConfig(**TINY_MOTION), other)
+    no_mid = MotionModuleConfig(**TINY_MOTION, mid_block=False)
+    with pytest.raises(ValueError, match="do not fit"):
+        VideoUNet(unet2d, MotionModules((32, 64), 2, MotionModuleConfig(**TINY_MOTION)), no_mid)
+
+
+def test_unsupported_unet_is_refused():
+    kwargs = {**tiny_unet_kwargs(), "class_embed_type": "timestep"}
+    with pytest.raises(ValueError, match="class / addition embeddings"):
+        VideoUNet.from_unet2d(UNet2DConditionModel(**kwargs), MotionModuleConfig(**TINY_MOTION))
+
+
+@pytest.mark.parametrize("mid_block, expected", [(True, 453_209_280), (False, 417_137_600)])
+def test_sd15_trainable_parameter_counts(mid_block, expected):
+    """The released v2 (with mid block) and v1/v3 (without) modules, built on the meta device."""
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(
+            block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768
+        )
+    video = VideoUNet.from_unet2d(unet, MotionModuleConfig(num_heads=8, mid_block=mid_block))
+    assert (
+        video.motion_modules.down_blocks[0]
+        .motion_modules[0]
+        .temporal_transformer.norm.weight.is_meta
+    )
+    assert sum(p.numel() for p in video.trainable_parameters()) == expected
+    assert sum(p.numel() for p in video.parameters() if p.requires_grad) == expected
