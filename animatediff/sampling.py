@@ -1,0 +1,365 @@
+"""Text-to-video sampling with a motion-module-inflated Stable Diffusion UNet.
+
+    t2v = TextToVideo(cfg)                           # loads the base, inflates it, fresh modules
+    t2v = TextToVideo(cfg, motion_modules)           # trained modules
+    t2v = TextToVideo(cfg, base=components, unet=video_unet)  # reuse loaded models (serve, train)
+    frames = t2v("a corgi running on the beach", seed=1)      # (frames, height, width, 3) uint8
+
+Each denoising step runs the UNet on sliding context windows over the frame axis (``context_frames``
+long, ``context_overlap`` shared between neighbours) and blends the overlapping predictions with
+weights that taper at window edges. Cost and memory grow linearly with the number of frames instead
+of quadratically (the temporal attention is quadratic in its sequence length), and clips longer
+than the motion module's position encoding become possible. With ``num_frames <= context_frames``
+there is a single window and the UNet sees the whole clip, exactly as without windowing.
+Latents are ``(batch, channels, frames, height/8, width/8)`` throughout.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from animatediff.config import Config, DiffusionConfig
+
+# ---------------------------------------------------------------------------------------------
+# Pure functions
+# ---------------------------------------------------------------------------------------------
+
+
+def classifier_free_guidance(
+    uncond: torch.Tensor, cond: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """``uncond + scale * (cond - uncond)``: scale 1 is the conditional prediction, larger
+    values push further from the unconditional one. Any shape, both the same."""
+    return uncond + scale * (cond - uncond)
+
+
+def context_windows(num_frames: int, window: int, overlap: int) -> list[list[int]]:
+    """Frame indices of the sliding windows covering ``range(num_frames)``.
+
+    Windows are ``window`` long and start every ``window - overlap`` frames; the last one is moved
+    back to end at the last frame so every window has the full training length (it may then
+    overlap its neighbour by more than ``overlap``). One window when ``num_frames <= window``."""
+    if num_frames < 1:
+        raise ValueError(f"num_frames: must be >= 1, got {num_frames}")
+    if window < 1:
+        raise ValueError(f"sample.context_frames: must be >= 1, got {window}")
+    if not 0 <= overlap < window:
+        raise ValueError(f"sample.context_overlap: must be in [0, {window}), got {overlap}")
+    if num_frames <= window:
+        return [list(range(num_frames))]
+    stride = window - overlap
+    starts = list(range(0, num_frames - window, stride)) + [num_frames - window]
+    return [list(range(start, start + window)) for start in starts]
+
+
+def window_weights(length: int, overlap: int) -> torch.Tensor:
+    """Blend weights ``(length,)`` float32: 1 in the middle, a linear ramp over ``overlap`` frames
+    at both edges (never 0, so a frame seen by one window only keeps its prediction)."""
+    index = torch.arange(length, dtype=torch.float32)
+    ramp = torch.minimum(index + 1, length - index) / (overlap + 1)
+    return ramp.clamp(max=1.0)
+
+
+def blend_windows(
+    predictions: Sequence[torch.Tensor],
+    windows: Sequence[Sequence[int]],
+    num_frames: int,
+    overlap: int,
+) -> torch.Tensor:
+    """Weighted average of per-window predictions ``(batch, channels, len(window), h, w)`` into
+    ``(batch, channels, num_frames, h, w)``. A single window covering all frames is returned as is."""
+    if len(predictions) != len(windows):
+        raise ValueError(f"{len(predictions)} predictions for {len(windows)} windows")
+    if len(windows) == 1 and list(windows[0]) == list(range(num_frames)):
+        return predictions[0]
+    first = predictions[0]
+    shape = (first.shape[0], first.shape[1], num_frames, *first.shape[3:])
+    total = torch.zeros(shape, dtype=torch.float32, device=first.device)
+    weight_sum = torch.zeros(num_frames, dtype=torch.float32, device=first.device)
+    for prediction, frames in zip(predictions, windows):
+        index = torch.as_tensor(list(frames), device=first.device)
+        weights = window_weights(len(frames), overlap).to(first.device)
+        total.index_add_(2, index, prediction.float() * weights.view(1, 1, -1, 1, 1))
+        weight_sum.index_add_(0, index, weights)
+    if bool((weight_sum == 0).any()):
+        missing = torch.nonzero(weight_sum == 0).flatten().tolist()
+        raise ValueError(f"frames {missing} are not covered by any context window")
+    return (total / weight_sum.view(1, 1, -1, 1, 1)).to(first.dtype)
+
+
+def decode_latents(vae: Any, latents: torch.Tensor, chunk_frames: int) -> torch.Tensor:
+    """VAE-decode ``(batch, channels, frames, h, w)`` latents (already times the scaling factor)
+    into ``(batch, frames, height, width, 3)`` float32 in [0, 1], ``chunk_frames`` images at a
+    time: the decoder's activations at full resolution dominate memory, so this bounds them."""
+    if chunk_frames < 1:
+        raise ValueError(f"sample.decode_chunk_frames: must be >= 1, got {chunk_frames}")
+    batch, channels, frames, height, width = latents.shape
+    images = latents.permute(0, 2, 1, 3, 4).reshape(batch * frames, channels, height, width)
+    images = images / vae.config.scaling_factor
+    vae_dtype = next(vae.parameters()).dtype
+    decoded = []
+    for start in range(0, images.shape[0], chunk_frames):
+        chunk = images[start : start + chunk_frames].to(vae_dtype)
+        decoded.append(vae.decode(chunk).sample.float())
+    pixels = (torch.cat(decoded) / 2 + 0.5).clamp(0, 1)
+    return pixels.reshape(batch, frames, *pixels.shape[1:]).permute(0, 1, 3, 4, 2)
+
+
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """``(..., 3)`` floats in [0, 1] -> uint8 numpy."""
+    return (video * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+
+
+def build_scheduler(name: str, scheduler_config: dict[str, Any], diffusion: DiffusionConfig) -> Any:
+    """A diffusers scheduler by class name, from the base's scheduler config.
+
+    The noise schedule and prediction type come from ``model.diffusion``: the motion module is
+    trained on that schedule (AnimateDiff trains and samples with ``linear`` betas although SD 1.5
+    ships ``scaled_linear``), so sampling must use it too. Other settings (``steps_offset``,
+    ``set_alpha_to_one``, ``clip_sample``...) stay the base's."""
+    import diffusers
+    from diffusers import SchedulerMixin
+
+    cls = getattr(diffusers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
+        raise ValueError(f"sample.scheduler: {name!r} is not a diffusers scheduler class")
+    return cls.from_config(
+        scheduler_config,
+        num_train_timesteps=diffusion.num_train_timesteps,
+        beta_start=diffusion.beta_start,
+        beta_end=diffusion.beta_end,
+        beta_schedule=diffusion.beta_schedule,
+        prediction_type=diffusion.prediction_type,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline
+# ---------------------------------------------------------------------------------------------
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class TextToVideo:
+    """Text-to-video sampler over a frozen base and a ``VideoUNet``.
+
+    ``base`` (``BaseComponents``) and ``unet`` (a ``VideoUNet``) may be passed in to reuse models
+    that are already loaded; otherwise the base is loaded from ``cfg.model.base`` and inflated with
+    ``motion_modules`` (fresh ones, which are the identity, when None)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        motion_modules: torch.nn.Module | None = None,
+        *,
+        base: Any = None,
+        unet: torch.nn.Module | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if unet is not None and motion_modules is not None:
+            raise ValueError("pass motion_modules or an inflated unet, not both")
+        if cfg.sample.context_frames > cfg.model.motion.max_frames:
+            raise ValueError(
+                f"sample.context_frames: {cfg.sample.context_frames} exceeds the motion module's "
+                f"position encoding (model.motion.max_frames={cfg.model.motion.max_frames})"
+            )
+        if base is None:
+            from animatediff.base_model import load_base_model
+
+            base = load_base_model(cfg.model.base, dtype=dtype)
+        if unet is None:
+            from animatediff.unet import VideoUNet
+
+            unet = VideoUNet.from_unet2d(base.unet, cfg.model.motion, motion_modules)
+        self.cfg = cfg
+        self.device = torch.device(device) if device is not None else _default_device()
+        self.dtype = dtype
+        # diffusers warns on every dtype cast, even a no-op one: cast only when needed.
+        self.unet = unet.to(self.device).eval()
+        if next(self.unet.parameters()).dtype != dtype:
+            self.unet.to(dtype=dtype)
+        self.vae = base.vae.to(self.device).eval()
+        self.text_encoder = base.text_encoder.to(self.device).eval()
+        self.tokenizer = base.tokenizer
+        self.scheduler_config = dict(base.scheduler_config)
+        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.latent_channels = self.vae.config.latent_channels
+
+    # -- pieces ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """CLIP last hidden states ``(len(prompts), tokens, dim)``, padded/truncated to 77."""
+        tokens = self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        hidden = self.text_encoder(tokens.input_ids.to(self.device))[0]
+        return hidden.to(self.dtype)
+
+    def scheduler(self, name: str | None = None) -> Any:
+        """A fresh scheduler (they are stateful, so one per generation)."""
+        return build_scheduler(
+            name or self.cfg.sample.scheduler, self.scheduler_config, self.cfg.model.diffusion
+        )
+
+    def initial_latents(
+        self, seeds: Sequence[int], num_frames: int, height: int, width: int
+    ) -> torch.Tensor:
+        """Unit Gaussian ``(len(seeds), channels, frames, height/8, width/8)`` float32, one CPU
+        generator per sample: a seed gives the same video on any device and in any batch."""
+        shape = (
+            1,
+            self.latent_channels,
+            num_frames,
+            height // self.vae_scale,
+            width // self.vae_scale,
+        )
+        noise = [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
+        return torch.cat(noise).to(self.device)
+
+    @torch.no_grad()
+    def predict_noise(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        text: torch.Tensor,
+        guidance_scale: float,
+    ) -> torch.Tensor:
+        """The guided model output for ``latents`` ``(batch, channels, frames, h, w)`` (already
+        scaled by the scheduler). ``text`` is ``(2 * batch, tokens, dim)`` [uncond; cond] when
+        guiding, else ``(batch, tokens, dim)``."""
+        guided = guidance_scale != 1.0
+        model_input = torch.cat([latents, latents]) if guided else latents
+        num_frames = latents.shape[2]
+        sample = self.cfg.sample
+        windows = context_windows(num_frames, sample.context_frames, sample.context_overlap)
+        predictions = [
+            self.unet(model_input[:, :, frames].to(self.dtype), timestep, text).float()
+            for frames in windows
+        ]
+        output = blend_windows(predictions, windows, num_frames, sample.context_overlap)
+        if not guided:
+            return output
+        uncond, cond = output.chunk(2)
+        return classifier_free_guidance(uncond, cond, guidance_scale)
+
+    # -- entry points ---------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        prompt: str,
+        negative_prompt: str | None = None,
+        num_frames: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        seed: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        scheduler: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
+        """One video ``(frames, height, width, 3)`` uint8; unset arguments come from ``cfg.sample``."""
+        return self.generate(
+            [prompt],
+            None if negative_prompt is None else [negative_prompt],
+            None if seed is None else [seed],
+            num_frames=num_frames,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            height=height,
+            width=width,
+            scheduler=scheduler,
+            progress=progress,
+        )[0]
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        negative_prompts: Sequence[str] | None = None,
+        seeds: Sequence[int] | None = None,
+        *,
+        num_frames: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        scheduler: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[np.ndarray]:
+        """A batch of videos sharing the sampling settings, one per prompt (each with its own
+        negative prompt and seed): ``[(frames, height, width, 3) uint8, ...]``."""
+        sample = self.cfg.sample
+        num_frames = num_frames or sample.num_frames
+        steps = num_inference_steps or sample.num_inference_steps
+        scale = sample.guidance_scale if guidance_scale is None else float(guidance_scale)
+        height, width = height or sample.height, width or sample.width
+        prompts = list(prompts)
+        negatives = list(negative_prompts) if negative_prompts is not None else None
+        negatives = negatives or [sample.negative_prompt] * len(prompts)
+        seeds = list(seeds) if seeds is not None else [sample.seed] * len(prompts)
+        self._validate(prompts, negatives, seeds, num_frames, steps, scale, height, width)
+
+        text = self.encode_prompts(prompts)
+        if scale != 1.0:
+            text = torch.cat([self.encode_prompts(negatives), text])
+        noise_scheduler = self.scheduler(scheduler)
+        noise_scheduler.set_timesteps(steps, device=self.device)
+        latents = self.initial_latents(seeds, num_frames, height, width)
+        latents = latents * noise_scheduler.init_noise_sigma
+        # Stochastic schedulers draw fresh noise each step: per-sample generators keep it seeded.
+        generators = [torch.Generator().manual_seed(s + 1) for s in seeds]
+        takes_generator = "generator" in inspect.signature(noise_scheduler.step).parameters
+        step_kwargs = {"generator": generators} if takes_generator else {}
+        for index, timestep in enumerate(noise_scheduler.timesteps):
+            model_input = noise_scheduler.scale_model_input(latents, timestep)
+            output = self.predict_noise(model_input, timestep, text, scale)
+            latents = noise_scheduler.step(
+                output, timestep, latents, return_dict=False, **step_kwargs
+            )[0]
+            if progress is not None:
+                progress(index + 1, len(noise_scheduler.timesteps))
+        video = decode_latents(self.vae, latents, sample.decode_chunk_frames)
+        return list(to_uint8(video))
+
+    def _validate(
+        self,
+        prompts: list[str],
+        negatives: list[str],
+        seeds: list[int],
+        num_frames: int,
+        steps: int,
+        scale: float,
+        height: int,
+        width: int,
+    ) -> None:
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError("prompts: need at least one string")
+        if len(negatives) != len(prompts) or len(seeds) != len(prompts):
+            raise ValueError(
+                f"{len(prompts)} prompts need as many negative prompts ({len(negatives)}) "
+                f"and seeds ({len(seeds)})"
+            )
+        if num_frames < 1 or steps < 1:
+            raise ValueError(
+                f"num_frames ({num_frames}) and num_inference_steps ({steps}) must be >= 1"
+            )
+        if scale < 1.0:
+            raise ValueError(f"guidance_scale: must be >= 1.0, got {scale}")
+        for name, value in (("height", height), ("width", width)):
+            if value < self.vae_scale or value % self.vae_scale:
+                raise ValueError(
+                    f"{name}: must be a positive multiple of {self.vae_scale}, got {value}"
+                )

@@ -1,0 +1,270 @@
+"""Text-to-video sampling on the tiny base: windows, guidance, schedulers, determinism, decoding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from animatediff.base_model import load_base_model
+from animatediff.config import Config, load_config
+from animatediff.sampling import (
+    TextToVideo,
+    blend_windows,
+    classifier_free_guidance,
+    context_windows,
+    decode_latents,
+    window_weights,
+)
+from animatediff.unet import VideoUNet
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Toy-sized tensors gain nothing from threads, and on a shared 2-core machine spinning
+    OpenMP workers make these tests several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure functions
+# ---------------------------------------------------------------------------------------------
+
+
+def test_classifier_free_guidance_math() -> None:
+    uncond, cond = torch.tensor([1.0, -2.0]), torch.tensor([3.0, 0.0])
+    assert torch.equal(classifier_free_guidance(uncond, cond, 1.0), cond)
+    assert torch.equal(classifier_free_guidance(uncond, cond, 0.0), uncond)
+    torch.testing.assert_close(
+        classifier_free_guidance(uncond, cond, 7.5), torch.tensor([16.0, 13.0])
+    )
+
+
+@pytest.mark.parametrize(
+    "num_frames, window, overlap",
+    [(128, 16, 4), (32, 16, 4), (20, 8, 2), (17, 16, 4), (9, 4, 0), (50, 16, 15)],
+)
+def test_context_windows_cover_every_frame_with_overlap(
+    num_frames: int, window: int, overlap: int
+) -> None:
+    windows = context_windows(num_frames, window, overlap)
+    assert all(w == list(range(w[0], w[0] + window)) for w in windows)  # contiguous, full length
+    assert sorted({f for w in windows for f in w}) == list(range(num_frames))
+    assert windows[0][0] == 0 and windows[-1][-1] == num_frames - 1
+    for left, right in zip(windows, windows[1:]):
+        assert right[0] > left[0]
+        assert len(set(left) & set(right)) >= overlap  # neighbours share at least `overlap` frames
+    # Linear cost: about (num_frames - overlap) / (window - overlap) windows, never more than one extra.
+    assert len(windows) == -(-(num_frames - window) // (window - overlap)) + 1
+
+
+def test_context_windows_examples_and_errors() -> None:
+    assert context_windows(20, 8, 2) == [list(range(0, 8)), list(range(6, 14)), list(range(12, 20))]
+    assert len(context_windows(128, 16, 4)) == 11 and len(context_windows(32, 16, 4)) == 3
+    assert context_windows(16, 16, 4) == [list(range(16))]
+    assert context_windows(5, 16, 4) == [list(range(5))]
+    with pytest.raises(ValueError, match="context_overlap"):
+        context_windows(20, 8, 8)
+    with pytest.raises(ValueError, match="num_frames"):
+        context_windows(0, 8, 2)
+
+
+def test_window_weights_taper_at_edges() -> None:
+    weights = window_weights(16, 4)
+    assert torch.equal(weights, weights.flip(0))
+    assert (weights > 0).all() and weights.max() == 1
+    assert weights[0] < weights[1] < weights[2] < weights[3] < weights[4] == 1
+    assert torch.equal(window_weights(6, 0), torch.ones(6))
+
+
+def test_blend_windows() -> None:
+    num_frames, windows = 20, context_windows(20, 8, 2)
+    # A prediction that depends only on the frame index blends back to exactly itself.
+    per_frame = torch.randn(2, 4, num_frames, 3, 3)
+    blended = blend_windows([per_frame[:, :, w] for w in windows], windows, num_frames, 2)
+    torch.testing.assert_close(blended, per_frame, atol=1e-6, rtol=0)
+    # Where windows disagree the overlap is a weighted mix, frames seen once keep their value.
+    constant = [torch.full((1, 1, 8, 1, 1), float(i)) for i in range(len(windows))]
+    mixed = blend_windows(constant, windows, num_frames, 2).flatten()
+    assert mixed[:6].eq(0).all() and mixed[8:12].eq(1).all() and mixed[14:].eq(2).all()
+    assert 0 < mixed[6] < mixed[7] < 1  # ramps from window 0 towards window 1
+    # A single window covering the clip is passed through untouched.
+    single = torch.randn(1, 4, 5, 2, 2)
+    assert blend_windows([single], [list(range(5))], 5, 2) is single
+    with pytest.raises(ValueError, match="not covered"):
+        blend_windows([torch.zeros(1, 1, 4, 1, 1)], [[0, 1, 2, 3]], 6, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline on the tiny base
+# ---------------------------------------------------------------------------------------------
+
+
+def _config(base_dir: Path, *overrides: str) -> Config:
+    return load_config(
+        None,
+        [
+            f"model.base.pretrained={base_dir}",
+            "model.motion.num_heads=4",
+            "model.motion.norm_groups=8",
+            "sample.num_inference_steps=2",
+            "sample.num_frames=4",
+            "sample.height=32",
+            "sample.width=32",
+            "sample.context_frames=8",
+            "sample.context_overlap=2",
+            "sample.decode_chunk_frames=3",
+            *overrides,
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def base(tiny_base_dir: Path):
+    return load_base_model(_config(tiny_base_dir).model.base)
+
+
+@pytest.fixture(scope="module")
+def t2v(tiny_base_dir: Path, base) -> TextToVideo:
+    """Tiny pipeline with random (non-identity) motion modules, so frames interact."""
+    cfg = _config(tiny_base_dir)
+    unet = VideoUNet.from_unet2d(base.unet, cfg.model.motion)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in unet.motion_modules.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    return TextToVideo(cfg, base=base, unet=unet, device="cpu")
+
+
+def test_builds_from_config_and_returns_uint8_frames(tiny_base_dir: Path) -> None:
+    t2v = TextToVideo(_config(tiny_base_dir), device="cpu")
+    assert isinstance(t2v.unet, VideoUNet)
+    frames = t2v("a red ball", num_frames=3, height=24, width=40)
+    assert frames.shape == (3, 24, 40, 3) and frames.dtype == np.uint8
+    assert frames.std() > 0
+
+
+def test_seed_determinism(t2v: TextToVideo) -> None:
+    first = t2v("a cat", seed=1)
+    assert np.array_equal(first, t2v("a cat", seed=1))
+    assert not np.array_equal(first, t2v("a cat", seed=2))
+
+
+def test_negative_prompt_and_guidance_change_the_output(t2v: TextToVideo) -> None:
+    plain = t2v("a cat", seed=3)
+    assert not np.array_equal(plain, t2v("a cat", negative_prompt="blurry", seed=3))
+    assert not np.array_equal(plain, t2v("a cat", seed=3, guidance_scale=1.0))
+
+
+def test_guidance_scale_one_skips_the_unconditional_pass(t2v: TextToVideo, monkeypatch) -> None:
+    batches = []
+    forward = t2v.unet.forward
+
+    def counting(sample, timestep, text):
+        batches.append(sample.shape[0])
+        return forward(sample, timestep, text)
+
+    monkeypatch.setattr(t2v.unet, "forward", counting)
+    t2v("a cat", guidance_scale=1.0, num_inference_steps=2)
+    assert batches == [1, 1]
+    batches.clear()
+    t2v("a cat", guidance_scale=7.5, num_inference_steps=2)
+    assert batches == [2, 2]  # [uncond; cond] in one batch
+
+
+def test_other_schedulers_are_selectable(t2v: TextToVideo) -> None:
+    ddim = t2v("a cat", seed=4)
+    euler = t2v("a cat", seed=4, scheduler="EulerDiscreteScheduler")
+    assert euler.shape == ddim.shape and not np.array_equal(euler, ddim)
+    ancestral = "EulerAncestralDiscreteScheduler"  # stochastic steps are seeded too
+    assert np.array_equal(
+        t2v("a", seed=4, scheduler=ancestral), t2v("a", seed=4, scheduler=ancestral)
+    )
+    assert type(t2v.scheduler()).__name__ == "DDIMScheduler"
+    with pytest.raises(ValueError, match="sample.scheduler"):
+        t2v.scheduler("NoSuchScheduler")
+
+
+def test_sampling_uses_the_training_noise_schedule(t2v: TextToVideo) -> None:
+    scheduler = t2v.scheduler()
+    diffusion = t2v.cfg.model.diffusion
+    assert scheduler.config.beta_schedule == diffusion.beta_schedule == "linear"
+    assert scheduler.config.steps_offset == 1  # the rest is the base's scheduler config
+
+
+def test_batch_matches_single_calls(t2v: TextToVideo) -> None:
+    batch = t2v.generate(["a cat", "a dog"], ["", "blurry"], [5, 6])
+    singles = [t2v("a cat", seed=5), t2v("a dog", negative_prompt="blurry", seed=6)]
+    for got, want in zip(batch, singles):
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1  # batched float rounding
+    with pytest.raises(ValueError, match="seeds"):
+        t2v.generate(["a", "b"], seeds=[1])
+
+
+def test_single_window_is_exactly_no_windowing(t2v: TextToVideo) -> None:
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, 4, 8, 4, 4, generator=generator)  # 8 frames == context_frames
+    text = t2v.encode_prompts(["a cat"])
+    t = torch.tensor(500)
+    with torch.no_grad():
+        direct = t2v.unet(latents, t, text)
+    assert torch.equal(t2v.predict_noise(latents, t, text, guidance_scale=1.0), direct)
+
+
+def test_windows_blend_per_frame_predictions_exactly(tiny_base_dir: Path, base) -> None:
+    """Fresh motion modules are the identity, so the UNet is per-frame: windowed sampling must then
+    equal one pass over all frames (any blending error would show)."""
+    unet = VideoUNet.from_unet2d(base.unet, _config(tiny_base_dir).model.motion)
+    windowed = TextToVideo(_config(tiny_base_dir), base=base, unet=unet, device="cpu")
+    whole = TextToVideo(_config(tiny_base_dir, "sample.context_frames=16"), base=base, unet=unet)
+    latents = torch.randn(1, 4, 14, 4, 4, generator=torch.Generator().manual_seed(0))
+    text = torch.cat([windowed.encode_prompts([""]), windowed.encode_prompts(["a cat"])])
+    t = torch.tensor(700)
+    torch.testing.assert_close(
+        windowed.predict_noise(latents, t, text, 7.5),
+        whole.predict_noise(latents, t, text, 7.5),
+        atol=1e-5,
+        rtol=0,
+    )
+
+
+def test_long_video_runs_unet_per_window(t2v: TextToVideo, monkeypatch) -> None:
+    frames_seen = []
+    forward = t2v.unet.forward
+
+    def recording(sample, timestep, text):
+        frames_seen.append(sample.shape[2])
+        return forward(sample, timestep, text)
+
+    monkeypatch.setattr(t2v.unet, "forward", recording)
+    video = t2v("a long cat", num_frames=20, num_inference_steps=2, height=16, width=16)
+    assert video.shape == (20, 16, 16, 3)
+    assert frames_seen == [8, 8, 8] * 2  # 3 windows of context_frames per step, never 20 at once
+
+
+def test_chunked_decode_equals_unchunked(base) -> None:
+    latents = torch.randn(2, 4, 5, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        chunked = decode_latents(base.vae, latents, chunk_frames=3)
+        whole = decode_latents(base.vae, latents, chunk_frames=100)
+    assert chunked.shape == (2, 5, 32, 32, 3)
+    assert 0 <= chunked.min() and chunked.max() <= 1
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)
+    # Frame order survives the reshapes: frame k of clip b is the decode of that latent alone.
+    with torch.no_grad():
+        alone = decode_latents(base.vae, latents[1:2, :, 3:4], chunk_frames=1)
+    torch.testing.assert_close(chunked[1, 3], alone[0, 0], atol=1e-5, rtol=0)
+
+
+def test_bad_requests_are_named(t2v: TextToVideo) -> None:
+    with pytest.raises(ValueError, match="height"):
+        t2v("a cat", height=30)
+    with pytest.raises(ValueError, match="guidance_scale"):
+        t2v("a cat", guidance_scale=0.5)
+    with pytest.raises(ValueError, match="context_frames"):
+        TextToVideo(_config(Path("unused"), "sample.context_frames=40"))
