@@ -17,7 +17,7 @@ Latents are ``(batch, channels, frames, height/8, width/8)`` throughout.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -66,53 +66,78 @@ def window_weights(length: int, overlap: int) -> torch.Tensor:
 
 
 def blend_windows(
-    predictions: Sequence[torch.Tensor],
+    predictions: Iterable[torch.Tensor],
     windows: Sequence[Sequence[int]],
     num_frames: int,
     overlap: int,
 ) -> torch.Tensor:
     """Weighted average of per-window predictions ``(batch, channels, len(window), h, w)`` into
-    ``(batch, channels, num_frames, h, w)``. A single window covering all frames is returned as is."""
-    if len(predictions) != len(windows):
-        raise ValueError(f"{len(predictions)} predictions for {len(windows)} windows")
+    ``(batch, channels, num_frames, h, w)``. A single window covering all frames is returned as is.
+
+    ``predictions`` may be a generator: each window's output is folded in as soon as it exists,
+    so memory holds one window's prediction and the running sums, whatever the clip length."""
+    predictions = iter(predictions)
     if len(windows) == 1 and list(windows[0]) == list(range(num_frames)):
-        return predictions[0]
-    first = predictions[0]
-    shape = (first.shape[0], first.shape[1], num_frames, *first.shape[3:])
-    total = torch.zeros(shape, dtype=torch.float32, device=first.device)
-    weight_sum = torch.zeros(num_frames, dtype=torch.float32, device=first.device)
+        single = next(predictions)
+        if next(predictions, None) is not None:
+            raise ValueError("more predictions than windows")
+        return single
+    total = weight_sum = None
+    count = 0
     for prediction, frames in zip(predictions, windows):
-        index = torch.as_tensor(list(frames), device=first.device)
-        weights = window_weights(len(frames), overlap).to(first.device)
+        if total is None:
+            shape = (prediction.shape[0], prediction.shape[1], num_frames, *prediction.shape[3:])
+            total = torch.zeros(shape, dtype=torch.float32, device=prediction.device)
+            weight_sum = torch.zeros(num_frames, dtype=torch.float32, device=prediction.device)
+            dtype = prediction.dtype
+        index = torch.as_tensor(list(frames), device=total.device)
+        weights = window_weights(len(frames), overlap).to(total.device)
         total.index_add_(2, index, prediction.float() * weights.view(1, 1, -1, 1, 1))
         weight_sum.index_add_(0, index, weights)
+        count += 1
+    if count != len(windows) or next(predictions, None) is not None:
+        raise ValueError(f"need one prediction per window ({len(windows)})")
     if bool((weight_sum == 0).any()):
         missing = torch.nonzero(weight_sum == 0).flatten().tolist()
         raise ValueError(f"frames {missing} are not covered by any context window")
-    return (total / weight_sum.view(1, 1, -1, 1, 1)).to(first.dtype)
+    return (total / weight_sum.view(1, 1, -1, 1, 1)).to(dtype)
 
 
-def decode_latents(vae: Any, latents: torch.Tensor, chunk_frames: int) -> torch.Tensor:
+def iter_decoded(vae: Any, latents: torch.Tensor, chunk_frames: int) -> Iterator[torch.Tensor]:
     """VAE-decode ``(batch, channels, frames, h, w)`` latents (already times the scaling factor)
-    into ``(batch, frames, height, width, 3)`` float32 in [0, 1], ``chunk_frames`` images at a
-    time: the decoder's activations at full resolution dominate memory, so this bounds them."""
+    ``chunk_frames`` images at a time, yielding ``(n, height, width, 3)`` float32 in [0, 1] for
+    consecutive images in ``(batch, frames)`` order: the decoder's full-resolution activations
+    dominate decode memory, so the chunk size bounds them."""
     if chunk_frames < 1:
         raise ValueError(f"sample.decode_chunk_frames: must be >= 1, got {chunk_frames}")
     batch, channels, frames, height, width = latents.shape
     images = latents.permute(0, 2, 1, 3, 4).reshape(batch * frames, channels, height, width)
-    images = images / vae.config.scaling_factor
     vae_dtype = next(vae.parameters()).dtype
-    decoded = []
     for start in range(0, images.shape[0], chunk_frames):
-        chunk = images[start : start + chunk_frames].to(vae_dtype)
-        decoded.append(vae.decode(chunk).sample.float())
-    pixels = (torch.cat(decoded) / 2 + 0.5).clamp(0, 1)
-    return pixels.reshape(batch, frames, *pixels.shape[1:]).permute(0, 1, 3, 4, 2)
+        chunk = (images[start : start + chunk_frames] / vae.config.scaling_factor).to(vae_dtype)
+        pixels = (vae.decode(chunk).sample.float() / 2 + 0.5).clamp(0, 1)
+        yield pixels.permute(0, 2, 3, 1)
 
 
 def to_uint8(video: torch.Tensor) -> np.ndarray:
     """``(..., 3)`` floats in [0, 1] -> uint8 numpy."""
     return (video * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+
+
+def decode_latents(vae: Any, latents: torch.Tensor, chunk_frames: int) -> np.ndarray:
+    """``(batch, channels, frames, h, w)`` latents -> ``(batch, frames, height, width, 3)`` uint8.
+
+    Each chunk is quantised as soon as it is decoded, so full-resolution floats never exist for
+    the whole clip (at 512x512 they would be 3 MiB per frame, four times the uint8 result)."""
+    batch, frames = latents.shape[0], latents.shape[2]
+    video: np.ndarray | None = None
+    position = 0
+    for pixels in iter_decoded(vae, latents, chunk_frames):
+        if video is None:
+            video = np.empty((batch * frames, *pixels.shape[1:]), dtype=np.uint8)
+        video[position : position + pixels.shape[0]] = to_uint8(pixels)
+        position += pixels.shape[0]
+    return video.reshape(batch, frames, *video.shape[1:])
 
 
 def build_scheduler(name: str, scheduler_config: dict[str, Any], diffusion: DiffusionConfig) -> Any:
@@ -245,10 +270,10 @@ class TextToVideo:
         num_frames = latents.shape[2]
         sample = self.cfg.sample
         windows = context_windows(num_frames, sample.context_frames, sample.context_overlap)
-        predictions = [
+        predictions = (
             self.unet(model_input[:, :, frames].to(self.dtype), timestep, text).float()
             for frames in windows
-        ]
+        )
         output = blend_windows(predictions, windows, num_frames, sample.context_overlap)
         if not guided:
             return output
@@ -331,8 +356,7 @@ class TextToVideo:
             )[0]
             if progress is not None:
                 progress(index + 1, len(noise_scheduler.timesteps))
-        video = decode_latents(self.vae, latents, sample.decode_chunk_frames)
-        return list(to_uint8(video))
+        return list(decode_latents(self.vae, latents, sample.decode_chunk_frames))
 
     def _validate(
         self,

@@ -16,6 +16,7 @@ from animatediff.sampling import (
     classifier_free_guidance,
     context_windows,
     decode_latents,
+    iter_decoded,
     window_weights,
 )
 from animatediff.unet import VideoUNet
@@ -93,6 +94,11 @@ def test_blend_windows() -> None:
     mixed = blend_windows(constant, windows, num_frames, 2).flatten()
     assert mixed[:6].eq(0).all() and mixed[8:12].eq(1).all() and mixed[14:].eq(2).all()
     assert 0 < mixed[6] < mixed[7] < 1  # ramps from window 0 towards window 1
+    # Predictions may stream in from a generator (one window in memory at a time).
+    streamed = blend_windows((per_frame[:, :, w] for w in windows), windows, num_frames, 2)
+    assert torch.equal(streamed, blended)
+    with pytest.raises(ValueError, match="one prediction per window"):
+        blend_windows([per_frame[:, :, w] for w in windows[:2]], windows, num_frames, 2)
     # A single window covering the clip is passed through untouched.
     single = torch.randn(1, 4, 5, 2, 2)
     assert blend_windows([single], [list(range(5))], 5, 2) is single
@@ -250,15 +256,21 @@ def test_long_video_runs_unet_per_window(t2v: TextToVideo, monkeypatch) -> None:
 def test_chunked_decode_equals_unchunked(base) -> None:
     latents = torch.randn(2, 4, 5, 4, 4, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        chunked = decode_latents(base.vae, latents, chunk_frames=3)
-        whole = decode_latents(base.vae, latents, chunk_frames=100)
-    assert chunked.shape == (2, 5, 32, 32, 3)
-    assert 0 <= chunked.min() and chunked.max() <= 1
+        chunks = list(iter_decoded(base.vae, latents, chunk_frames=3))
+        (whole,) = list(iter_decoded(base.vae, latents, chunk_frames=100))
+        video = decode_latents(base.vae, latents, chunk_frames=3)
+        video_whole = decode_latents(base.vae, latents, chunk_frames=100)
+    assert [c.shape[0] for c in chunks] == [3, 3, 3, 1]  # 10 images, at most 3 at a time
+    chunked = torch.cat(chunks)
+    assert chunked.shape == (10, 32, 32, 3) and 0 <= chunked.min() and chunked.max() <= 1
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)
+    assert video.shape == (2, 5, 32, 32, 3) and video.dtype == np.uint8
+    assert np.abs(video.astype(int) - video_whole.astype(int)).max() <= 1  # float rounding only
     # Frame order survives the reshapes: frame k of clip b is the decode of that latent alone.
     with torch.no_grad():
         alone = decode_latents(base.vae, latents[1:2, :, 3:4], chunk_frames=1)
-    torch.testing.assert_close(chunked[1, 3], alone[0, 0], atol=1e-5, rtol=0)
+    assert np.abs(video[1, 3].astype(int) - alone[0, 0].astype(int)).max() <= 1
+    assert np.abs(video[1, 3].astype(int) - video[1, 2].astype(int)).max() > 1
 
 
 def test_bad_requests_are_named(t2v: TextToVideo) -> None:
