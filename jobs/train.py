@@ -417,7 +417,12 @@ def run_training(cfg: Config) -> TrainOutcome:
 
     from animatediff import tracking
 
+    from animatediff.base_model import resolve_pretrained
+
     train = cfg.train
+    # Materialise a built-in base here, outside torch.distributed: transformers' save_pretrained
+    # writes nothing on a non-zero rank, so racing workers could publish an empty copy.
+    resolve_pretrained(cfg.model.base)
     train_ds, val_clips, fingerprint = _datasets(cfg)
     storage_path, filesystem = _storage(cfg)
     run_id = tracking_uri = None

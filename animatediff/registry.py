@@ -1,0 +1,325 @@
+"""The MLflow model registry: a trained motion module as a text-to-video ``pyfunc`` model.
+
+    version = register_motion_module(cfg, motion_dir, run_id, tracking_uri, val_loss=0.12)
+    modules, motion_cfg, meta = load_registered_motion_module("models:/animatediff-motion-module@champion")
+    videos = mlflow.pyfunc.load_model("models:/...@candidate").predict(pd.DataFrame({"prompt": [...]}))
+
+A registered version's artifacts: ``motion_module/`` (native ``motion_module.safetensors`` +
+``motion_module.json``) and ``config.yaml`` (the training config: ``model.base`` is the reference to
+the frozen base it animates, ``sample`` the sampling defaults). New versions get the alias
+``candidate``; ``promote`` moves ``champion`` after comparing validation losses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from animatediff.config import Config, MotionModuleConfig, load_config, save_config, to_dict
+
+MOTION_ARTIFACT = "motion_module"
+CONFIG_ARTIFACT = "config.yaml"
+BASE_ARTIFACT = "base.json"
+VAL_LOSS_TAG = "val_loss"
+# Optional request columns and how they map onto TextToVideo arguments.
+OPTIONAL_COLUMNS = {
+    "negative_prompt": "string",
+    "seed": "long",
+    "num_frames": "long",
+    "num_inference_steps": "long",
+    "guidance_scale": "double",
+    "height": "long",
+    "width": "long",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The pyfunc model
+# ---------------------------------------------------------------------------------------------
+
+
+def _python_model_class():
+    import mlflow.pyfunc
+
+    class MotionModuleTextToVideo(mlflow.pyfunc.PythonModel):
+        """``predict(DataFrame[prompt, seed?, num_frames?, ...]) -> (rows, frames, height, width,
+        3) uint8``: one video per row; all rows of a request must share frames, height, width."""
+
+        def load_context(self, context: Any) -> None:
+            from animatediff.checkpoints import load_motion_modules
+            from animatediff.sampling import TextToVideo
+
+            cfg = load_config(context.artifacts["config"])
+            modules, motion_cfg = load_motion_modules(context.artifacts[MOTION_ARTIFACT])
+            cfg = _with_motion(cfg, motion_cfg)
+            self.pipe = TextToVideo(cfg, modules)
+
+        def predict(self, context, model_input, params=None):  # no hints: MLflow would parse them
+            return predict_videos(self.pipe, model_input)
+
+    return MotionModuleTextToVideo
+
+
+def _with_motion(cfg: Config, motion_cfg: MotionModuleConfig) -> Config:
+    import dataclasses
+
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, motion=motion_cfg))
+
+
+def _requests(model_input: Any) -> list[dict[str, Any]]:
+    """DataFrame / list of dicts / list of prompt strings -> one dict per video."""
+    import pandas as pd
+
+    if isinstance(model_input, pd.DataFrame):
+        rows = model_input.to_dict(orient="records")
+    elif isinstance(model_input, dict):
+        rows = pd.DataFrame(model_input).to_dict(orient="records")
+    else:
+        rows = [{"prompt": r} if isinstance(r, str) else dict(r) for r in model_input]
+    requests = []
+    for index, row in enumerate(rows):
+        prompt = row.get("prompt")
+        if not isinstance(prompt, str) or not prompt:
+            raise ValueError(f"row {index}: 'prompt' must be a non-empty string, got {prompt!r}")
+        unknown = set(row) - {"prompt", *OPTIONAL_COLUMNS}
+        if unknown:
+            raise ValueError(f"row {index}: unknown columns {sorted(unknown)}")
+        request = {"prompt": prompt}
+        for name in OPTIONAL_COLUMNS:
+            value = row.get(name)
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                continue  # missing in this row: the model's sampling default
+            kind = OPTIONAL_COLUMNS[name]
+            request[name] = (
+                int(value) if kind == "long" else float(value) if kind == "double" else str(value)
+            )
+        requests.append(request)
+    if not requests:
+        raise ValueError("no prompts given")
+    return requests
+
+
+def predict_videos(pipe: Any, model_input: Any) -> np.ndarray:
+    """Run ``pipe`` (a ``TextToVideo``) for each request: ``(rows, frames, height, width, 3)``."""
+    videos = [pipe(**request) for request in _requests(model_input)]
+    shapes = {video.shape for video in videos}
+    if len(shapes) > 1:
+        raise ValueError(f"rows asked for different video shapes {sorted(shapes)}: split the request")
+    return np.stack(videos)
+
+
+def _signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    columns = [ColSpec("string", "prompt")] + [
+        ColSpec(kind, name, required=False) for name, kind in OPTIONAL_COLUMNS.items()
+    ]
+    outputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, -1, 3))])
+    return ModelSignature(inputs=Schema(columns), outputs=outputs)
+
+
+def _input_example(cfg: Config):
+    import pandas as pd
+
+    # Small on purpose: MLflow runs the example through predict when logging, as a self-check.
+    return pd.DataFrame(
+        {
+            "prompt": ["a red ball bouncing"],
+            "seed": [cfg.sample.seed],
+            "num_frames": [min(2, cfg.sample.context_frames)],
+            "num_inference_steps": [1],
+            "guidance_scale": [1.0],
+            "height": [64],
+            "width": [64],
+        }
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Registering and loading
+# ---------------------------------------------------------------------------------------------
+
+
+def register_motion_module(
+    cfg: Config,
+    motion_dir: str | Path,
+    run_id: str,
+    tracking_uri: str,
+    val_loss: float | None = None,
+) -> str:
+    """Log the motion module as a pyfunc model in ``run_id``, register it under
+    ``mlflow.registered_model`` with alias ``mlflow.candidate_alias``; returns the version."""
+    import mlflow
+
+    from animatediff.tracking import client
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    with tempfile.TemporaryDirectory() as directory:
+        config_path = Path(directory) / CONFIG_ARTIFACT
+        save_config(cfg, config_path)
+        base_path = Path(directory) / BASE_ARTIFACT
+        base_path.write_text(json.dumps(to_dict(cfg.model.base), indent=2))
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=_python_model_class()(),
+                artifacts={
+                    MOTION_ARTIFACT: str(motion_dir),
+                    "config": str(config_path),
+                    "base": str(base_path),
+                },
+                signature=_signature(),
+                input_example=_input_example(cfg),
+                registered_model_name=cfg.mlflow.registered_model,
+                pip_requirements=["animatediff-ray"],
+            )
+    mlflow_client = client(tracking_uri)
+    version = str(info.registered_model_version)
+    name = cfg.mlflow.registered_model
+    if val_loss is not None:
+        mlflow_client.set_model_version_tag(name, version, VAL_LOSS_TAG, repr(float(val_loss)))
+    mlflow_client.set_model_version_tag(name, version, "base", cfg.model.base.pretrained)
+    mlflow_client.set_registered_model_alias(name, cfg.mlflow.candidate_alias, version)
+    return version
+
+
+def _parse_models_uri(model_uri: str) -> tuple[str, str | None, str | None]:
+    """``models:/name@alias`` or ``models:/name/version`` -> (name, version, alias)."""
+    rest = model_uri.removeprefix("models:/")
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return name, None, alias
+    name, _, version = rest.partition("/")
+    return name, version or None, None
+
+
+def _find_artifact(root: Path, name: str) -> Path:
+    for candidate in (root / "artifacts" / name, root / name):
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"{root}: the model has no artifact {name!r}")
+
+
+def load_registered_motion_module(
+    model_uri: str, tracking_uri: str | None = None
+) -> tuple[Any, MotionModuleConfig, dict[str, Any]]:
+    """``(MotionModules, MotionModuleConfig, metadata)`` of a registered (or logged) model.
+
+    ``model_uri``: ``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``runs:/...`` or a
+    local model directory. ``metadata``: ``name``, ``version``, ``aliases``, ``run_id``,
+    ``val_loss``, ``base`` (the ``model.base`` config dict of the frozen base it animates) and
+    ``config`` (the full training config dict, for sampling defaults)."""
+    import mlflow
+
+    from animatediff.checkpoints import load_motion_modules
+    from animatediff.tracking import client
+
+    metadata: dict[str, Any] = {"model_uri": model_uri, "name": None, "version": None}
+    if model_uri.startswith("models:/"):
+        mlflow_client = client(tracking_uri or mlflow.get_tracking_uri())
+        name, version, alias = _parse_models_uri(model_uri)
+        found = (
+            mlflow_client.get_model_version_by_alias(name, alias)
+            if alias
+            else mlflow_client.get_model_version(name, version)
+        )
+        tags = dict(found.tags or {})
+        metadata.update(
+            name=name,
+            version=str(found.version),
+            aliases=list(found.aliases or []),
+            run_id=found.run_id,
+            val_loss=float(tags[VAL_LOSS_TAG]) if VAL_LOSS_TAG in tags else None,
+        )
+    local = Path(model_uri)
+    with tempfile.TemporaryDirectory() as directory:
+        if not local.exists():
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=model_uri, dst_path=directory, tracking_uri=tracking_uri
+                )
+            )
+        modules, motion_cfg = load_motion_modules(_find_artifact(local, MOTION_ARTIFACT))
+        metadata["base"] = json.loads(_find_artifact(local, BASE_ARTIFACT).read_text())
+        metadata["config"] = to_dict(load_config(_find_artifact(local, CONFIG_ARTIFACT)))
+    return modules, motion_cfg, metadata
+
+
+# ---------------------------------------------------------------------------------------------
+# Promotion
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str
+
+
+def should_promote(candidate_loss: float | None, champion_loss: float | None) -> Decision:
+    """Promote when there is no champion yet, or the candidate's validation loss is not worse.
+
+    A candidate without a logged validation loss is never promoted over an existing champion."""
+    if champion_loss is None:
+        return Decision(True, "no current champion")
+    if candidate_loss is None or math.isnan(candidate_loss):
+        return Decision(False, "the candidate has no validation loss")
+    if candidate_loss <= champion_loss:
+        return Decision(True, f"val_loss {candidate_loss:.6g} <= champion's {champion_loss:.6g}")
+    return Decision(False, f"val_loss {candidate_loss:.6g} > champion's {champion_loss:.6g}")
+
+
+def _version_loss(mlflow_client: Any, name: str, version: Any) -> float | None:
+    """The validation loss of a version: its tag, else the ``val_loss`` metric of its run."""
+    tags = dict(version.tags or {})
+    if VAL_LOSS_TAG in tags:
+        return float(tags[VAL_LOSS_TAG])
+    if version.run_id:
+        metric = mlflow_client.get_run(version.run_id).data.metrics.get("val_loss")
+        return None if metric is None else float(metric)
+    return None
+
+
+def promote(
+    cfg: Config, tracking_uri: str, version: str | None = None, force: bool = False
+) -> tuple[Decision, str]:
+    """Move ``mlflow.champion_alias`` to ``version`` (default: the ``candidate``) if it passes
+    ``should_promote`` (or ``force``); returns the decision and the version considered."""
+    from mlflow.exceptions import MlflowException
+
+    from animatediff.tracking import client
+
+    mlflow_client = client(tracking_uri)
+    name = cfg.mlflow.registered_model
+    if version is None:
+        candidate = mlflow_client.get_model_version_by_alias(name, cfg.mlflow.candidate_alias)
+    else:
+        candidate = mlflow_client.get_model_version(name, version)
+    try:
+        champion = mlflow_client.get_model_version_by_alias(name, cfg.mlflow.champion_alias)
+    except MlflowException:
+        champion = None
+    if champion is not None and str(champion.version) == str(candidate.version):
+        return Decision(False, f"version {candidate.version} already is the champion"), str(
+            candidate.version
+        )
+    decision = should_promote(
+        _version_loss(mlflow_client, name, candidate),
+        None if champion is None else _version_loss(mlflow_client, name, champion),
+    )
+    if force and not decision.promote:
+        decision = Decision(True, f"forced ({decision.reason})")
+    if decision.promote:
+        mlflow_client.set_registered_model_alias(
+            name, cfg.mlflow.champion_alias, str(candidate.version)
+        )
+    return decision, str(candidate.version)
+
