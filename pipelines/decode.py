@@ -1,0 +1,323 @@
+"""Decode stage (CPU): plan rows -> clip rows of uint8 frames, and one outcome record per row
+that produces no clip.
+
+Per video: check the object (missing, empty, unreadable), probe the container with PyAV (size,
+video stream), then decord's ``VideoReader`` resizes while decoding (ffmpeg's scaler, cheaper
+than resizing decoded full-size frames) and ``get_batch`` fetches each window. Frames stay uint8
+``(frames, height, width, 3)`` until the encoder: a quarter of the bytes of float32 in the object
+store. Every failure becomes an outcome record with a reason category; nothing raises.
+
+Outcome records (failed, cached) are written by this stage as small Parquet parts named by a
+hash of their content, so a retried task rewrites the same file instead of adding one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pipelines import sampling
+from pipelines.sources import STATUS_CACHED, STATUS_FAILED, STATUS_TODO
+from pipelines.storage import Location, locate_path, write_atomic
+
+# Reason categories of the errors table (see also pipelines.sources).
+MISSING_FILE = "missing_file"
+EMPTY_FILE = "empty_file"
+UNREADABLE = "unreadable"
+NOT_A_VIDEO = "not_a_video"
+TRUNCATED = "truncated"
+NO_VIDEO_STREAM = "no_video_stream"
+TOO_FEW_FRAMES = "too_few_frames"
+DECODE_ERROR = "decode_error"
+
+OUTCOME_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("video_id", pa.string()),
+        ("source", pa.string()),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+        ("message", pa.string()),
+        ("clips", pa.int32()),
+        ("cached_clips", pa.int32()),
+    ]
+)
+
+
+class DecodeFailure(Exception):
+    """A video that yields no clip; ``reason`` is its category."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    num_frames: int
+    stride: int
+    resolution: int
+    seed: int
+    clips_per_video: int
+    threads: int
+    root: Location
+    outcomes: Location
+    """Directory of this run's outcome parts."""
+
+
+def resize_shape(width: int, height: int, resolution: int) -> tuple[int, int]:
+    """``(width, height)`` with the short side at ``resolution``, aspect ratio kept."""
+    scale = resolution / min(width, height)
+    return max(resolution, round(width * scale)), max(resolution, round(height * scale))
+
+
+def center_crop(frames: np.ndarray, size: int) -> np.ndarray:
+    """``(frames, H, W, 3)`` -> ``(frames, size, size, 3)`` around the centre."""
+    height, width = frames.shape[1:3]
+    top, left = (height - size) // 2, (width - size) // 2
+    return frames[:, top : top + size, left : left + size]
+
+
+def mp4_boxes(data: bytes, limit: int = 64) -> list[tuple[str, int, int]]:
+    """``(name, offset, declared size)`` of the top-level ISO-BMFF boxes (``ftyp``, ``moov``,
+    ``mdat``...); used only to explain why an MP4/MOV failed to open or decode."""
+    boxes: list[tuple[str, int, int]] = []
+    offset = 0
+    while offset + 8 <= len(data) and len(boxes) < limit:
+        size = int.from_bytes(data[offset : offset + 4], "big")
+        name = data[offset + 4 : offset + 8].decode("latin-1")
+        if size == 1 and offset + 16 <= len(data):
+            size = int.from_bytes(data[offset + 8 : offset + 16], "big")
+        elif size == 0:  # "extends to the end of the file"
+            size = len(data) - offset
+        if size < 8 or not name.isalnum():
+            break
+        boxes.append((name, offset, size))
+        offset += size
+    return boxes
+
+
+def truncation(data: bytes) -> str | None:
+    """Why an MP4 looks truncated (index missing, or a box cut short), or None."""
+    boxes = mp4_boxes(data)
+    names = [name for name, _, _ in boxes]
+    if not names or names[0] != "ftyp":
+        return None
+    name, offset, size = boxes[-1]
+    cut = offset + size > len(data)
+    cut_text = (
+        f"file ends at byte {len(data)} inside box {name!r} declared to end at {offset + size}"
+    )
+    if "moov" not in names:
+        return f"MP4 index (moov) missing; boxes: {names}" + (f"; {cut_text}" if cut else "")
+    return cut_text if cut else None
+
+
+def _short(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:300]}"
+
+
+def _fetch(source: Location) -> str | io.BytesIO:
+    """A local path, or the object's bytes for decoders that cannot read object stores."""
+    try:
+        info = source.fs.get_file_info(source.path)
+    except OSError as error:
+        raise DecodeFailure(UNREADABLE, _short(error)) from error
+    if info.type == pafs.FileType.NotFound:
+        raise DecodeFailure(MISSING_FILE, f"{source.uri} does not exist")
+    if info.type != pafs.FileType.File:
+        raise DecodeFailure(NOT_A_VIDEO, f"{source.uri} is not a file")
+    if info.size == 0:
+        raise DecodeFailure(EMPTY_FILE, f"{source.uri} has zero bytes")
+    if isinstance(source.fs, pafs.LocalFileSystem):
+        return source.path
+    try:
+        with source.fs.open_input_stream(source.path) as stream:
+            return io.BytesIO(stream.read())
+    except OSError as error:
+        raise DecodeFailure(UNREADABLE, _short(error)) from error
+
+
+def _read_all(data: str | io.BytesIO) -> bytes:
+    if isinstance(data, str):
+        with open(data, "rb") as file:
+            return file.read()
+    return data.getvalue()
+
+
+def _explain(data: str | io.BytesIO, reason: str, error: BaseException) -> DecodeFailure:
+    """A failure as ``truncated`` when the container is visibly cut, else as ``reason``."""
+    cut = truncation(_read_all(data))
+    if cut:
+        return DecodeFailure(TRUNCATED, f"{cut} ({_short(error)[:120]})")
+    return DecodeFailure(reason, _short(error))
+
+
+def probe(data: str | io.BytesIO) -> tuple[int, int]:
+    """``(width, height)`` of the first video stream, or ``DecodeFailure``."""
+    import av
+
+    try:
+        with av.open(data if isinstance(data, str) else io.BytesIO(data.getvalue())) as container:
+            if not container.streams.video:
+                kinds = sorted({s.type for s in container.streams}) or ["none"]
+                raise DecodeFailure(
+                    NO_VIDEO_STREAM, f"no video stream (streams: {', '.join(kinds)})"
+                )
+            context = container.streams.video[0].codec_context
+            width, height = int(context.width), int(context.height)
+    except DecodeFailure:
+        raise
+    except Exception as error:  # PyAV raises many ffmpeg error classes
+        raise _explain(data, NOT_A_VIDEO, error) from error
+    if width <= 0 or height <= 0:
+        raise DecodeFailure(NOT_A_VIDEO, f"video stream has no frame size ({width}x{height})")
+    return width, height
+
+
+def decode_clips(
+    source: str, spec: DecodeSpec, need_mask: int
+) -> tuple[list[tuple[int, np.ndarray, np.ndarray]], float]:
+    """``([(ordinal, frame_indices (frames,), frames uint8 (frames, R, R, 3))...], fps)`` for
+    each window whose plain or flipped clip is still needed."""
+    import decord
+
+    data = _fetch(locate_path(spec.root, source))
+    width, height = probe(data)
+    out_width, out_height = resize_shape(width, height, spec.resolution)
+    try:
+        reader = decord.VideoReader(
+            data, width=out_width, height=out_height, num_threads=spec.threads
+        )
+    except Exception as error:  # the container opened, so its stream data is bad
+        raise _explain(data, DECODE_ERROR, error) from error
+    try:
+        try:
+            windows = sampling.clip_windows(
+                len(reader), spec.num_frames, spec.stride, spec.clips_per_video, spec.seed, source
+            )
+        except sampling.TooFewFramesError as error:
+            raise DecodeFailure(TOO_FEW_FRAMES, str(error)) from error
+        fps = float(reader.get_avg_fps())
+        clips = []
+        for ordinal, indices in enumerate(windows):
+            if not (need_mask >> (2 * ordinal)) & 3:
+                continue
+            try:
+                frames = reader.get_batch(indices.tolist()).asnumpy()
+            except Exception as error:  # decord raises DECORDError for cut or corrupt streams
+                raise _explain(data, DECODE_ERROR, error) from error
+            if frames.shape[0] != spec.num_frames:
+                raise DecodeFailure(
+                    DECODE_ERROR, f"decoded {frames.shape[0]} of {spec.num_frames} frames"
+                )
+            clips.append(
+                (ordinal, indices, np.ascontiguousarray(center_crop(frames, spec.resolution)))
+            )
+        return clips, fps
+    finally:
+        # decord keeps decoder state and buffers alive with the reader (known leaks upstream).
+        reader.seek(0)
+        del reader
+
+
+def _result(reason: str, message: str, clips: int, cached: int) -> dict:
+    return {"reason": reason, "message": message, "clips": clips, "cached_clips": cached}
+
+
+def _write_outcomes(records: list[dict], directory: Location) -> None:
+    table = pa.Table.from_pylist(records, schema=OUTCOME_SCHEMA)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    data = sink.getvalue().to_pybytes()
+    name = hashlib.sha256(data).hexdigest()[:32]
+    write_atomic(directory.join(f"part-decode-{name}.parquet"), data)
+
+
+def decode_batch(batch: dict[str, np.ndarray], spec: DecodeSpec) -> Iterator[dict[str, np.ndarray]]:
+    """The Ray Data step: ``decode_rows``, yielding nothing when no row produced a clip (an empty
+    batch would give Ray untyped columns that clash with the real schema downstream)."""
+    clips = decode_rows(batch, spec)
+    if len(clips["key"]):
+        yield clips
+
+
+def decode_rows(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np.ndarray]:
+    """Plan rows -> clip rows ``key, video_id, caption, source, ordinal, frame_indices (frames,),
+    fps, pixels uint8 (frames, R, R, 3), need_mask, row_first``."""
+    records: list[dict] = []
+    rows: dict[str, list] = {
+        k: []
+        for k in ("key", "video_id", "caption", "source", "ordinal", "frame_indices", "fps")
+        + ("pixels", "need_mask", "row_first", "row_clips", "row_cached")
+    }
+    for i in range(len(batch["key"])):
+        key, video_id, source = (
+            str(batch["key"][i]),
+            str(batch["video_id"][i]),
+            str(batch["source"][i]),
+        )
+        status, mask = str(batch["status"][i]), int(batch["need_mask"][i])
+        cached = int(batch["cached_clips"][i])
+        record = {"key": key, "video_id": video_id, "source": source, "status": status}
+        if status != STATUS_TODO:
+            reason, message = str(batch["reason"][i]), str(batch["message"][i])
+            records.append(record | _result(reason, message, 0, cached))
+            continue
+        try:
+            clips, fps = decode_clips(source, spec, mask)
+        except DecodeFailure as failure:
+            failed = _result(failure.reason, str(failure), 0, cached)
+            records.append(record | failed | {"status": STATUS_FAILED})
+            continue
+        except Exception as error:  # never let one video end the run
+            failed = _result(DECODE_ERROR, _short(error), 0, cached)
+            records.append(record | failed | {"status": STATUS_FAILED})
+            continue
+        if not clips:  # the video has fewer distinct windows than asked; those it has are cached
+            records.append(record | _result("", "", 0, cached) | {"status": STATUS_CACHED})
+            continue
+        new_clips = sum(bin((mask >> (2 * ordinal)) & 3).count("1") for ordinal, _, _ in clips)
+        for j, (ordinal, indices, frames) in enumerate(clips):
+            for name, value in (
+                ("key", key),
+                ("video_id", video_id),
+                ("caption", str(batch["caption"][i])),
+                ("source", source),
+                ("ordinal", ordinal),
+                ("frame_indices", indices),
+                ("fps", fps),
+                ("pixels", frames),
+                ("need_mask", (mask >> (2 * ordinal)) & 3),
+                ("row_first", j == 0),
+                ("row_clips", new_clips),
+                ("row_cached", cached),
+            ):
+                rows[name].append(value)
+    if records:
+        _write_outcomes(records, spec.outcomes)
+    size = (spec.num_frames, spec.resolution, spec.resolution, 3)
+    return {
+        "key": np.array(rows["key"], dtype=object),
+        "video_id": np.array(rows["video_id"], dtype=object),
+        "caption": np.array(rows["caption"], dtype=object),
+        "source": np.array(rows["source"], dtype=object),
+        "ordinal": np.array(rows["ordinal"], dtype=np.int32),
+        "frame_indices": np.array(rows["frame_indices"], dtype=np.int32).reshape(
+            -1, spec.num_frames
+        ),
+        "fps": np.array(rows["fps"], dtype=np.float32),
+        "pixels": np.stack(rows["pixels"]) if rows["pixels"] else np.zeros((0, *size), np.uint8),
+        "need_mask": np.array(rows["need_mask"], dtype=np.int64),
+        "row_first": np.array(rows["row_first"], dtype=bool),
+        "row_clips": np.array(rows["row_clips"], dtype=np.int32),
+        "row_cached": np.array(rows["row_cached"], dtype=np.int32),
+    }

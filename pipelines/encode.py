@@ -1,0 +1,152 @@
+"""Encode stage (actor pool): clip rows of uint8 frames -> latent rows.
+
+Each actor loads the frozen VAE (and optionally the CLIP text encoder) once. A clip whose plain
+and flipped variants are both wanted is decoded once and expanded here into two rows, so the
+flipped frames never travel through the object store. The latent posterior's mean and std are
+stored (float16, unscaled), not a sample: training draws a fresh latent every epoch, as the
+original AnimateDiff does by encoding on the fly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from animatediff.config import BaseModelConfig
+from pipelines import sampling
+
+
+def to_model_input(frames: np.ndarray):
+    """uint8 ``(batch, frames, H, W, 3)`` -> float ``(batch * frames, 3, H, W)`` in [-1, 1]."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(frames))
+    batch, num_frames, height, width, _ = x.shape
+    x = x.reshape(batch * num_frames, height, width, 3).permute(0, 3, 1, 2)
+    return x.float().div_(127.5).sub_(1.0)
+
+
+def resolve_dtype(name: str, use_gpu: bool):
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if use_gpu else torch.float32
+    return getattr(torch, name)
+
+
+class EncodeClips:
+    """Ray Data actor: ``__call__(clip batch) -> latent batch`` (see ``pipelines.shards`` for the
+    output columns)."""
+
+    def __init__(
+        self,
+        base: BaseModelConfig,
+        fingerprint_hash: str,
+        seed: int,
+        dtype: str = "auto",
+        cache_text_embeddings: bool = False,
+        num_threads: int = 1,
+    ):
+        import torch
+
+        from animatediff.base_model import load_text_encoder, load_vae
+
+        self.use_gpu = torch.cuda.is_available()
+        self.device = torch.device("cuda" if self.use_gpu else "cpu")
+        if not self.use_gpu:
+            torch.set_num_threads(max(1, num_threads))
+        self.dtype = resolve_dtype(dtype, self.use_gpu)
+        self.vae = load_vae(base, self.dtype).to(self.device)
+        self.tokenizer = self.text_encoder = None
+        if cache_text_embeddings:
+            self.tokenizer, text_encoder = load_text_encoder(base, self.dtype)
+            self.text_encoder = text_encoder.to(self.device)
+        self.fingerprint_hash = fingerprint_hash
+        self.seed = seed
+        self.latent_channels = int(self.vae.config.latent_channels)
+        self.downsample = 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def _expand(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(input row of each output row, flipped, row_first)``: one output row per wanted
+        variant (bit 0: plain, bit 1: flipped)."""
+        take, flipped, first = [], [], []
+        for i, mask in enumerate(batch["need_mask"]):
+            wanted = [f for f in (False, True) if (int(mask) >> int(f)) & 1]
+            for k, f in enumerate(wanted):
+                take.append(i)
+                flipped.append(f)
+                first.append(bool(batch["row_first"][i]) and k == 0)
+        return np.array(take, np.int64), np.array(flipped, bool), np.array(first, bool)
+
+    def encode_latents(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 ``(batch, frames, H, W, 3)`` -> mean, std float16 ``(batch, 4, frames, H/8, W/8)``."""
+        import torch
+
+        batch, num_frames = frames.shape[:2]
+        x = to_model_input(frames).to(self.device, self.dtype)
+        with torch.inference_mode():
+            posterior = self.vae.encode(x).latent_dist
+            mean, std = posterior.mean, posterior.std
+
+        def layout(t):  # (batch * frames, C, h, w) -> (batch, C, frames, h, w)
+            t = t.float().reshape(batch, num_frames, *t.shape[1:]).permute(0, 2, 1, 3, 4)
+            return t.to(torch.float16).cpu().numpy()
+
+        return layout(mean), layout(std)
+
+    def encode_text(self, captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Captions -> embeddings float16 ``(batch, tokens, dim)`` and token ids int32."""
+        import torch
+
+        ids = self.tokenizer(
+            captions,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        with torch.inference_mode():
+            hidden = self.text_encoder(ids.to(self.device))[0]
+        return hidden.float().to(torch.float16).cpu().numpy(), ids.numpy().astype(np.int32)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        take, flipped, first = self._expand(batch)
+        frames = batch["pixels"][take]
+        # Horizontal flip: reverse the width axis of (batch, frames, H, W, 3).
+        frames[flipped] = frames[flipped][:, :, :, ::-1]
+        if len(take):
+            mean, std = self.encode_latents(frames)
+        else:  # keep the column shapes of empty batches consistent with the others
+            _, num_frames, height, width, _ = frames.shape
+            shape = (0, self.latent_channels, num_frames, height // self.downsample)
+            mean = std = np.zeros((*shape, width // self.downsample), np.float16)
+        sources, ordinals = batch["source"][take], batch["ordinal"][take]
+        out = {
+            "clip_id": np.array(
+                [
+                    sampling.clip_id(self.fingerprint_hash, str(s), self.seed, int(o), bool(f))
+                    for s, o, f in zip(sources, ordinals, flipped)
+                ],
+                dtype=object,
+            ),
+            "video_id": batch["video_id"][take],
+            "caption": batch["caption"][take],
+            "frame_indices": batch["frame_indices"][take],
+            "fps": batch["fps"][take],
+            "source": sources,
+            "flipped": flipped,
+            "latent_mean": mean,
+            "latent_std": std,
+            "key": batch["key"][take],
+            "row_first": first,
+            "row_clips": batch["row_clips"][take],
+            "row_cached": batch["row_cached"][take],
+        }
+        if self.text_encoder is not None:
+            captions = [str(c) for c in out["caption"]]
+            if captions:
+                out["text_embedding"], out["input_ids"] = self.encode_text(captions)
+            else:
+                tokens, dim = self.tokenizer.model_max_length, self.text_encoder.config.hidden_size
+                out["text_embedding"] = np.zeros((0, tokens, dim), np.float16)
+                out["input_ids"] = np.zeros((0, tokens), np.int32)
+        return out

@@ -1,0 +1,63 @@
+"""Which frames make a clip: AnimateDiff's window rule, as pure functions.
+
+AnimateDiff's WebVid loader takes a window of ``(num_frames - 1) * stride + 1`` frames (the whole
+video when it is shorter) at a uniformly random start and ``num_frames`` evenly spaced indices in
+it (``np.linspace(start, start + window - 1, num_frames, dtype=int)``). Here the random starts
+come from a generator seeded by ``(seed, source)``, so every worker draws the same windows, and
+several clips per video use distinct starts drawn as a prefix of one permutation: asking for more
+clips later keeps the earlier ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+
+class TooFewFramesError(ValueError):
+    """The video has fewer decodable frames than a clip needs."""
+
+
+def window_length(num_video_frames: int, num_frames: int, stride: int) -> int:
+    """Frames spanned by a clip: ``(num_frames - 1) * stride + 1``, capped by the video length."""
+    return min(num_video_frames, (num_frames - 1) * stride + 1)
+
+
+def window_indices(start: int, length: int, num_frames: int) -> np.ndarray:
+    """``num_frames`` evenly spaced frame indices (int32) in ``[start, start + length)``."""
+    return np.linspace(start, start + length - 1, num_frames, dtype=np.int64).astype(np.int32)
+
+
+def source_rng(seed: int, source: str) -> np.random.Generator:
+    """A generator that depends only on the seed and the source (not on the worker or order)."""
+    digest = hashlib.blake2b(source.encode("utf-8"), digest_size=8).digest()
+    return np.random.default_rng([seed, int.from_bytes(digest, "little")])
+
+
+def clip_windows(
+    num_video_frames: int, num_frames: int, stride: int, clips: int, seed: int, source: str
+) -> list[np.ndarray]:
+    """Frame indices of up to ``clips`` distinct windows, ordinal 0 first.
+
+    Raises ``TooFewFramesError`` when the video has fewer than ``num_frames`` frames."""
+    if num_video_frames < num_frames:
+        raise TooFewFramesError(f"{num_video_frames} decodable frames, a clip needs {num_frames}")
+    length = window_length(num_video_frames, num_frames, stride)
+    starts = source_rng(seed, source).permutation(num_video_frames - length + 1)[:clips]
+    return [window_indices(int(start), length, num_frames) for start in starts]
+
+
+def clip_id(fingerprint_hash: str, source: str, seed: int, ordinal: int, flipped: bool) -> str:
+    """Stable 16-hex-digit clip id: the source, its seeded window draw ``(seed, ordinal)``, the
+    flip and the latent fingerprint.
+
+    The window enters through the draw that defines it, not its frame indices, so the id is known
+    before the video is opened and the cache can skip cached clips without downloading them."""
+    key = f"{fingerprint_hash}\x1f{source}\x1f{seed}\x1f{ordinal}\x1f{int(flipped)}"
+    return hashlib.blake2b(key.encode("utf-8"), digest_size=8).hexdigest()
+
+
+def clip_id_to_int(ids: list[str] | np.ndarray) -> np.ndarray:
+    """Clip ids as uint64 (a compact, sortable cache index)."""
+    return np.array([int(i, 16) for i in ids], dtype=np.uint64)

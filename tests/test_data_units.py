@@ -1,0 +1,406 @@
+"""Data pipeline pieces without Ray: window sampling, path safety, decoding of every bad kind,
+encoding, shards and their commit protocol, fingerprints, config validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from data_media import BAD_KINDS, PAGE_DIR, write_bad_videos, write_video
+
+from animatediff.config import ConfigError, DataConfig, load_config
+from pipelines import sampling
+from pipelines.decode import (
+    OUTCOME_SCHEMA,
+    DecodeSpec,
+    center_crop,
+    decode_rows,
+    resize_shape,
+    truncation,
+)
+from pipelines.fingerprint import (
+    FingerprintMismatchError,
+    fingerprint_differences,
+    fingerprint_from_models,
+    fingerprint_hash,
+)
+from pipelines.shards import ShardStore, load_manifest, shard_table
+from pipelines.sources import Columns, PlanSpec, plan_batch
+from pipelines.storage import UnsafePathError, locate, manifest_relative_path, webvid_relative_path
+
+# --------------------------------------------------------------------------------------------
+# Window sampling (AnimateDiff's rule)
+# --------------------------------------------------------------------------------------------
+
+
+def test_window_rule_matches_animatediff():
+    # Long video: window (16 - 1) * 4 + 1 = 61 frames, indices evenly spaced at stride 4.
+    windows = sampling.clip_windows(200, 16, 4, 1, seed=0, source="a.mp4")
+    (indices,) = windows
+    assert indices.dtype == np.int32 and len(indices) == 16
+    assert np.all(np.diff(indices) == 4)
+    assert 0 <= indices[0] and indices[-1] < 200
+    # Shorter video: the whole video, a smaller effective stride (linspace as the original).
+    (short,) = sampling.clip_windows(40, 16, 4, 1, seed=0, source="a.mp4")
+    np.testing.assert_array_equal(short, np.linspace(0, 39, 16, dtype=np.int64))
+    # Exactly num_frames frames: every frame once.
+    (exact,) = sampling.clip_windows(16, 16, 4, 1, seed=0, source="a.mp4")
+    np.testing.assert_array_equal(exact, np.arange(16))
+    with pytest.raises(sampling.TooFewFramesError, match="15 decodable frames"):
+        sampling.clip_windows(15, 16, 4, 1, seed=0, source="a.mp4")
+
+
+def test_windows_are_deterministic_distinct_and_prefix_stable():
+    a = sampling.clip_windows(300, 16, 4, 5, seed=7, source="s3://b/x.mp4")
+    b = sampling.clip_windows(300, 16, 4, 5, seed=7, source="s3://b/x.mp4")
+    assert [w.tolist() for w in a] == [w.tolist() for w in b]
+    assert len({int(w[0]) for w in a}) == 5  # distinct starts
+    # Asking for fewer clips keeps the first ones (cache ids stay valid when clips grow).
+    fewer = sampling.clip_windows(300, 16, 4, 2, seed=7, source="s3://b/x.mp4")
+    assert [w.tolist() for w in fewer] == [w.tolist() for w in a[:2]]
+    other_seed = sampling.clip_windows(300, 16, 4, 5, seed=8, source="s3://b/x.mp4")
+    assert [w.tolist() for w in other_seed] != [w.tolist() for w in a]
+    # Fewer distinct starts than asked: as many as exist.
+    assert len(sampling.clip_windows(62, 16, 4, 5, seed=0, source="x")) == 2
+
+
+def test_clip_id_is_stable_and_separates_what_matters():
+    base = sampling.clip_id("fp1", "/v/a.mp4", 0, 0, False)
+    assert base == sampling.clip_id("fp1", "/v/a.mp4", 0, 0, False)
+    assert len(base) == 16 and int(base, 16) >= 0
+    others = {
+        sampling.clip_id("fp2", "/v/a.mp4", 0, 0, False),
+        sampling.clip_id("fp1", "/v/b.mp4", 0, 0, False),
+        sampling.clip_id("fp1", "/v/a.mp4", 1, 0, False),
+        sampling.clip_id("fp1", "/v/a.mp4", 0, 1, False),
+        sampling.clip_id("fp1", "/v/a.mp4", 0, 0, True),
+    }
+    assert base not in others and len(others) == 5
+
+
+# --------------------------------------------------------------------------------------------
+# Paths
+# --------------------------------------------------------------------------------------------
+
+
+def test_webvid_paths_and_traversal():
+    assert webvid_relative_path("123", "000_050", "page_dir", ".mp4") == "000_050/123.mp4"
+    assert webvid_relative_path("123", None, "flat", ".mp4") == "123.mp4"
+    for videoid, page_dir in [
+        ("../123", "p"),
+        ("..", "p"),
+        ("/etc/passwd", "p"),
+        ("a\\..\\b", "p"),
+        ("123", ".."),
+        ("123", "../.."),
+        ("123", "/abs"),
+        ("s3://other/x", "p"),
+        ("", "p"),
+    ]:
+        with pytest.raises(UnsafePathError):
+            webvid_relative_path(videoid, page_dir, "page_dir", ".mp4")
+
+
+def test_manifest_paths_stay_under_the_root(tmp_path):
+    root = locate(str(tmp_path), DataConfig())
+    assert manifest_relative_path("a/b.mp4", root) == "a/b.mp4"
+    assert manifest_relative_path(f"{tmp_path}/a/b.mp4", root) == "a/b.mp4"
+    for path in [
+        "../x.mp4",
+        "a/../../x.mp4",
+        "/etc/passwd",
+        f"{tmp_path}/../x.mp4",
+        "s3://bucket/x.mp4",
+        "file:///etc/passwd",
+        "",
+        "a\\b.mp4",
+    ]:
+        with pytest.raises(UnsafePathError):
+            manifest_relative_path(path, root)
+    s3_root = locate("s3://bucket/videos", DataConfig())
+    assert manifest_relative_path("s3://bucket/videos/x.mp4", s3_root) == "x.mp4"
+    with pytest.raises(UnsafePathError):
+        manifest_relative_path("s3://bucket/videos-other/x.mp4", s3_root)
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding
+# --------------------------------------------------------------------------------------------
+
+
+def test_resize_and_center_crop():
+    assert resize_shape(1280, 720, 256) == (455, 256)
+    assert resize_shape(48, 64, 32) == (32, 43)
+    frames = np.arange(2 * 4 * 6 * 3, dtype=np.uint8).reshape(2, 4, 6, 3)
+    crop = center_crop(frames, 4)
+    assert crop.shape == (2, 4, 4, 3)
+    np.testing.assert_array_equal(crop, frames[:, :, 1:5])
+
+
+def _plan_rows(keys, root, spec_kwargs=None, captions=None, cached=None):
+    spec = PlanSpec(
+        fmt="webvid",
+        layout="page_dir",
+        video_ext=".mp4",
+        columns=Columns("videoid", "name", None, "page_dir"),
+        root=root,
+        fingerprint_hash="fp",
+        seed=0,
+        clips_per_video=1,
+        flip=False,
+    )
+    if spec_kwargs:
+        spec = PlanSpec(**{**spec.__dict__, **spec_kwargs})
+    batch = {
+        "videoid": np.array([k.encode() for k in keys], dtype=object),
+        "page_dir": np.array([PAGE_DIR.encode()] * len(keys), dtype=object),
+        "name": np.array(captions or [b"a caption"] * len(keys), dtype=object),
+    }
+    return spec, plan_batch(batch, spec, cached if cached is not None else np.zeros(0, np.uint64))
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("media")
+    write_bad_videos(root / PAGE_DIR)
+    write_video(root / PAGE_DIR / "1.mp4", frames=30, seed=1)
+    write_video(root / PAGE_DIR / "2.mp4", frames=12, width=48, height=64, seed=2)
+    return root
+
+
+def _decode_spec(root, outcomes, **kwargs):
+    args = dict(num_frames=8, stride=2, resolution=32, seed=0, clips_per_video=1, threads=1)
+    return DecodeSpec(**(args | kwargs), root=root, outcomes=outcomes)
+
+
+def _outcomes(directory: Path) -> list[dict]:
+    rows = []
+    for part in sorted(directory.glob("*.parquet")):
+        rows += pq.read_table(part).to_pylist()
+    return rows
+
+
+def test_every_bad_kind_is_recorded_with_its_reason(media, tmp_path):
+    root = locate(str(media), DataConfig())
+    keys = [k for k in BAD_KINDS if not k.startswith(("../", "/", "s3"))] + ["1"]
+    captions = [b"ok"] * len(keys)
+    captions[keys.index("2000009")] = b"  "
+    captions[keys.index("2000010")] = b"\xff\xfe"
+    _, plan = _plan_rows(keys, root, captions=captions)
+    clips = decode_rows(plan, _decode_spec(root, locate(str(tmp_path / "out"), DataConfig())))
+    assert list(clips["key"]) == ["1"]
+    assert clips["pixels"].shape == (1, 8, 32, 32, 3) and clips["pixels"].dtype == np.uint8
+    records = {r["key"]: r for r in _outcomes(tmp_path / "out")}
+    assert set(records) == set(keys) - {"1"}
+    for key, record in records.items():
+        assert record["status"] == "failed"
+        assert record["reason"] == BAD_KINDS[key], (key, record)
+        assert record["message"]
+    assert "moov" in records["2000005"]["message"]
+    assert "inside box 'mdat'" in records["2000006"]["message"]
+
+
+def test_decoded_frames_follow_the_windows(media, tmp_path):
+    import decord
+
+    root = locate(str(media), DataConfig())
+    spec, plan = _plan_rows(["1", "2"], root, {"clips_per_video": 2, "flip": True})
+    assert plan["need_mask"].tolist() == [0b1111, 0b1111]
+    decode = _decode_spec(root, locate(str(tmp_path), DataConfig()), clips_per_video=2)
+    clips = decode_rows(plan, decode)
+    # Video 2 has 12 frames: window 15 > 12, one possible start, so one clip (two variants).
+    assert list(clips["key"]) == ["1", "1", "2"]
+    assert clips["row_first"].tolist() == [True, False, True]
+    assert clips["row_clips"].tolist() == [4, 4, 2]
+    source = str(clips["source"][0])
+    expected = sampling.clip_windows(30, 8, 2, 2, 0, source)
+    np.testing.assert_array_equal(clips["frame_indices"][:2], np.stack(expected))
+    # Portrait 48x64 video: resized to 32x43 and centre-cropped, values match decord's own.
+    reader = decord.VideoReader(str(media / PAGE_DIR / "2.mp4"), width=32, height=43)
+    reference = reader.get_batch(clips["frame_indices"][2].tolist()).asnumpy()[:, 5:37]
+    np.testing.assert_array_equal(clips["pixels"][2], reference)
+    # Deterministic: the same plan decodes to the same clips.
+    again = decode_rows(plan, decode)
+    np.testing.assert_array_equal(again["pixels"], clips["pixels"])
+
+
+def test_plan_skips_cached_clips_and_in_batch_duplicates(media):
+    root = locate(str(media), DataConfig())
+    spec, plan = _plan_rows(["1", "1", "2"], root, {"flip": True})
+    assert plan["status"].tolist() == ["todo", "failed", "todo"]
+    assert plan["reason"][1] == "duplicate"
+    source = str(plan["source"][0])
+    cached = np.sort(sampling.clip_id_to_int([sampling.clip_id("fp", source, 0, 0, False)]))
+    _, plan = _plan_rows(["1", "2"], root, {"flip": True}, cached=cached)
+    assert plan["need_mask"].tolist() == [0b10, 0b11]  # only the flipped clip of video 1
+    assert plan["cached_clips"].tolist() == [1, 0]
+    both = sampling.clip_id_to_int([sampling.clip_id("fp", source, 0, 0, f) for f in (False, True)])
+    _, plan = _plan_rows(["1"], root, {"flip": True}, cached=np.sort(both))
+    assert plan["status"].tolist() == ["cached"]
+
+
+def test_truncation_detection():
+    assert truncation(b"not an mp4 at all") is None
+    ftyp = (16).to_bytes(4, "big") + b"ftypisom" + b"\0" * 4
+    mdat = (1000).to_bytes(4, "big") + b"mdat" + b"\0" * 100
+    assert "mdat" in truncation(ftyp + mdat)
+    moov = (16).to_bytes(4, "big") + b"moov" + b"\0" * 8
+    assert truncation(ftyp + moov) is None
+    assert "moov" in truncation(ftyp + (16).to_bytes(4, "big") + b"mdat" + b"\0" * 8)
+
+
+# --------------------------------------------------------------------------------------------
+# Encoding, shards, fingerprint
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg(tiny_base_dir):
+    return load_config("configs/tiny.yaml", [f"model.base.pretrained={tiny_base_dir}"])
+
+
+def test_encoder_stores_posterior_mean_std_and_flipped_rows(tiny_cfg, tiny_base_dir):
+    import torch
+
+    from pipelines.encode import EncodeClips, to_model_input
+
+    encoder = EncodeClips(tiny_cfg.model.base, "fp", seed=0, cache_text_embeddings=True)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(2, 8, 64, 64, 3), dtype=np.uint8)
+    batch = {
+        "key": np.array(["a", "b"], dtype=object),
+        "video_id": np.array(["a", "b"], dtype=object),
+        "caption": np.array(["a red ball", "a blue cube"], dtype=object),
+        "source": np.array(["/v/a.mp4", "/v/b.mp4"], dtype=object),
+        "ordinal": np.array([0, 0], np.int32),
+        "frame_indices": np.tile(np.arange(8, dtype=np.int32), (2, 1)),
+        "fps": np.array([10.0, 10.0], np.float32),
+        "pixels": pixels,
+        "need_mask": np.array([0b11, 0b10]),  # a: plain + flipped; b: flipped only
+        "row_first": np.array([True, True]),
+        "row_clips": np.array([2, 1], np.int32),
+        "row_cached": np.array([0, 1], np.int32),
+    }
+    out = encoder(batch)
+    assert out["flipped"].tolist() == [False, True, True]
+    assert out["video_id"].tolist() == ["a", "a", "b"]
+    assert out["row_first"].tolist() == [True, False, True]
+    assert out["latent_mean"].shape == (3, 4, 8, 8, 8) and out["latent_mean"].dtype == np.float16
+    assert out["latent_std"].shape == (3, 4, 8, 8, 8) and np.all(out["latent_std"] > 0)
+    assert out["text_embedding"].shape == (3, 77, 32) and out["input_ids"].shape == (3, 77)
+    assert out["clip_id"][1] == sampling.clip_id("fp", "/v/a.mp4", 0, 0, True)
+    # The flipped row is the encoding of the mirrored frames, laid out (C, frames, h, w).
+    x = to_model_input(pixels[1:2, :, :, ::-1])
+    assert float(x.min()) >= -1 and float(x.max()) <= 1
+    with torch.no_grad():
+        reference = encoder.vae.encode(x).latent_dist.mean  # (frames, C, h, w)
+    expected = reference.permute(1, 0, 2, 3).numpy().astype(np.float16)
+    np.testing.assert_allclose(out["latent_mean"][2], expected, atol=2e-3)
+
+
+def _latent_batch(ids, frames=8):
+    n = len(ids)
+    return {
+        "clip_id": np.array(ids, dtype=object),
+        "video_id": np.array(ids, dtype=object),
+        "caption": np.array(["c"] * n, dtype=object),
+        "frame_indices": np.tile(np.arange(frames, dtype=np.int32), (n, 1)),
+        "fps": np.full(n, 10.0, np.float32),
+        "source": np.array([f"/v/{i}" for i in ids], dtype=object),
+        "flipped": np.zeros(n, bool),
+        "latent_mean": np.ones((n, 4, frames, 8, 8), np.float16),
+        "latent_std": np.ones((n, 4, frames, 8, 8), np.float16),
+    }
+
+
+def test_interrupted_commits_are_adopted_or_discarded(tmp_path):
+    directory = locate(str(tmp_path / "fp-x"), DataConfig())
+    fingerprint = {"resolution": 64}
+    store = ShardStore(directory, fingerprint)
+    assert len(store.open()) == 0
+    ids = [sampling.clip_id("f", str(i), 0, 0, False) for i in range(3)]
+    store.commit(shard_table(_latent_batch(ids[:2])), "part-a.parquet")
+    store.write_manifest()
+    # A run killed after writing a shard but before listing it, and one killed mid-write.
+    store.commit(shard_table(_latent_batch(ids[2:])), "part-b.parquet")
+    (tmp_path / "fp-x" / "shards" / ".tmp-123-part-c.parquet").write_bytes(b"PAR1 partial")
+    listed = [e["path"] for e in load_manifest(directory)["shards"]]
+    assert listed == ["shards/part-a.parquet"]  # readers see only complete, listed shards
+
+    reopened = ShardStore(directory, fingerprint)
+    index = reopened.open()
+    assert sorted(index.tolist()) == sorted(sampling.clip_id_to_int(ids).tolist())
+    manifest = load_manifest(directory)
+    assert [e["path"] for e in manifest["shards"]] == [
+        "shards/part-a.parquet",
+        "shards/part-b.parquet",
+    ]
+    assert manifest["num_clips"] == 3 and manifest["shards"][1]["adopted"]
+    assert not list((tmp_path / "fp-x" / "shards").glob(".tmp-*"))
+    import hashlib
+
+    for entry in manifest["shards"]:
+        data = (tmp_path / "fp-x" / entry["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"] and len(data) == entry["bytes"]
+    with pytest.raises(FingerprintMismatchError, match="resolution"):
+        ShardStore(directory, {"resolution": 128}).open()
+
+
+def test_shard_schema_reads_back_as_tensors(tmp_path):
+    table = shard_table(_latent_batch(["a", "b"]))
+    assert table.schema.field("frame_indices").type == pa.list_(pa.int32())
+    assert table.schema.field("clip_id").type == pa.string()
+    pq.write_table(table, tmp_path / "s.parquet")
+    back = pq.read_table(tmp_path / "s.parquet").column("latent_mean").chunk(0)
+    assert "TensorType" in type(back.type).__name__  # Ray's fixed-shape tensor extension
+    np.testing.assert_array_equal(back.to_numpy(), np.ones((2, 4, 8, 8, 8), np.float16))
+
+
+def test_fingerprint_changes_with_what_latents_mean(tiny_cfg):
+    from animatediff.base_model import load_vae
+
+    vae = load_vae(tiny_cfg.model.base)
+    fp = fingerprint_from_models(tiny_cfg, vae)
+    assert fp["scaling_factor"] == pytest.approx(0.18215)
+    assert (fp["num_frames"], fp["stride"], fp["resolution"]) == (8, 2, 64)
+    assert fingerprint_hash(fp) == fingerprint_hash(json.loads(json.dumps(fp)))
+    other = load_config("configs/tiny.yaml", ["data.resolution=128"])
+    fp2 = fingerprint_from_models(other, vae)
+    assert fingerprint_hash(fp2) != fingerprint_hash(fp)
+    assert fingerprint_differences(fp, fp2) == ["resolution: expected 64, found 128"]
+    # Settings that only choose clips (seed, flip, clips) do not change what a latent means.
+    same = load_config("configs/tiny.yaml", ["data.seed=3", "data.flip=true"])
+    assert fingerprint_hash(fingerprint_from_models(same, vae)) == fingerprint_hash(fp)
+
+
+def test_data_config_validation_names_the_option():
+    cfg = load_config("configs/sd15_webvid.yaml")
+    assert (cfg.data.num_frames, cfg.data.stride, cfg.data.resolution) == (16, 4, 256)
+    for override, option in [
+        ("data.resolution=100", "data.resolution"),
+        ("data.num_frames=0", "data.num_frames"),
+        ("data.layout=nested", "data.layout"),
+        ("data.format=xml", "data.format"),
+        ("data.clips_per_video=40", "data.clips_per_video"),
+        ("data.video_ext=mp4", "data.video_ext"),
+        ("data.shard_size=0", "data.shard_size"),
+    ]:
+        with pytest.raises(ConfigError, match=option):
+            load_config("configs/tiny.yaml", [override])
+
+
+def test_outcome_schema_is_complete():
+    assert OUTCOME_SCHEMA.names == [
+        "key",
+        "video_id",
+        "source",
+        "status",
+        "reason",
+        "message",
+        "clips",
+        "cached_clips",
+    ]
