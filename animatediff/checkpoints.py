@@ -299,10 +299,14 @@ def modules_from_state_dict(
     return modules
 
 
-def _motion_state_dict(modules: torch.nn.Module) -> dict[str, torch.Tensor]:
+def _motion_state_dict(
+    modules: torch.nn.Module, dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
+    """Detached CPU copies, optionally cast (e.g. fp16 for distribution; round trips are exact
+    in the module's own dtype)."""
     # Clones: safetensors refuses shared storage, and torch.save would store whole base tensors.
     return {
-        key: value.detach().cpu().contiguous().clone()
+        key: value.detach().cpu().to(dtype or value.dtype).contiguous().clone()
         for key, value in modules.state_dict().items()
     }
 
@@ -405,6 +409,11 @@ def read_original_state_dict(
     if ignore_non_motion_keys:
         tensors = {k: v for k, v in tensors.items() if ".motion_modules." in k}
     stray = sorted(key for key in tensors if _MODULE_KEY.match(key) is None)
+    if stray and all(".motion_modules." in k and "temporal_transformer" not in k for k in stray):
+        raise CheckpointError(
+            f"{source}: key {stray[0]!r} is a diffusers MotionAdapter name; load the adapter's "
+            "directory (config.json + safetensors) instead of its weights file"
+        )
     if stray:
         raise CheckpointError(
             f"{source}: key {stray[0]!r} is not a motion-module key ({len(stray)} such keys; "
@@ -427,11 +436,16 @@ def load_original(
     return modules_from_state_dict(state_dict, cfg, source=str(path)), cfg
 
 
-def save_original(modules: torch.nn.Module, cfg: MotionModuleConfig, path: str | Path) -> str:
+def save_original(
+    modules: torch.nn.Module,
+    cfg: MotionModuleConfig,
+    path: str | Path,
+    dtype: torch.dtype | None = None,
+) -> str:
     """Export in the original layout: ``.ckpt`` (a plain tensor dict) or ``.safetensors``."""
     import safetensors.torch
 
-    state_dict = _motion_state_dict(modules)
+    state_dict = _motion_state_dict(modules, dtype)
     validate_state_dict(state_dict, infer_layout(state_dict, "modules"), cfg, "modules")
     location, name = str(path).rstrip("/").rsplit("/", 1) if "/" in str(path) else (".", str(path))
     if name.endswith(".safetensors"):
@@ -518,13 +532,18 @@ def _check_diffusers_compatible(cfg: MotionModuleConfig) -> None:
         )
 
 
-def save_diffusers(modules: torch.nn.Module, cfg: MotionModuleConfig, directory: str | Path) -> str:
+def save_diffusers(
+    modules: torch.nn.Module,
+    cfg: MotionModuleConfig,
+    directory: str | Path,
+    dtype: torch.dtype | None = None,
+) -> str:
     """Write a ``MotionAdapter`` directory that ``MotionAdapter.from_pretrained`` loads."""
     import diffusers
     import safetensors.torch
 
     _check_diffusers_compatible(cfg)
-    state_dict = _motion_state_dict(modules)
+    state_dict = _motion_state_dict(modules, dtype)
     layout = infer_layout(state_dict, "modules")
     validate_state_dict(state_dict, layout, cfg, "modules")
     config = {

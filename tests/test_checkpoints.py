@@ -213,6 +213,9 @@ def test_bad_keys_and_shapes_name_the_key(tmp_path):
     with pytest.raises(ck.CheckpointError, match="unexpected key 'down_blocks.0.motion_modules.5"):
         ck.load_diffusers(tmp_path / "adapter")
 
+    with pytest.raises(ck.CheckpointError, match="diffusers MotionAdapter name"):
+        ck.load_any(tmp_path / "adapter" / ck.DIFFUSERS_WEIGHTS)
+
     with pytest.raises(ck.CheckpointError, match="attention_blocks=3"):
         three = tiny_cfg(attention_blocks=3)
         ck.save_diffusers(random_modules(three), three, tmp_path / "three")
@@ -274,3 +277,56 @@ def test_exported_adapter_drives_diffusers_animatediff_pipeline(tmp_path, tiny_b
     ).frames[0]
     assert out.shape == (4, 64, 64, 3)
     assert torch.isfinite(torch.as_tensor(out)).all()
+
+
+@pytest.fixture
+def s3_bucket(monkeypatch):
+    """A moto S3 server on 127.0.0.1 with an empty bucket; pyarrow finds it via AWS_ENDPOINT_URL."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        for name, value in {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": endpoint,
+        }.items():
+            monkeypatch.setenv(name, value)
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="checkpoints")
+        yield "s3://checkpoints"
+    finally:
+        server.stop()
+
+
+def test_checkpoints_in_object_storage(s3_bucket):
+    cfg = tiny_cfg()
+    modules = random_modules(cfg, seed=5)
+    ck.save_motion_modules(modules, cfg, f"{s3_bucket}/run/step-5")
+    ck.save_original(modules, cfg, f"{s3_bucket}/run/mm.ckpt")
+    assert ck.detect_format(f"{s3_bucket}/run/step-5") == "native"
+    for uri in (f"{s3_bucket}/run/step-5", f"{s3_bucket}/run/mm.ckpt"):
+        loaded, loaded_cfg = ck.load_any(uri, defaults=cfg)
+        assert loaded_cfg == cfg
+        assert_same_tensors(loaded.state_dict(), modules.state_dict())
+    with pytest.raises(ck.CheckpointError, match="does not exist"):
+        ck.detect_format(f"{s3_bucket}/run/nothing")
+
+
+def test_fp16_export_for_distribution(tmp_path):
+    """Released files are often fp16: exports can be cast; import upcasts losslessly to fp32."""
+    cfg = tiny_cfg()
+    modules = random_modules(cfg, seed=6)
+    ck.save_original(modules, cfg, tmp_path / "mm_fp16.safetensors", dtype=torch.float16)
+    ck.save_diffusers(modules, cfg, tmp_path / "adapter", dtype=torch.float16)
+    stored = load_file(tmp_path / "mm_fp16.safetensors")
+    assert all(v.dtype == torch.float16 for v in stored.values())
+    for path in (tmp_path / "mm_fp16.safetensors", tmp_path / "adapter"):
+        loaded, _ = ck.load_any(path)
+        for key, value in modules.state_dict().items():
+            assert loaded.state_dict()[key].dtype == torch.float32
+            assert torch.equal(loaded.state_dict()[key], value.half().float()), key
