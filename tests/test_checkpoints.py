@@ -330,3 +330,40 @@ def test_fp16_export_for_distribution(tmp_path):
         for key, value in modules.state_dict().items():
             assert loaded.state_dict()[key].dtype == torch.float32
             assert torch.equal(loaded.state_dict()[key], value.half().float()), key
+
+
+def test_imported_diffusers_adapter_computes_what_diffusers_computes(tmp_path):
+    """The cross_frame_norm=True import choice: our VideoUNet with the imported module equals
+    diffusers' UNetMotionModel with the adapter; per-frame semantics give another output."""
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+    from animatediff.tiny import tiny_unet_kwargs
+    from animatediff.unet import VideoUNet
+
+    torch.manual_seed(0)
+    unet2d = UNet2DConditionModel(**tiny_unet_kwargs()).eval()
+    adapter = MotionAdapter(
+        block_out_channels=(32, 64),
+        motion_layers_per_block=2,
+        motion_num_attention_heads=4,
+        motion_norm_num_groups=8,
+    )
+    with torch.no_grad():
+        for parameter in adapter.parameters():
+            parameter.normal_(0, 0.2)
+    adapter.save_pretrained(tmp_path / "adapter")
+
+    generator = torch.Generator().manual_seed(1)
+    sample = torch.randn(1, 4, 5, 8, 8, generator=generator)
+    text = torch.randn(1, 7, 32, generator=generator)
+    timestep = torch.tensor([300])
+    with torch.no_grad():
+        reference = UNetMotionModel.from_unet2d(unet2d, adapter).eval()
+        theirs = reference(sample, timestep, text.repeat_interleave(5, dim=0)).sample
+        outputs = {}
+        for cross_frame in (None, False):
+            modules, cfg = ck.load_diffusers(tmp_path / "adapter", cross_frame_norm=cross_frame)
+            video = VideoUNet.from_unet2d(unet2d, cfg, modules).eval()
+            outputs[cross_frame] = video(sample, timestep, text)
+    assert (outputs[None] - theirs).abs().max() <= 1e-4
+    assert (outputs[False] - theirs).abs().max() > 1e-3
