@@ -203,12 +203,12 @@ class TextToVideo:
         if unet is None:
             from animatediff.unet import VideoUNet
 
-            unet = VideoUNet.from_unet2d(base.unet, cfg.model.motion, motion_modules)
+            unet = VideoUNet.from_unet2d(base.unet, cfg.model.motion, motion_modules).eval()
         self.cfg = cfg
         self.device = torch.device(device) if device is not None else _default_device()
         self.dtype = dtype
         # diffusers warns on every dtype cast, even a no-op one: cast only when needed.
-        self.unet = unet.to(self.device).eval()
+        self.unet = unet.to(self.device)
         if next(self.unet.parameters()).dtype != dtype:
             self.unet.to(dtype=dtype)
         self.vae = base.vae.to(self.device).eval()
@@ -337,6 +337,40 @@ class TextToVideo:
         seeds = list(seeds) if seeds is not None else [sample.seed] * len(prompts)
         self._validate(prompts, negatives, seeds, num_frames, steps, scale, height, width)
 
+        # A trainer may hand in its own UNet to sample validation videos: restore its mode.
+        was_training = self.unet.training
+        self.unet.eval()
+        try:
+            latents = self._denoise(
+                prompts,
+                negatives,
+                seeds,
+                num_frames,
+                steps,
+                scale,
+                height,
+                width,
+                scheduler,
+                progress,
+            )
+        finally:
+            self.unet.train(was_training)
+        return list(decode_latents(self.vae, latents, sample.decode_chunk_frames))
+
+    def _denoise(
+        self,
+        prompts: list[str],
+        negatives: list[str],
+        seeds: list[int],
+        num_frames: int,
+        steps: int,
+        scale: float,
+        height: int,
+        width: int,
+        scheduler: str | None,
+        progress: Callable[[int, int], None] | None,
+    ) -> torch.Tensor:
+        """The denoising loop: final latents ``(batch, channels, frames, h, w)`` float32."""
         text = self.encode_prompts(prompts)
         if scale != 1.0:
             text = torch.cat([self.encode_prompts(negatives), text])
@@ -356,7 +390,7 @@ class TextToVideo:
             )[0]
             if progress is not None:
                 progress(index + 1, len(noise_scheduler.timesteps))
-        return list(decode_latents(self.vae, latents, sample.decode_chunk_frames))
+        return latents
 
     def _validate(
         self,

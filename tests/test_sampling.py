@@ -212,6 +212,21 @@ def test_batch_matches_single_calls(t2v: TextToVideo) -> None:
         t2v.generate(["a", "b"], seeds=[1])
 
 
+def test_sampling_restores_the_unet_mode(t2v: TextToVideo, monkeypatch) -> None:
+    """A trainer passes its own UNet for validation videos; it must get it back training."""
+    modes = []
+    forward = t2v.unet.forward
+    monkeypatch.setattr(
+        t2v.unet, "forward", lambda *a: modes.append(t2v.unet.training) or forward(*a)
+    )
+    t2v.unet.train()
+    try:
+        t2v("a cat", num_frames=2, num_inference_steps=1, height=16, width=16)
+        assert modes == [False] and t2v.unet.training
+    finally:
+        t2v.unet.eval()
+
+
 def test_single_window_is_exactly_no_windowing(t2v: TextToVideo) -> None:
     generator = torch.Generator().manual_seed(0)
     latents = torch.randn(1, 4, 8, 4, 4, generator=generator)  # 8 frames == context_frames
