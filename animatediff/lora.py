@@ -92,7 +92,10 @@ def read_lora(path: str | Path) -> list[LoraPair]:
         raise LoraError(f"{path}: not a readable safetensors file ({error})") from error
     pairs: dict[tuple[str, str], LoraPair] = {}
     for key, tensor in tensors.items():
-        component, module, part = _parse_key(key)
+        try:
+            component, module, part = _parse_key(key)
+        except LoraError as error:
+            raise LoraError(f"{path}: {error}") from error
         pair = pairs.setdefault((component, module), LoraPair(component, module, key=key))
         if part == "alpha":
             pair.alpha = float(tensor.float().item())
