@@ -110,7 +110,9 @@ def predict_videos(pipe: Any, model_input: Any) -> np.ndarray:
     videos = [pipe(**request) for request in _requests(model_input)]
     shapes = {video.shape for video in videos}
     if len(shapes) > 1:
-        raise ValueError(f"rows asked for different video shapes {sorted(shapes)}: split the request")
+        raise ValueError(
+            f"rows asked for different video shapes {sorted(shapes)}: split the request"
+        )
     return np.stack(videos)
 
 
@@ -322,4 +324,3 @@ def promote(
             name, cfg.mlflow.champion_alias, str(candidate.version)
         )
     return decision, str(candidate.version)
-

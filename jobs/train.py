@@ -176,7 +176,9 @@ def _render_samples(
             seed=cfg.train.validation_seed,
             num_inference_steps=cfg.train.validation_steps or None,
         )
-        paths.append(save_video(frames, directory / f"step{step:08d}_prompt{index}.gif", cfg.sample.fps))
+        paths.append(
+            save_video(frames, directory / f"step{step:08d}_prompt{index}.gif", cfg.sample.fps)
+        )
     return paths
 
 
@@ -257,11 +259,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         return loss, _export_motion_modules(engine, cfg)
 
     while position.step < train.max_steps:
-        if (
-            train.fault_injection_step == position.step
-            and restored is None
-            and rank == world - 1
-        ):
+        if train.fault_injection_step == position.step and restored is None and rank == world - 1:
             os.kill(os.getpid(), signal.SIGKILL)  # a real crash: no cleanup, no report
 
         step = position.step
@@ -388,24 +386,51 @@ def _storage(cfg: Config) -> tuple[str, Any]:
     return path.removeprefix("s3://"), filesystem
 
 
+def _read_clips(
+    uri: str, fingerprint: dict, limit: int, columns: list[str]
+) -> dict[str, np.ndarray]:
+    """The first ``limit`` clips of a shard set as numpy columns, read with pyarrow directly (a
+    Ray Data job costs seconds of start-up for a handful of rows)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from ray.data.extensions import ArrowTensorType  # noqa: F401 - registers the tensor type
+
+    from pipelines.latents import find_shard_set
+
+    location, manifest = find_shard_set(uri, fingerprint)
+    tables, rows = [], 0
+    for entry in manifest["shards"]:
+        table = pq.read_table(
+            location.join(entry["path"]).path, columns=columns, filesystem=location.fs
+        )
+        tables.append(table.slice(0, limit - rows))
+        rows += tables[-1].num_rows
+        if rows >= limit:
+            break
+    if rows == 0:
+        raise ValueError(f"train.val_data_uri: {uri} holds no clips")
+    table = pa.concat_tables(tables)
+    return {
+        name: table.column(name).combine_chunks().to_numpy(zero_copy_only=False) for name in columns
+    }
+
+
 def _datasets(cfg: Config) -> tuple[Any, dict[str, np.ndarray], dict[str, Any]]:
     """``(train dataset, validation clips as numpy columns, data fingerprint)``; the shards must
     match the model being trained (the fingerprint is checked)."""
+    from animatediff.training import BATCH_COLUMNS, OPTIONAL_BATCH_COLUMNS
     from pipelines.fingerprint import data_fingerprint
     from pipelines.latents import read_latent_dataset
-
-    from animatediff.training import BATCH_COLUMNS, OPTIONAL_BATCH_COLUMNS
 
     if not cfg.train.data_uri:
         raise ValueError("train.data_uri: set it to the latent shards of the data pipeline")
     fingerprint = data_fingerprint(cfg)
     train_ds = read_latent_dataset(cfg.train.data_uri, expected_fingerprint=fingerprint)
-    val_uri = cfg.train.val_data_uri or cfg.train.data_uri
-    val_ds = read_latent_dataset(val_uri, expected_fingerprint=fingerprint)
     names = set(train_ds.schema().names)
     columns = list(BATCH_COLUMNS) + [c for c in OPTIONAL_BATCH_COLUMNS if c in names]
     # The validation clips are few: read once here and shipped to the workers with the config.
-    val_clips = val_ds.select_columns(columns).take_batch(cfg.train.val_max_clips, batch_format="numpy")
+    val_uri = cfg.train.val_data_uri or cfg.train.data_uri
+    val_clips = _read_clips(val_uri, fingerprint, cfg.train.val_max_clips, columns)
     return train_ds.select_columns(columns), val_clips, fingerprint
 
 
@@ -416,7 +441,6 @@ def run_training(cfg: Config) -> TrainOutcome:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from animatediff import tracking
-
     from animatediff.base_model import resolve_pretrained
 
     train = cfg.train
@@ -474,7 +498,9 @@ def run_training(cfg: Config) -> TrainOutcome:
     return _finish(cfg, result.checkpoint, run_id, tracking_uri)
 
 
-def _finish(cfg: Config, checkpoint: Any, run_id: str | None, tracking_uri: str | None) -> TrainOutcome:
+def _finish(
+    cfg: Config, checkpoint: Any, run_id: str | None, tracking_uri: str | None
+) -> TrainOutcome:
     from animatediff import tracking
 
     output = Path(tempfile.mkdtemp(prefix="animatediff-train-"))

@@ -1,0 +1,70 @@
+"""Shared pieces of the training tests: tiny latent shards and a tiny training config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from animatediff.config import Config, load_config
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+
+
+def tiny_train_config(tmp: Path, *overrides: str) -> Config:
+    """The tiny preset, 4-frame 32x32 clips, everything written under ``tmp``."""
+    return load_config(
+        CONFIG,
+        [
+            f"train.data_uri={tmp / 'latents'}",
+            f"train.storage_path={tmp / 'ray_results'}",
+            f"mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}",
+            f"model.base.cache_dir={tmp / 'cache'}",
+            "data.num_frames=4",
+            "data.resolution=32",
+            "sample.num_frames=4",
+            "sample.context_frames=4",
+            "sample.context_overlap=1",
+            "sample.height=32",
+            "sample.width=32",
+            "sample.num_inference_steps=2",
+            *overrides,
+        ],
+    )
+
+
+def write_latent_shards(cfg: Config, clips: int = 8, shards: int = 2, seed: int = 0) -> str:
+    """Committed shards (manifest, fingerprint directory) of random posteriors shaped like what
+    ``jobs.preprocess`` would write for ``cfg``; returns ``cfg.train.data_uri``."""
+    from pipelines.fingerprint import data_fingerprint, fingerprint_dir_name
+    from pipelines.shards import ShardStore, shard_table
+    from pipelines.storage import locate
+
+    fingerprint = data_fingerprint(cfg)
+    root = locate(cfg.train.data_uri, cfg.data)
+    store = ShardStore(root.join(fingerprint_dir_name(fingerprint)), fingerprint)
+    store.open()
+    rng = np.random.default_rng(seed)
+    frames, size = cfg.data.num_frames, cfg.data.resolution // 8
+    shape = (clips, 4, frames, size, size)
+    mean = rng.normal(0, 4, shape).astype(np.float16)
+    std = rng.uniform(0.05, 0.2, shape).astype(np.float16)
+    per_shard = clips // shards
+    for s in range(shards):
+        rows = range(s * per_shard, (s + 1) * per_shard)
+        batch = {
+            "clip_id": np.array([f"{i:016x}" for i in rows]),
+            "video_id": np.array([f"video{i // 2}" for i in rows]),
+            "caption": np.array([f"a moving pattern number {i}" for i in rows]),
+            "frame_indices": np.tile(
+                np.arange(frames, dtype=np.int32) * cfg.data.stride, (per_shard, 1)
+            ),
+            "fps": np.full(per_shard, 8.0, np.float32),
+            "source": np.array([f"synthetic://{i}" for i in rows]),
+            "flipped": np.zeros(per_shard, bool),
+            "latent_mean": mean[rows.start : rows.stop],
+            "latent_std": std[rows.start : rows.stop],
+        }
+        store.commit(shard_table(batch), f"part-test-{s:06d}.parquet")
+    store.write_manifest()
+    return cfg.train.data_uri
