@@ -18,8 +18,8 @@ Two deployments:
 Nothing is loaded at import: replicas read the registry and the base model when first asked.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI must see real types through Serve's
+# class-based ingress wrapper (string annotations there resolve in Ray's module, not this one).
 import asyncio
 import dataclasses
 import hmac
@@ -132,7 +132,9 @@ class VideoGenerator:
         version, base_name = parse_multiplexed_id(model_id)
         base = await self._base(base_name)
         uri = f"models:/{self.name}/{version}"
-        modules, motion_cfg, _ = await asyncio.to_thread(load_registered_motion_module, uri)
+        modules, motion_cfg, _ = await asyncio.to_thread(
+            load_registered_motion_module, uri, self.cfg.mlflow.tracking_uri
+        )
         base_cfg = (
             self.cfg.model.base if base_name == "default" else self.cfg.serve.bases[base_name]
         )

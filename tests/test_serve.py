@@ -1,0 +1,273 @@
+"""The Serve app over real HTTP on the session Ray cluster: registry-backed models, batching,
+overload, validation, auth, alias moves, and the web page in headless Chromium.
+
+The app is deployed the way users do it: ``jobs.serve.deploy`` with the args of
+``infra/serve_config.yaml`` (tiny preset) plus test overrides (port, SQLite registry, short TTL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from serve_helpers import free_port, register_versions
+
+from animatediff.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _frames(data: bytes) -> np.ndarray:
+    image = Image.open(io.BytesIO(data))
+    frames = []
+    for index in range(getattr(image, "n_frames", 1)):
+        image.seek(index)
+        frames.append(np.asarray(image.convert("RGB")))
+    return np.stack(frames)
+
+
+@pytest.fixture(scope="module")
+def server(ray_cluster, tmp_path_factory):
+    """(base URL, config, versions) of the app deployed on a free loopback port."""
+    from ray import serve
+
+    from jobs.serve import deploy
+
+    work = tmp_path_factory.mktemp("serve")
+    args = yaml.safe_load((ROOT / "infra/serve_config.yaml").read_text())["applications"][0]["args"]
+    overrides = [
+        *args["overrides"],
+        f"serve.port={free_port()}",
+        f"mlflow.tracking_uri=sqlite:///{work}/mlflow.db",
+        f"mlflow.artifact_location={work}/artifacts",
+        "serve.alias_ttl_s=0.5",
+    ]
+    cfg = load_config(ROOT / args["config"], overrides)
+    versions = register_versions(cfg, work, seeds=[1, 2])
+    url = deploy(cfg)
+    assert url.startswith("http://127.0.0.1:")
+    client = httpx.Client(base_url=url, timeout=120)
+    # The first generation loads the model on the replica; later timings are warm.
+    assert client.post("/v1/generate", json={"prompt": "warm up", "seed": 0}).status_code == 200
+    yield url, cfg, versions, client
+    client.close()
+    serve.shutdown()
+
+
+def test_health_docs_and_page(server):
+    url, cfg, _, client = server
+    assert client.get("/healthz").json()["status"] == "ok"
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/v1/generate"]["post"]["requestBody"]["content"]["application/json"]
+    assert "prompt" in body["schema"]["properties"]
+    assert client.get("/docs").status_code == 200
+    page = client.get("/")
+    assert page.headers["content-type"].startswith("text/html") and "v1/generate" in page.text
+
+
+def test_models_lists_versions_and_aliases(server):
+    _, cfg, versions, client = server
+    info = client.get("/v1/models").json()
+    assert info["model_name"] == cfg.mlflow.registered_model
+    assert [v["version"] for v in info["versions"]] == versions
+    assert info["aliases"]["champion"] == versions[0]
+    assert info["aliases"]["candidate"] == versions[1]
+    assert info["limits"]["max_frames"] == cfg.serve.limits.max_frames
+
+
+def test_generate_returns_the_video_with_headers(server):
+    _, cfg, versions, client = server
+    request = {"prompt": "a red ball", "seed": 11, "num_frames": 4, "height": 48, "width": 64}
+    response = client.post("/v1/generate", json=request)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/gif"
+    assert response.headers["x-seed"] == "11"
+    assert response.headers["x-model-version"] == versions[0]
+    assert "generate;dur=" in response.headers["server-timing"]
+    frames = _frames(response.content)
+    assert frames.shape == (4, 48, 64, 3)
+    # Same seed and inputs: the same video; another version of the motion module: another one.
+    assert client.post("/v1/generate", json=request).content == response.content
+    other = client.post("/v1/generate", json={**request, "model": f"v{versions[1]}"})
+    assert other.headers["x-model-version"] == versions[1]
+    assert not np.array_equal(_frames(other.content), frames)
+
+
+@pytest.mark.parametrize(("fmt", "mime"), [("mp4", "video/mp4"), ("webp", "image/webp")])
+def test_other_containers(server, fmt, mime):
+    _, _, _, client = server
+    response = client.post(
+        "/v1/generate", json={"prompt": "waves", "num_frames": 2, "output_format": fmt}
+    )
+    assert response.status_code == 200 and response.headers["content-type"] == mime
+    signature = {"mp4": b"ftyp", "webp": b"WEBP"}[fmt]
+    assert signature in response.content[:16]
+    assert response.headers["x-seed"].isdigit()  # a random seed, reported back
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        ({"prompt": " "}, "prompt", "must not be empty"),
+        ({"prompt": "a", "num_frames": 99}, "num_frames", "between 1 and 16"),
+        ({"prompt": "a", "num_inference_steps": 0}, "num_inference_steps", "between 1"),
+        ({"prompt": "a", "height": 30}, "height", "multiple of 8"),
+        ({"prompt": "a", "model": "v42"}, "model", "unknown model 'v42'"),
+        ({"prompt": "a", "negative_prompt": "x" * 9000}, "body", "limit is 8192"),
+    ],
+)
+def test_bad_requests_get_422_naming_the_field(server, body, field, words):
+    _, _, _, client = server
+    response = client.post("/v1/generate", json=body)
+    assert response.status_code == 422
+    error = response.json()
+    assert error["detail"][0]["loc"] == ["body", field]
+    assert words in error["error"], error
+
+
+def test_alias_move_reaches_new_requests_without_restart(server):
+    _, cfg, versions, client = server
+    from animatediff.tracking import client as mlflow_client
+    from animatediff.tracking import resolve_tracking_uri
+
+    registry = mlflow_client(resolve_tracking_uri(cfg.mlflow))
+    name = cfg.mlflow.registered_model
+    request = {"prompt": "a cat", "seed": 5, "num_frames": 2}
+    assert client.post("/v1/generate", json=request).headers["x-model-version"] == versions[0]
+    registry.set_registered_model_alias(name, "champion", versions[1])
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            version = client.post("/v1/generate", json=request).headers["x-model-version"]
+            if version == versions[1] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert version == versions[1]
+    finally:
+        registry.set_registered_model_alias(name, "champion", versions[0])
+
+
+async def _burst(url: str, bodies: list[dict]) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        return await asyncio.gather(*(client.post("/v1/generate", json=b) for b in bodies))
+
+
+def test_concurrent_compatible_requests_are_batched(server):
+    url, cfg, _, _ = server
+    bodies = [{"prompt": f"clip {i}", "seed": i, "num_frames": 4} for i in range(4)]
+    responses = asyncio.run(_burst(url, bodies))
+    assert [r.status_code for r in responses] == [200] * 4
+    sizes = [int(r.headers["x-batch-size"]) for r in responses]
+    assert max(sizes) > 1, sizes
+    # Batching does not change results: each seed gives what it gives alone.
+    alone = httpx.post(url + "/v1/generate", json=bodies[2], timeout=120)
+    assert alone.content == responses[2].content
+
+
+def test_overload_answers_503_quickly_and_nothing_else(server):
+    url, cfg, _, _ = server
+    s = cfg.serve
+    capacity = s.max_ongoing_requests + s.max_queued_requests
+    bodies = [{"prompt": f"p{i}", "seed": i, "num_frames": 8} for i in range(4 * capacity)]
+    start = time.monotonic()
+    responses = asyncio.run(_burst(url, bodies))
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 503}, codes
+    assert codes.count(200) >= s.max_ongoing_requests and codes.count(503) >= capacity, codes
+    rejected = [r for r in responses if r.status_code == 503]
+    assert all("retry" in r.text.lower() for r in rejected)
+    assert time.monotonic() - start < 120
+
+
+def test_bearer_token_auth_when_configured(ray_cluster, server):
+    """A second app on the same Serve instance with a token: /v1/* need it, /healthz does not."""
+    from ray import serve
+
+    from animatediff.serving import build_app
+
+    url, cfg, _, _ = server
+    token = "s3cret-token-for-tests"
+    secured = load_config(
+        ROOT / "configs/tiny.yaml",
+        [
+            f"mlflow.tracking_uri={cfg.mlflow.tracking_uri}",
+            f"serve.auth_token={token}",
+            "serve.app_name=secured",
+        ],
+    )
+    serve.run(build_app(secured), name="secured", route_prefix="/secured", blocking=False)
+    try:
+        base = url + "/secured"
+        assert httpx.get(base + "/healthz", timeout=60).status_code == 200
+        denied = httpx.get(base + "/v1/models", timeout=60)
+        assert denied.status_code == 401 and denied.json()["detail"][0]["loc"][-1] == "authorization"
+        wrong = httpx.get(base + "/v1/models", headers={"Authorization": "Bearer nope"}, timeout=60)
+        assert wrong.status_code == 401
+        ok = httpx.get(base + "/v1/models", headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        assert ok.status_code == 200 and ok.json()["versions"]
+        refused = httpx.post(base + "/v1/generate", json={"prompt": "a"}, timeout=60)
+        assert refused.status_code == 401
+    finally:
+        serve.delete("secured")
+
+
+def test_web_page_in_headless_chromium(server, tmp_path):
+    """Drive the page like a person: models load, Generate shows the animation, errors are
+    readable. Keeps screenshots (also copied to outputs/)."""
+    if shutil.which("chromium") is None or shutil.which("chromedriver") is None:
+        pytest.skip("Debian chromium + chromium-driver are not installed (make install does it)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    url, _, versions, _ = server
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1100,800"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    shots = []
+    try:
+        driver.get(url + "/")
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: len(Select(d.find_element(By.ID, "model")).options) == 1 + len(versions))
+        labels = [o.text for o in Select(driver.find_element(By.ID, "model")).options]
+        assert any("@champion" in label for label in labels), labels
+        driver.find_element(By.ID, "prompt").send_keys("a lighthouse in a storm")
+        for field, value in (("num_frames", "6"), ("num_inference_steps", "3"), ("seed", "7")):
+            element = driver.find_element(By.ID, field)
+            element.clear()
+            element.send_keys(value)
+        driver.find_element(By.ID, "generate").click()
+        wait.until(ec.visibility_of_element_located((By.ID, "result")))
+        wait.until(lambda d: d.execute_script(
+            "const i = document.getElementById('video-img'); return i.complete && i.naturalWidth > 0"
+        ))
+        meta = driver.find_element(By.ID, "meta").text
+        assert "seed    7" in meta and f"v{versions[0]}" in meta, meta
+        shots.append(tmp_path / "serve_web_generate.png")
+        driver.save_screenshot(str(shots[-1]))
+
+        driver.find_element(By.ID, "prompt").clear()
+        driver.find_element(By.ID, "generate").click()
+        error = wait.until(ec.visibility_of_element_located((By.ID, "error")))
+        assert "422" in error.text and "prompt: must not be empty" in error.text, error.text
+        shots.append(tmp_path / "serve_web_error.png")
+        driver.save_screenshot(str(shots[-1]))
+    finally:
+        driver.quit()
+    for shot in shots:
+        assert shot.stat().st_size > 10_000
+        (ROOT / "outputs").mkdir(exist_ok=True)
+        shutil.copy(shot, ROOT / "outputs" / shot.name)
