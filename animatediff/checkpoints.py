@@ -498,8 +498,11 @@ def from_diffusers_state_dict(
     source: str = "adapter",
 ) -> dict[str, torch.Tensor]:
     """``MotionAdapter`` keys -> original layout, by inverting ``to_diffusers_key`` over the keys
-    that ``layout`` and ``cfg`` expect; shared position tables go to every attention block."""
-    from animatediff.motion_module import to_diffusers_key
+    that ``layout`` and ``cfg`` expect; shared position tables go to every attention block.
+
+    A missing ``pos_embed.pe`` is recomputed, as diffusers itself does (diffusers' conversion of
+    the released checkpoints drops the tables); any other missing weight stays an error."""
+    from animatediff.motion_module import sinusoidal_position_encoding, to_diffusers_key
 
     expected = expected_shapes(layout, cfg)
     inverse = {to_diffusers_key(key): key for key in expected}
@@ -511,10 +514,13 @@ def from_diffusers_state_dict(
             f"layout {layout} and {cfg}"
         )
     converted = {inverse[key]: value for key, value in state_dict.items()}
-    for key in expected:
+    for key, shape in expected.items():
         first = _PE.sub(".attention_blocks.0.pos_encoder.pe", key)
-        if first != key and first in converted:
-            converted[key] = converted[first].clone()
+        if first == key:
+            continue
+        if first not in converted:
+            converted[first] = sinusoidal_position_encoding(shape[1], shape[2])
+        converted[key] = converted[first].clone()
     return converted
 
 

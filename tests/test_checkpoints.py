@@ -244,6 +244,15 @@ def test_foreign_diffusers_adapter_imports_with_cross_frame_norm(tmp_path):
     _, per_frame = ck.load_diffusers(tmp_path / "foreign", cross_frame_norm=False)
     assert per_frame.cross_frame_norm is False
 
+    # Without the position tables (diffusers recomputes them): the same sinusoid is filled in.
+    weights = load_file(tmp_path / "foreign" / ck.DIFFUSERS_WEIGHTS)
+    save_file(
+        {k: v for k, v in weights.items() if not k.endswith(".pe")},
+        tmp_path / "foreign" / ck.DIFFUSERS_WEIGHTS,
+    )
+    without_pe, _ = ck.load_diffusers(tmp_path / "foreign")
+    assert_same_tensors(without_pe.state_dict(), modules.state_dict())
+
 
 def test_exported_adapter_drives_diffusers_animatediff_pipeline(tmp_path, tiny_base_dir):
     from diffusers import AnimateDiffPipeline, MotionAdapter
