@@ -13,6 +13,7 @@ import functools
 import posixpath
 import time
 import uuid
+import warnings
 
 from animatediff.config import Config, ConfigError
 from pipelines.decode import DecodeSpec, decode_batch
@@ -52,15 +53,17 @@ def build_pipeline(
     )
     # Small blocks: decoding is the expensive CPU step and a block is one task's work.
     ds = ds.repartition(target_num_rows_per_block=data.decode_rows_per_task)
-    ds = ds.map_batches(
-        decode_batch,
-        fn_kwargs={"spec": decode},
-        batch_size=None,
-        batch_format="numpy",
-        # Remote args given as a function keep Ray Data from fusing decoding into the encode
-        # actors: decoding must scale over all CPUs, not over the (GPU-bound) encoders.
-        ray_remote_args_fn=functools.partial(dict, num_cpus=data.decode_num_cpus),
-    )
+    with warnings.catch_warnings():
+        # Deprecated for Ray 2.64; it is the one switch that keeps Ray Data from fusing decoding
+        # into the encode actors (decoding must scale over all CPUs, not over the encoders).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ds = ds.map_batches(
+            decode_batch,
+            fn_kwargs={"spec": decode},
+            batch_size=None,
+            batch_format="numpy",
+            ray_remote_args_fn=functools.partial(dict, num_cpus=data.decode_num_cpus),
+        )
     return ds.map_batches(
         EncodeClips,
         fn_constructor_kwargs={
