@@ -258,7 +258,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         engine.train()
         return loss, _export_motion_modules(engine, cfg)
 
+    previous_top = None
     while position.step < train.max_steps:
+        top = time.perf_counter()
+        # Wall time of the previous iteration, logging and checkpointing included (overheads).
+        iteration_time = None if previous_top is None else top - previous_top
+        previous_top = top
         if train.fault_injection_step == position.step and restored is None and rank == world - 1:
             os.kill(os.getpid(), signal.SIGKILL)  # a real crash: no cleanup, no report
 
@@ -295,7 +300,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "rss_gib": _process_memory_gib(),
             "peak_rss_gib_max_worker": peak_rss,
             "epoch": float(position.epoch),
+            "torch_threads": float(torch.get_num_threads()),
         }
+        if iteration_time is not None:
+            metrics["previous_iteration_time_s"] = iteration_time
         if train.use_gpu and torch.cuda.is_available():
             metrics["gpu_peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
 

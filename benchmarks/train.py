@@ -1,0 +1,230 @@
+"""Training benchmarks: Ray Train overhead, data stall, and per-worker memory under ZeRO 0/2/3.
+
+    .venv/bin/python -m benchmarks.train                       # all three, tiny base, CPU
+    .venv/bin/python -m benchmarks.train --skip-memory --steps 30
+
+1. Overhead: the same model, data and step (``animatediff.training.batch_loss`` + AdamW over the
+   motion parameters, clipping 1.0) in a plain PyTorch loop and in ``jobs.train`` with 1 Ray
+   worker (DeepSpeed ZeRO-2, Ray Data streaming, MLflow logging each step). Both use the same
+   number of torch threads. Throughput = samples / wall time of the measured iterations (Ray side:
+   ``previous_iteration_time_s``, which includes logging, i.e. every per-step overhead).
+   Target: overhead <= 5%.
+2. Data stall: mean ``data_wait_fraction`` of the measured steps of the Ray run (time blocked on
+   the next batch / step time). Target <= 2%.
+3. Memory: peak RSS per worker (max over the 2 workers) with ZeRO stage 0, 2 and 3 on a motion
+   module made deliberately big (16 layers, ff x16) so that the trainable parameters, their
+   gradients and the Adam state dominate, fp32. ZeRO-2 shards gradients + optimizer state across
+   the workers, ZeRO-3 the parameters too.
+
+Synthetic latent shards (random posteriors, committed like ``jobs.preprocess`` writes them) feed
+both loops: training speed does not depend on what the latents show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from animatediff.config import Config, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(tmp: Path, frames: int, resolution: int, *overrides: str) -> Config:
+    return load_config(
+        ROOT / "configs" / "tiny.yaml",
+        [
+            f"train.data_uri={tmp / 'latents'}",
+            f"train.storage_path={tmp / 'ray_results'}",
+            f"mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}",
+            f"model.base.cache_dir={tmp / 'cache'}",
+            f"data.num_frames={frames}",
+            f"data.resolution={resolution}",
+            "train.validation_prompts=[]",
+            "train.register=false",
+            "train.checkpoint_every=0",
+            "train.val_max_clips=1",
+            *overrides,
+        ],
+    )
+
+
+def write_synthetic_shards(cfg: Config, clips: int, seed: int = 0) -> None:
+    from pipelines.fingerprint import data_fingerprint, fingerprint_dir_name
+    from pipelines.shards import ShardStore, shard_table
+    from pipelines.storage import locate
+
+    fingerprint = data_fingerprint(cfg)
+    store = ShardStore(
+        locate(cfg.train.data_uri, cfg.data).join(fingerprint_dir_name(fingerprint)), fingerprint
+    )
+    store.open()
+    if store.manifest["num_clips"] >= clips:
+        return
+    rng = np.random.default_rng(seed)
+    frames, size = cfg.data.num_frames, cfg.data.resolution // 8
+    shape = (clips, 4, frames, size, size)
+    batch = {
+        "clip_id": np.array([f"{i:016x}" for i in range(clips)]),
+        "video_id": np.array([f"video{i}" for i in range(clips)]),
+        "caption": np.array([f"synthetic clip {i}" for i in range(clips)]),
+        "frame_indices": np.tile(np.arange(frames, dtype=np.int32), (clips, 1)),
+        "fps": np.full(clips, 8.0, np.float32),
+        "source": np.array([f"synthetic://{i}" for i in range(clips)]),
+        "flipped": np.zeros(clips, bool),
+        "latent_mean": rng.normal(0, 4, shape).astype(np.float16),
+        "latent_std": rng.uniform(0.05, 0.2, shape).astype(np.float16),
+    }
+    store.commit(shard_table(batch), "part-bench-000000.parquet")
+    store.write_manifest()
+
+
+def plain_loop(cfg: Config, warmup: int, steps: int, threads: int) -> float:
+    """Samples/s of a plain PyTorch loop over the same shards (read into memory first)."""
+    import torch
+
+    from animatediff.training import BATCH_COLUMNS, batch_loss, build_training_model, step_generator
+    from jobs.train import _read_clips, _validation_batches
+    from pipelines.fingerprint import data_fingerprint
+
+    torch.set_num_threads(threads)
+    clips = _read_clips(cfg.train.data_uri, data_fingerprint(cfg), 10**9, list(BATCH_COLUMNS))
+    batches = _validation_batches(clips, cfg.train.batch_size)
+    batches = [b for b in batches if len(b) == cfg.train.batch_size]
+    model = build_training_model(cfg)
+    params = [p for p in model.unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay
+    )
+    model.unet.train()
+    start = 0.0
+    for step in range(warmup + steps):
+        if step == warmup:
+            start = time.perf_counter()
+        batch = batches[step % len(batches)]
+        loss = batch_loss(model, model.unet, batch, cfg, step_generator(cfg.train.seed, step, 0, 0))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return steps * cfg.train.batch_size / (time.perf_counter() - start)
+
+
+def _metric(cfg: Config, run_id: str, key: str, first_step: int) -> list[float]:
+    from mlflow import MlflowClient
+
+    history = MlflowClient(cfg.mlflow.tracking_uri).get_metric_history(run_id, key)
+    return [m.value for m in sorted(history, key=lambda m: m.step) if m.step >= first_step]
+
+
+def ray_run(cfg: Config, warmup: int) -> dict[str, float]:
+    from jobs.train import run_training
+
+    outcome = run_training(cfg)
+    # previous_iteration_time_s at step s+1 is the full wall time of iteration s.
+    iterations = _metric(cfg, outcome.run_id, "previous_iteration_time_s", warmup + 2)
+    waits = _metric(cfg, outcome.run_id, "data_wait_fraction", warmup + 1)
+    workers = cfg.train.num_workers
+    samples = cfg.train.batch_size * cfg.train.grad_accum_steps * workers
+    return {
+        "samples_per_s": samples * len(iterations) / sum(iterations),
+        "data_wait_fraction": statistics.fmean(waits),
+        "data_wait_fraction_max": max(waits),
+        "peak_rss_gib": _metric(cfg, outcome.run_id, "peak_rss_gib_max_worker", 1)[-1],
+        "torch_threads": _metric(cfg, outcome.run_id, "torch_threads", 1)[-1],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20, help="measured steps")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (Ray: CPUs/worker)")
+    parser.add_argument("--memory-steps", type=int, default=3)
+    parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args()
+
+    import ray
+
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    ray.init(num_cpus=max(4, args.threads + 2), include_dashboard=False, log_to_driver=False)
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as directory:
+        tmp = Path(directory)
+        if not args.skip_overhead:
+            cfg = _config(
+                tmp,
+                args.frames,
+                args.resolution,
+                "train.num_workers=1",
+                f"train.cpus_per_worker={args.threads}",
+                f"train.batch_size={args.batch_size}",
+                f"train.max_steps={args.warmup + args.steps + 1}",
+                "train.run_name=overhead",
+            )
+            write_synthetic_shards(cfg, clips=16 * args.batch_size)
+            plain = plain_loop(cfg, args.warmup, args.steps, args.threads)
+            ray_figures = ray_run(cfg, args.warmup)
+            overhead = 1 - ray_figures["samples_per_s"] / plain
+            print(
+                f"[overhead] {args.frames} frames {args.resolution}px batch {args.batch_size}, "
+                f"{args.threads} torch threads, {args.steps} measured steps"
+            )
+            print(f"  plain PyTorch loop      : {plain:.3f} samples/s")
+            print(
+                f"  Ray Train, 1 worker     : {ray_figures['samples_per_s']:.3f} samples/s "
+                f"(worker torch threads {ray_figures['torch_threads']:.0f})"
+            )
+            print(f"  overhead                : {overhead * 100:+.1f}% (target <= 5%)")
+            print(
+                f"[data stall] mean data-wait fraction {ray_figures['data_wait_fraction'] * 100:.2f}% "
+                f"(max {ray_figures['data_wait_fraction_max'] * 100:.2f}%; target <= 2%)"
+            )
+        if not args.skip_memory:
+            print(
+                "[memory] 2 workers, motion module 16 layers ff x16 (fp32), "
+                f"{args.memory_steps} steps: peak RSS per worker"
+            )
+            for stage in (0, 2, 3):
+                cfg = _config(
+                    tmp,
+                    4,
+                    32,
+                    "train.num_workers=2",
+                    f"train.zero_stage={stage}",
+                    f"train.max_steps={args.memory_steps}",
+                    f"train.run_name=memory-zero{stage}",
+                    "model.motion.num_layers=16",
+                    "model.motion.ff_mult=16",
+                )
+                write_synthetic_shards(cfg, clips=8)
+                figures = ray_run(cfg, 0)
+                params = _trainable_parameters(cfg)
+                print(
+                    f"  ZeRO-{stage}: {figures['peak_rss_gib']:.3f} GiB "
+                    f"(trainable {params / 1e6:.1f} M params = {params * 4 / 2**20:.0f} MiB fp32; "
+                    f"grads + Adam state {params * 12 / 2**20:.0f} MiB unsharded)"
+                )
+    ray.shutdown()
+
+
+def _trainable_parameters(cfg: Config) -> int:
+    from animatediff.motion_module import MotionModules
+    from animatediff.tiny import tiny_unet_kwargs
+
+    unet = tiny_unet_kwargs()
+    modules = MotionModules(unet["block_out_channels"], unet["layers_per_block"], cfg.model.motion)
+    return sum(p.numel() for p in modules.parameters())
+
+
+if __name__ == "__main__":
+    main()

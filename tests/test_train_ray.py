@@ -1,0 +1,295 @@
+"""``jobs.train`` end to end on the session Ray cluster: 2 CPU workers, DeepSpeed over gloo.
+
+One uninterrupted ZeRO-2 run (module fixture, 6 steps, checkpoints every 2, keep 2) is the
+reference: a run killed mid-way and a run stopped and re-run on S3 must end with the same motion
+weights, and a ZeRO-3 run must match its step-4 checkpoint. MLflow: SQLite for the reference run,
+a real ``mlflow server`` for the ZeRO-3 run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from train_helpers import CONFIG, tiny_train_config, write_latent_shards
+
+from jobs.train import TrainOutcome, run_training
+
+STEPS = ["train.max_steps=6", "train.checkpoint_every=2", "train.keep_last=2"]
+
+
+def _motion(directory: str | Path) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(directory) / "motion_module.safetensors"))
+
+
+def _assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if atol:
+            torch.testing.assert_close(a[key], b[key], atol=atol, rtol=1e-4, msg=key)
+        else:
+            assert torch.equal(a[key], b[key]), key
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    write_latent_shards(tiny_train_config(root))
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(ray_cluster, shards: Path) -> tuple[TrainOutcome, object]:
+    cfg = tiny_train_config(shards, *STEPS, "train.run_name=reference")
+    return run_training(cfg), cfg
+
+
+def test_reference_run_checkpoints_every_rank_and_keeps_the_last_two(reference) -> None:
+    outcome, cfg = reference
+    assert outcome.step == 6 and outcome.val_loss is not None
+    run_dir = Path(cfg.train.storage_path) / "reference"
+    kept = sorted(p.name for p in run_dir.glob("checkpoint_0*"))
+    assert kept == ["checkpoint_00000004", "checkpoint_00000006"]
+    last = run_dir / "checkpoint_00000006"
+    state = json.loads((last / "trainer_state.json").read_text())
+    assert state["position"]["step"] == 6 and state["world_size"] == 2
+    assert state["config"]["train"]["run_name"] == "reference"
+    ds = last / "deepspeed" / "ds"
+    assert {p.name for p in ds.glob("zero_pp_rank_*_optim_states.pt")} == {
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    }
+    assert {p.name for p in (last / "rng").iterdir()} == {"rank0.json", "rank1.json"}
+    module_state = torch.load(ds / "mp_rank_00_model_states.pt", weights_only=True)["module"]
+    assert module_state and all(k.startswith("motion_modules.") for k in module_state)
+    # The native export is the trained module: proj_out starts at zero and has moved.
+    weights = _motion(last / "motion_module")
+    _assert_same_weights(weights, _motion(outcome.motion_dir))
+    proj_out = [v for k, v in weights.items() if k.endswith("proj_out.weight")]
+    assert proj_out and all(v.abs().sum() > 0 for v in proj_out)
+    from animatediff.checkpoints import load_motion_modules
+
+    modules, motion_cfg = load_motion_modules(last / "motion_module")
+    assert motion_cfg == cfg.model.motion
+
+
+def test_reference_run_is_tracked_in_mlflow(reference) -> None:
+    from mlflow import MlflowClient
+
+    outcome, cfg = reference
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    run = client.get_run(outcome.run_id)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["train.max_steps"] == "6" and params["model.base.pretrained"] == "builtin:tiny"
+    assert any(k.startswith("data.fingerprint.") for k in params)
+    for key in ("loss", "lr", "grad_norm", "samples_per_s", "step_time_s", "data_wait_fraction"):
+        history = client.get_metric_history(outcome.run_id, key)
+        assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6], key
+    assert run.data.metrics["rss_gib"] > 0
+    assert run.data.metrics["val_loss"] == pytest.approx(outcome.val_loss)
+    lrs = [
+        m.value
+        for m in sorted(client.get_metric_history(outcome.run_id, "lr"), key=lambda m: m.step)
+    ]
+    assert lrs == pytest.approx([5e-5, 1e-4, 1e-4, 1e-4, 1e-4, 1e-4])  # 2 warm-up steps
+    artifacts = {a.path for a in client.list_artifacts(outcome.run_id)}
+    assert {"config.yaml", "samples", "motion_module"} <= artifacts
+    samples = [a.path for a in client.list_artifacts(outcome.run_id, "samples")]
+    assert samples == ["samples/step00000006_prompt0.gif"]
+
+
+def test_registered_version_loads_and_predicts_and_promotes(reference, capsys) -> None:
+    import mlflow
+    import pandas as pd
+
+    from animatediff.registry import load_registered_motion_module, register_motion_module
+    from jobs import promote
+
+    outcome, cfg = reference
+    uri, name = cfg.mlflow.tracking_uri, cfg.mlflow.registered_model
+    modules, motion_cfg, meta = load_registered_motion_module(f"models:/{name}@candidate", uri)
+    assert meta["version"] == outcome.model_version and "candidate" in meta["aliases"]
+    assert meta["base"]["pretrained"] == "builtin:tiny" and motion_cfg == cfg.model.motion
+    assert meta["val_loss"] == pytest.approx(outcome.val_loss)
+    _assert_same_weights(
+        {k: v.float() for k, v in modules.state_dict().items()}, _motion(outcome.motion_dir)
+    )
+
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{outcome.model_version}")
+    request = pd.DataFrame(
+        {"prompt": ["a red ball"], "num_frames": [4], "num_inference_steps": [1], "height": [32]}
+    )
+    videos = model.predict(request.assign(width=[32], seed=[1]))
+    assert videos.shape == (1, 4, 32, 32, 3) and videos.dtype == "uint8"
+
+    argv = ["--config", str(CONFIG), f"mlflow.tracking_uri={uri}"]
+    assert promote.main(argv) == 0  # no champion yet
+    worse = register_motion_module(
+        cfg, outcome.motion_dir, outcome.run_id, uri, val_loss=outcome.val_loss + 1
+    )
+    assert promote.main(argv) == 1  # the new candidate is worse: champion stays
+    champion = mlflow.MlflowClient(uri).get_model_version_by_alias(name, "champion")
+    assert champion.version == outcome.model_version
+    better = register_motion_module(
+        cfg, outcome.motion_dir, outcome.run_id, uri, val_loss=outcome.val_loss - 0.01
+    )
+    assert promote.main(argv) == 0
+    champion = mlflow.MlflowClient(uri).get_model_version_by_alias(name, "champion")
+    assert champion.version == better and worse != better
+    assert "promoted" in capsys.readouterr().out
+
+
+def test_killed_worker_restores_from_the_last_checkpoint_and_matches(reference, shards) -> None:
+    from mlflow import MlflowClient
+
+    outcome, _ = reference
+    cfg = tiny_train_config(
+        shards,
+        *STEPS,
+        "train.run_name=killed",
+        "train.fault_injection_step=3",  # SIGKILL of rank 1 after step 3; checkpoint at 2
+        "train.max_failures=1",
+        "train.validation_prompts=[]",
+        "train.register=false",
+    )
+    killed = run_training(cfg)
+    assert killed.step == 6
+    _assert_same_weights(_motion(killed.motion_dir), _motion(outcome.motion_dir))
+    assert killed.val_loss == pytest.approx(outcome.val_loss, rel=1e-6)
+    # One MLflow run across the restart; step 3 was trained (and logged) twice.
+    history = MlflowClient(cfg.mlflow.tracking_uri).get_metric_history(killed.run_id, "loss")
+    assert sorted(m.step for m in history).count(3) == 2
+    assert max(m.step for m in history) == 6
+
+
+@pytest.fixture
+def s3_server(monkeypatch: pytest.MonkeyPatch):
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    for key, value in {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket="runs")
+    yield s3
+    server.stop()
+
+
+def test_rerun_resumes_from_s3_and_matches_the_uninterrupted_run(
+    reference, shards, s3_server
+) -> None:
+    outcome, _ = reference
+    common = [
+        "train.storage_path=s3://runs/ray",
+        "train.run_name=resumed",
+        "train.checkpoint_every=2",
+        "train.keep_last=2",
+        "train.validation_prompts=[]",
+        "train.register=false",
+    ]
+    first = run_training(tiny_train_config(shards, *common, "train.max_steps=2"))
+    assert first.step == 2
+    second = run_training(tiny_train_config(shards, *common, "train.max_steps=6"))
+    assert second.step == 6 and second.run_id == first.run_id
+    assert second.checkpoint_path.endswith("resumed/checkpoint_00000006")
+    _assert_same_weights(_motion(second.motion_dir), _motion(outcome.motion_dir))
+    keys = [o["Key"] for o in s3_server.list_objects_v2(Bucket="runs", Prefix="ray/")["Contents"]]
+    kept = {k.split("/")[2] for k in keys if "/checkpoint_" in k}
+    assert kept == {"checkpoint_00000004", "checkpoint_00000006"}
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    port = _free_port()
+    artifacts = tmp_path / "server-artifacts"
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+            "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination", str(artifacts), "--workers", "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        import urllib.request
+
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or process.poll() is not None:
+                    raise RuntimeError("mlflow server did not start") from None
+                time.sleep(0.5)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        yield uri, artifacts
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_zero3_run_tracked_on_a_tracking_server(reference, shards, mlflow_server) -> None:
+    from mlflow import MlflowClient
+
+    from animatediff.registry import load_registered_motion_module
+
+    outcome, ref_cfg = reference
+    uri, artifacts = mlflow_server
+    cfg = tiny_train_config(
+        shards,
+        "train.max_steps=4",
+        "train.checkpoint_every=4",
+        "train.zero_stage=3",
+        "train.run_name=zero3",
+        "train.validation_prompts=[]",
+        "mlflow.tracking_uri=",  # from $MLFLOW_TRACKING_URI
+    )
+    zero3 = run_training(cfg)
+    assert zero3.step == 4
+    # ZeRO-3 shards parameters too; in fp32 it follows the same trajectory as ZeRO-2.
+    step4 = Path(ref_cfg.train.storage_path) / "reference" / "checkpoint_00000004" / "motion_module"
+    _assert_same_weights(_motion(zero3.motion_dir), _motion(step4), atol=1e-5)
+    ds = Path(zero3.checkpoint_path) / "deepspeed" / "ds"
+    assert len(list(ds.glob("zero_pp_rank_*_model_states.pt"))) == 2
+
+    client = MlflowClient(uri)
+    run = client.get_run(zero3.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["train.zero_stage"] == "3"
+    assert len(client.get_metric_history(zero3.run_id, "loss")) == 4
+    name = cfg.mlflow.registered_model
+    modules, _, meta = load_registered_motion_module(f"models:/{name}@candidate")
+    assert meta["version"] == zero3.model_version == "1"
+    _assert_same_weights(
+        {k: v.float() for k, v in modules.state_dict().items()}, _motion(zero3.motion_dir)
+    )
+    stored = [p for p in artifacts.rglob("motion_module.safetensors")]
+    assert stored, "artifacts go through the server to its --artifacts-destination"
+    assert os.environ["MLFLOW_TRACKING_URI"] == uri
