@@ -273,7 +273,7 @@ class ShardWriter:
                 counts["clips_cached"] += int(pc.sum(table["cached_clips"]).as_py() or 0)
                 for reason in failed["reason"].to_pylist():
                     failed_by_reason[reason] = failed_by_reason.get(reason, 0) + 1
-        for path in parts:
-            fs.delete_file(path)
+        if parts:  # (deleting files one by one would leave a directory marker on S3)
+            fs.delete_dir(self.outcome_dir.path)
         counts["failed_by_reason"] = dict(sorted(failed_by_reason.items()))
         return counts

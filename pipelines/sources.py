@@ -101,7 +101,8 @@ def read_input(cfg: DataConfig, location: Location, columns: Columns):
     if cfg.format == "parquet":
         return ray.data.read_parquet(location.path, filesystem=location.fs, columns=names)
     if cfg.format == "jsonl":
-        ds = ray.data.read_json(location.path, filesystem=location.fs, lines=True)
+        # pyarrow's JSON reader reads newline-delimited JSON (one object per line).
+        ds = ray.data.read_json(location.path, filesystem=location.fs)
         return ds.select_columns(names)
     convert = pacsv.ConvertOptions(
         column_types={name: pa.binary() for name in names}, include_columns=names
@@ -177,7 +178,9 @@ def _resolve_source(row: dict, spec: PlanSpec) -> tuple[str, str]:
     if path is None:
         raise UnsafePathError("path is missing or not valid UTF-8")
     relative = manifest_relative_path(path, spec.root)
-    video_id = _text(row[columns.key]) or relative
+    # Without an id column the id is the path relative to the root (the same for
+    # ``part0/x.mp4`` and ``s3://bucket/root/part0/x.mp4``).
+    video_id = relative if columns.key == columns.path else (_text(row[columns.key]) or relative)
     return video_id, spec.root.join(relative).uri
 
 

@@ -78,11 +78,11 @@ def atomic_output(location: Location) -> Iterator[pa.NativeFile]:
     stores: a single upload is already all-or-nothing (a multipart upload becomes visible only
     once completed), so the stream writes the final key."""
     fs = location.fs
-    fs.create_dir(posixpath.dirname(location.path), recursive=True)
-    if not isinstance(fs, pafs.LocalFileSystem):
+    if not isinstance(fs, pafs.LocalFileSystem):  # no directories (nor their marker objects)
         with fs.open_output_stream(location.path) as out:
             yield out
         return
+    fs.create_dir(posixpath.dirname(location.path), recursive=True)
     name = f".tmp-{uuid.uuid4().hex}-{posixpath.basename(location.path)}"
     tmp = posixpath.join(posixpath.dirname(location.path), name)
     try:
