@@ -83,6 +83,7 @@ class VideoUNet(nn.Module):
         self.motion_modules = motion_modules
         self.motion_cfg = motion_cfg
         self.gradient_checkpointing = False
+        self.checkpoint_motion_modules = True
         if motion_cfg.gradient_checkpointing:
             self.enable_gradient_checkpointing()
 
@@ -110,10 +111,15 @@ class VideoUNet(nn.Module):
         """The motion-module parameters: the only ones that train."""
         return list(self.motion_modules.parameters())
 
-    def enable_gradient_checkpointing(self) -> None:
-        """Recompute activations in the backward pass: each resnet/attention/motion-module group,
-        the upsamplers and the output head keep only their input."""
+    def enable_gradient_checkpointing(self, motion_modules: bool = True) -> None:
+        """Recompute activations in the backward pass.
+
+        ``motion_modules=True`` (the default): every resnet/attention/motion-module group, the
+        upsamplers and the output head keep only their input; the least memory. ``False``: only
+        the 2D layers are recomputed and the motion modules keep their activations (what diffusers'
+        ``UNetMotionModel`` does outside its mid block): more memory, less recomputation."""
         self.gradient_checkpointing = True
+        self.checkpoint_motion_modules = motion_modules
         # The groups already cover the motion modules; checkpointing them again would recompute twice.
         self.motion_modules.set_gradient_checkpointing(False)
 
@@ -138,7 +144,7 @@ class VideoUNet(nn.Module):
     ) -> torch.Tensor:
         """Run resnet / cross-attention / motion-module steps on (batch*frames, C, H, W)."""
 
-        def run(hidden: torch.Tensor, emb: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        def run(steps: list[Step], hidden: torch.Tensor, emb: torch.Tensor, text: torch.Tensor):
             for kind, module in steps:
                 if kind == "resnet":
                     hidden = module(hidden, emb)
@@ -148,7 +154,20 @@ class VideoUNet(nn.Module):
                     hidden = module(hidden, num_frames)
             return hidden
 
-        return self._checkpointed(run, hidden, emb, text)
+        if self.checkpoint_motion_modules:
+            return self._checkpointed(partial(run, steps), hidden, emb, text)
+        # Checkpoint each run of consecutive 2D steps; motion modules keep their activations.
+        segment: list[Step] = []
+        for step in steps + [("end", None)]:
+            if step[0] in ("motion", "end"):
+                if segment:
+                    hidden = self._checkpointed(partial(run, segment), hidden, emb, text)
+                    segment = []
+                if step[0] == "motion":
+                    hidden = run([step], hidden, emb, text)
+            else:
+                segment.append(step)
+        return hidden
 
     def _time_embedding(
         self, timestep: torch.Tensor | float | int, sample: torch.Tensor

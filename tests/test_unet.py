@@ -112,10 +112,12 @@ def test_parity_with_diffusers_unet_motion_model(unet2d, mid_block):
 
 def test_gradient_checkpointing_same_outputs_and_grads_and_fewer_saved_tensors(unet2d):
     sample, timestep, text = _inputs(batch=1)
-    results = []
-    for enabled in (False, True):
-        video = _video_unet(unet2d, gradient_checkpointing=enabled)
-        assert video.gradient_checkpointing == enabled
+    results = {}
+    for mode in ("off", "config", "2d-only"):
+        video = _video_unet(unet2d, gradient_checkpointing=mode == "config")
+        if mode == "2d-only":
+            video.enable_gradient_checkpointing(motion_modules=False)
+        assert video.gradient_checkpointing == (mode != "off")
         saved = []
 
         def pack(t, saved=saved):
@@ -126,11 +128,17 @@ def test_gradient_checkpointing_same_outputs_and_grads_and_fewer_saved_tensors(u
             out = video(sample, timestep, text)
         F.mse_loss(out, torch.zeros_like(out)).backward()
         grads = [p.grad for p in video.trainable_parameters()]
-        results.append((out.detach(), grads, sum(saved)))
-    (out0, grads0, saved0), (out1, grads1, saved1) = results
-    assert torch.allclose(out0, out1, atol=1e-6)
-    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(grads0, grads1))
-    assert saved1 < saved0 / 3
+        results[mode] = (out.detach(), grads, sum(saved))
+    reference, reference_grads, saved_off = results["off"]
+    for mode in ("config", "2d-only"):
+        out, grads, _ = results[mode]
+        assert torch.allclose(out, reference, atol=1e-6)
+        assert all(
+            torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(grads, reference_grads)
+        )
+    # Everything checkpointed keeps group inputs only; 2D-only keeps the motion activations too.
+    assert results["config"][2] < saved_off / 3
+    assert results["config"][2] < results["2d-only"][2] < saved_off
 
 
 def test_scalar_timestep_broadcasts(unet2d):

@@ -1,0 +1,204 @@
+"""Forward+backward of our VideoUNet vs diffusers' UNetMotionModel on the same config and weights.
+
+Both get the same random 2D UNet and the same motion weights (diffusers' cross-frame GroupNorm, so
+the two compute the same function: the script checks the outputs agree), 2D weights frozen in both.
+Prints, with and without gradient checkpointing: median step time and peak memory of one step
+(on CPU: the peak of live tensor allocations during the step, from the PyTorch profiler's memory
+events; on CUDA: ``torch.cuda.max_memory_allocated`` above the pre-step level), and ours/diffusers
+ratios (target <= 1.0). Timed steps alternate between the two models so machine load hits both alike.
+
+    .venv/bin/python benchmarks/unet_step.py                  # moderate CPU config
+    .venv/bin/python benchmarks/unet_step.py --preset sd15 --device cuda --frames 16 --size 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+PRESETS = {
+    # (block_out_channels, cross_attention_dim, attention_head_dim)
+    "tiny": ((32, 64), 32, 8),
+    "moderate": ((64, 128, 256, 256), 128, 8),
+    "sd15": ((320, 640, 1280, 1280), 768, 8),
+}
+
+
+def build_models(args: argparse.Namespace):
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+    from animatediff.config import MotionModuleConfig
+    from animatediff.motion_module import to_diffusers_key
+    from animatediff.unet import VideoUNet
+
+    channels, cross_dim, head_dim = PRESETS[args.preset]
+    levels = len(channels)
+    groups = min(32, channels[0] // 2)
+    torch.manual_seed(0)
+    unet2d = UNet2DConditionModel(
+        sample_size=args.size,
+        block_out_channels=channels,
+        layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
+        cross_attention_dim=cross_dim,
+        attention_head_dim=head_dim,
+        norm_num_groups=groups,
+    )
+    cfg = MotionModuleConfig(norm_groups=groups, num_heads=8, cross_frame_norm=True)
+    ours = VideoUNet.from_unet2d(unet2d, cfg)
+    with torch.no_grad():  # non-zero motion weights, so every module's backward does real work
+        for p in ours.motion_modules.parameters():
+            p.normal_(0, 0.02)
+    adapter = MotionAdapter(
+        block_out_channels=channels,
+        motion_layers_per_block=2,
+        motion_norm_num_groups=groups,
+        motion_num_attention_heads=8,
+        use_motion_mid_block=True,
+    )
+    converted = {to_diffusers_key(k): v for k, v in ours.motion_modules.state_dict().items()}
+    converted.pop(None)
+    adapter.load_state_dict(converted, strict=True)
+    theirs = UNetMotionModel.from_unet2d(unet2d, adapter)
+    theirs.freeze_unet2d_params()
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    return ours.to(args.device, dtype), theirs.to(args.device, dtype), cross_dim
+
+
+def make_step(model, diffusers_model: bool, sample, timestep, text, target):
+    frames = sample.shape[2]
+    text_in = text.repeat_interleave(frames, dim=0) if diffusers_model else text
+
+    def step() -> torch.Tensor:
+        out = model(sample, timestep, text_in)
+        out = out.sample if diffusers_model else out
+        F.mse_loss(out.float(), target).backward()
+        for p in model.parameters():
+            p.grad = None
+        return out.detach()
+
+    return step
+
+
+def timed(step, device: str) -> float:
+    """Seconds of one step: process CPU time on CPU (robust to other processes sharing the cores;
+    equals wall time per thread), wall time on CUDA."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        torch.cuda.synchronize()
+        return time.perf_counter() - start
+    start = time.process_time()
+    step()
+    return time.process_time() - start
+
+
+def peak_memory(step, device: str) -> float:
+    """Peak bytes allocated during one step above the level before it."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    level = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        level += event.nbytes()
+        peak = max(peak, level)
+    return float(peak)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="moderate")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--size", type=int, default=32, help="latent height and width")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps per model and mode")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (0: torch's default); 1 keeps CPU "
+        "time meaningful when other processes share the cores",
+    )
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    ours, theirs, cross_dim = build_models(args)
+    generator = torch.Generator().manual_seed(1)
+    shape = (args.batch, 4, args.frames, args.size, args.size)
+    dtype = next(ours.parameters()).dtype
+    sample = torch.randn(shape, generator=generator).to(args.device, dtype)
+    text = torch.randn(args.batch, 77, cross_dim, generator=generator).to(args.device, dtype)
+    timestep = torch.randint(0, 1000, (args.batch,), generator=generator).to(args.device)
+    target = torch.randn(shape, generator=generator).to(args.device)
+    steps = {
+        "ours": make_step(ours, False, sample, timestep, text, target),
+        "diffusers": make_step(theirs, True, sample, timestep, text, target),
+    }
+
+    print(
+        f"preset={args.preset} batch={args.batch} frames={args.frames} latent={args.size}x{args.size} "
+        f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} "
+        f"motion params={sum(p.numel() for p in ours.trainable_parameters()):,}"
+    )
+    # (mode, our checkpointing: None | include motion modules, diffusers' checkpointing)
+    modes = (("off", None, False), ("all", True, True), ("2d-only", False, True))
+    rows = []
+    for mode, ours_motion, theirs_on in modes:
+        if ours_motion is None:
+            ours.disable_gradient_checkpointing()
+        else:
+            ours.enable_gradient_checkpointing(motion_modules=ours_motion)
+        if theirs_on:
+            theirs.enable_gradient_checkpointing()
+        else:
+            theirs.disable_gradient_checkpointing()
+        outputs = {name: step() for name, step in steps.items()}  # warm-up, and the same function?
+        diff = (outputs["ours"].float() - outputs["diffusers"].float()).abs().max().item()
+        times = {name: [] for name in steps}
+        for _ in range(args.repeats):
+            for name, step in steps.items():
+                times[name].append(timed(step, args.device))
+        measured = {
+            name: (statistics.median(times[name]), peak_memory(step, args.device))
+            for name, step in steps.items()
+        }
+        rows.append((mode, measured, diff))
+
+    unit = "wall s" if args.device.startswith("cuda") else "cpu s"
+    print(
+        f"{'checkpointing':<15}{'ours ' + unit:>12}{'diffusers':>11}{'time ratio':>12}"
+        f"{'ours MiB':>11}{'diffusers':>11}{'mem ratio':>11}{'max |diff|':>12}"
+    )
+    for mode, measured, diff in rows:
+        (ours_s, ours_b), (theirs_s, theirs_b) = measured["ours"], measured["diffusers"]
+        print(
+            f"{mode:<15}{ours_s:>12.3f}{theirs_s:>11.3f}{ours_s / theirs_s:>12.3f}"
+            f"{ours_b / 2**20:>11.1f}{theirs_b / 2**20:>11.1f}{ours_b / theirs_b:>11.3f}{diff:>12.2e}"
+        )
+    print(
+        "ratios are ours/diffusers (target <= 1.0). 'all': ours recomputes every group incl. the "
+        "motion modules; '2d-only': ours recomputes the 2D layers only; diffusers' checkpointing "
+        "never recomputes the motion modules outside its mid block."
+    )
+
+
+if __name__ == "__main__":
+    main()
