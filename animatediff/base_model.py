@@ -126,7 +126,10 @@ def _merge_loras(cfg: BaseModelConfig, models: dict[str, torch.nn.Module]) -> No
 
 def _freeze(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     module.requires_grad_(False)
-    return module.to(dtype=dtype).eval()
+    # Cast only when needed: diffusers warns on every `.to(dtype)` of a loaded model.
+    if any(p.dtype != dtype for p in module.parameters()):
+        module = module.to(dtype=dtype)
+    return module.eval()
 
 
 def load_vae(cfg: BaseModelConfig, dtype: torch.dtype = torch.float32):
