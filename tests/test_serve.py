@@ -56,7 +56,8 @@ def server(ray_cluster, tmp_path_factory):
     assert url.startswith("http://127.0.0.1:")
     client = httpx.Client(base_url=url, timeout=120)
     # The first generation loads the model on the replica; later timings are warm.
-    assert client.post("/v1/generate", json={"prompt": "warm up", "seed": 0}).status_code == 200
+    warm = client.post("/v1/generate", json={"prompt": "warm up", "seed": 0})
+    assert warm.status_code == 200, warm.text
     yield url, cfg, versions, client
     client.close()
     serve.shutdown()
@@ -153,6 +154,7 @@ def test_alias_move_reaches_new_requests_without_restart(server):
         assert version == versions[1]
     finally:
         registry.set_registered_model_alias(name, "champion", versions[0])
+        time.sleep(cfg.serve.alias_ttl_s + 0.1)  # later tests see the original alias
 
 
 async def _burst(url: str, bodies: list[dict]) -> list[httpx.Response]:
@@ -161,15 +163,20 @@ async def _burst(url: str, bodies: list[dict]) -> list[httpx.Response]:
 
 
 def test_concurrent_compatible_requests_are_batched(server):
-    url, cfg, _, _ = server
-    bodies = [{"prompt": f"clip {i}", "seed": i, "num_frames": 4} for i in range(4)]
+    url, cfg, versions, _ = server
+    bodies = [
+        {"prompt": f"clip {i}", "seed": i, "num_frames": 4, "model": versions[0]} for i in range(4)
+    ]
     responses = asyncio.run(_burst(url, bodies))
     assert [r.status_code for r in responses] == [200] * 4
     sizes = [int(r.headers["x-batch-size"]) for r in responses]
     assert max(sizes) > 1, sizes
-    # Batching does not change results: each seed gives what it gives alone.
-    alone = httpx.post(url + "/v1/generate", json=bodies[2], timeout=120)
-    assert alone.content == responses[2].content
+    # Batching does not change results beyond float rounding (batched matmuls sum in another
+    # order; the GIF palette may then shift a little): each seed gives what it gives alone.
+    alone = _frames(httpx.post(url + "/v1/generate", json=bodies[2], timeout=120).content)
+    batched = [_frames(r.content).astype(float) for r in responses]
+    assert np.abs(batched[2] - alone).mean() < 2.0
+    assert np.abs(batched[1] - alone).mean() > 4 * np.abs(batched[2] - alone).mean()
 
 
 def test_overload_answers_503_quickly_and_nothing_else(server):
@@ -182,8 +189,11 @@ def test_overload_answers_503_quickly_and_nothing_else(server):
     codes = [r.status_code for r in responses]
     assert set(codes) <= {200, 503}, codes
     assert codes.count(200) >= s.max_ongoing_requests and codes.count(503) >= capacity, codes
-    rejected = [r for r in responses if r.status_code == 503]
-    assert all("retry" in r.text.lower() for r in rejected)
+    # Refused either by our ingress (generator queue full: JSON, Retry-After) or by Serve's proxy
+    # (ingress queue full): both say why.
+    for response in (r for r in responses if r.status_code == 503):
+        text = response.text.lower()
+        assert "retry" in text or "backpressure" in text, response.text
     assert time.monotonic() - start < 120
 
 
@@ -208,10 +218,14 @@ def test_bearer_token_auth_when_configured(ray_cluster, server):
         base = url + "/secured"
         assert httpx.get(base + "/healthz", timeout=60).status_code == 200
         denied = httpx.get(base + "/v1/models", timeout=60)
-        assert denied.status_code == 401 and denied.json()["detail"][0]["loc"][-1] == "authorization"
+        assert (
+            denied.status_code == 401 and denied.json()["detail"][0]["loc"][-1] == "authorization"
+        )
         wrong = httpx.get(base + "/v1/models", headers={"Authorization": "Bearer nope"}, timeout=60)
         assert wrong.status_code == 401
-        ok = httpx.get(base + "/v1/models", headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        ok = httpx.get(
+            base + "/v1/models", headers={"Authorization": f"Bearer {token}"}, timeout=60
+        )
         assert ok.status_code == 200 and ok.json()["versions"]
         refused = httpx.post(base + "/v1/generate", json={"prompt": "a"}, timeout=60)
         assert refused.status_code == 401
@@ -233,15 +247,22 @@ def test_web_page_in_headless_chromium(server, tmp_path):
     url, _, versions, _ = server
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1100,800"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1100,800",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     shots = []
     try:
         driver.get(url + "/")
         wait = WebDriverWait(driver, 60)
-        wait.until(lambda d: len(Select(d.find_element(By.ID, "model")).options) == 1 + len(versions))
+        wait.until(
+            lambda d: len(Select(d.find_element(By.ID, "model")).options) == 1 + len(versions)
+        )
         labels = [o.text for o in Select(driver.find_element(By.ID, "model")).options]
         assert any("@champion" in label for label in labels), labels
         driver.find_element(By.ID, "prompt").send_keys("a lighthouse in a storm")
@@ -251,9 +272,11 @@ def test_web_page_in_headless_chromium(server, tmp_path):
             element.send_keys(value)
         driver.find_element(By.ID, "generate").click()
         wait.until(ec.visibility_of_element_located((By.ID, "result")))
-        wait.until(lambda d: d.execute_script(
-            "const i = document.getElementById('video-img'); return i.complete && i.naturalWidth > 0"
-        ))
+        wait.until(
+            lambda d: d.execute_script(
+                "const i = document.getElementById('video-img'); return i.complete && i.naturalWidth > 0"
+            )
+        )
         meta = driver.find_element(By.ID, "meta").text
         assert "seed    7" in meta and f"v{versions[0]}" in meta, meta
         shots.append(tmp_path / "serve_web_generate.png")

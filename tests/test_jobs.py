@@ -1,0 +1,179 @@
+"""Job entrypoints: the prompts-file parser, and `python -m jobs.generate` submitted to a real
+`ray start --head` cluster through the Job Submission client, as on a laptop or a remote cluster.
+
+The submitted cluster is separate from the session fixture's (its own ports and temp dir) and is
+stopped by terminating exactly the processes it started, never with `ray stop` (which would take
+down every Ray on the machine, the session cluster included)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from serve_helpers import free_port, random_motion_modules
+
+from animatediff.config import load_config
+from jobs.generate import read_prompts, resolve_model
+
+ROOT = Path(__file__).resolve().parents[1]
+CFG = load_config(ROOT / "configs/tiny.yaml")
+
+
+def test_read_prompts_text_and_json_lines():
+    rows = read_prompts(
+        '# comment\na red ball\n\n{"prompt": "waves", "seed": 9, "num_frames": 4}\n', CFG
+    )
+    assert [r["prompt"] for r in rows] == ["a red ball", "waves"]
+    assert rows[0]["seed"] == CFG.sample.seed and rows[1]["seed"] == 9
+    assert rows[0]["num_frames"] == CFG.sample.num_frames and rows[1]["num_frames"] == 4
+    assert [r["index"] for r in rows] == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("a\n{bad json\n", "line 2: invalid JSON"),
+        ('{"prompt": "a", "colour": 1}\n', "line 1: unknown keys ['colour']"),
+        ('{"prompt": ""}\n', "line 1: needs a non-empty 'prompt'"),
+        ("# only a comment\n", "holds no prompt"),
+    ],
+)
+def test_read_prompts_errors_name_the_line(text, words):
+    with pytest.raises(ValueError, match=words.replace("[", r"\[").replace("]", r"\]")):
+        read_prompts(text, CFG)
+
+
+def test_resolve_model_pins_a_local_directory(tmp_path):
+    from dataclasses import replace
+
+    cfg = replace(CFG, generate=replace(CFG.generate, model=str(tmp_path)))
+    assert resolve_model(cfg)["kind"] == "dir"
+
+
+class HeadNode:
+    """`ray start --head --block` in its own session on free loopback ports and a private temp
+    dir; `stop()` terminates that process tree only."""
+
+    def __init__(self) -> None:
+        # Short path: Ray's Unix sockets live under it (107-byte limit).
+        self.temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")
+        self.gcs_port, self.dashboard_port = free_port(), free_port()
+        bin_dir = str(Path(sys.executable).parent)
+        env = {
+            **os.environ,
+            # Jobs run `python -m jobs....`: the project's interpreter must come first on PATH.
+            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+            "CUDA_VISIBLE_DEVICES": "",
+        }
+        env.pop("RAY_ADDRESS", None)
+        self.log = open(Path(self.temp_dir) / "ray_start.log", "w")  # noqa: SIM115
+        command = [
+            str(Path(bin_dir) / "ray"), "start", "--head", "--block",
+            "--node-ip-address", "127.0.0.1",
+            "--port", str(self.gcs_port),
+            "--dashboard-host", "127.0.0.1",
+            "--dashboard-port", str(self.dashboard_port),
+            "--temp-dir", self.temp_dir,
+            "--num-cpus", "4",
+            "--disable-usage-stats",
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            command, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.address = f"http://127.0.0.1:{self.dashboard_port}"
+
+    def client(self, timeout_s: float = 120.0):
+        from ray.job_submission import JobSubmissionClient
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ray start exited: {self.output()}")
+            try:
+                return JobSubmissionClient(self.address)
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+
+    def output(self) -> str:
+        self.log.flush()
+        return (Path(self.temp_dir) / "ray_start.log").read_text()[-3000:]
+
+    def stop(self) -> None:
+        try:
+            tree = [psutil.Process(self.process.pid)]
+            tree += tree[0].children(recursive=True)
+        except psutil.NoSuchProcess:
+            tree = []
+        for process in tree:
+            try:
+                process.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(tree, timeout=20)
+        for process in alive:
+            process.kill()
+        psutil.wait_procs(alive, timeout=10)
+        self.log.close()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def head_node():
+    node = HeadNode()
+    yield node
+    node.stop()
+    leftovers = [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if node.temp_dir in " ".join(p.info["cmdline"] or [])
+    ]
+    assert not leftovers, f"processes of the submitted cluster still running: {leftovers}"
+
+
+def test_generate_job_submitted_to_a_ray_start_cluster(head_node, tmp_path):
+    from ray.job_submission import JobStatus
+
+    from animatediff.checkpoints import save_motion_modules
+
+    motion_dir = tmp_path / "motion_module"
+    save_motion_modules(random_motion_modules(CFG, seed=3), CFG.model.motion, motion_dir)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text('a red ball bouncing\n{"prompt": "waves at dusk", "seed": 5}\n')
+    out = tmp_path / "out"
+    entrypoint = (
+        f"python -m jobs.generate --config configs/tiny.yaml generate.prompts={prompts} "
+        f"generate.model={motion_dir} output_dir={out} sample.num_frames=4 "
+        "sample.num_inference_steps=2 generate.output_format=webp"
+    )
+    client = head_node.client()
+    job_id = client.submit_job(
+        entrypoint=entrypoint,
+        runtime_env={"working_dir": str(ROOT), "excludes": ["outputs", ".git", "*.db"]},
+    )
+    deadline = time.monotonic() + 400
+    status = client.get_job_status(job_id)
+    while status not in JobStatus.TERMINAL_STATUSES and time.monotonic() < deadline:
+        time.sleep(2)
+        status = client.get_job_status(job_id)
+    logs = client.get_job_logs(job_id)
+    assert status == JobStatus.SUCCEEDED, f"{status}\n{logs[-3000:]}\n{head_node.output()}"
+    assert "generated 2 videos" in logs
+
+    index = [
+        json.loads(line) for line in (out / "generate" / "index.jsonl").read_text().splitlines()
+    ]
+    assert [entry["prompt"] for entry in index] == ["a red ball bouncing", "waves at dusk"]
+    assert index[1]["seed"] == 5 and index[0]["model_version"] == "local"
+    for entry in index:
+        data = (out / "generate" / entry["file"]).read_bytes()
+        assert data[8:12] == b"WEBP" and entry["frames"] == 4
