@@ -268,8 +268,8 @@ class TrainConfig:
     register: bool = True
     """Register the final motion module in the MLflow model registry (alias ``candidate``)."""
     fault_injection_step: int | None = None
-    """Testing only: the last rank kills its own process at this step on the first attempt (no
-    checkpoint restored yet), exercising ``train.max_failures``."""
+    """Testing only: once this many steps are done, the last rank kills its own process (SIGKILL),
+    on the first attempt only (single-node clusters), exercising ``train.max_failures``."""
 
     def __post_init__(self) -> None:
         for name in ("num_workers", "max_steps", "batch_size", "grad_accum_steps", "keep_last"):

@@ -21,6 +21,7 @@ import signal
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,6 +249,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if rank == 0 and loop_config.get("run_id")
         else None
     )
+    if logger is not None and restored is not None:
+        logger.log_metrics({"resumed_from_step": float(position.step)}, step=position.step)
     val_batches = _validation_batches(loop_config["val_clips"], train.batch_size)
     stream = _batch_stream(ray.train.get_dataset_shard("train"), cfg, position)
     samples_per_step = train.batch_size * train.grad_accum_steps * world
@@ -264,8 +267,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # Wall time of the previous iteration, logging and checkpointing included (overheads).
         iteration_time = None if previous_top is None else top - previous_top
         previous_top = top
-        if train.fault_injection_step == position.step and restored is None and rank == world - 1:
-            os.kill(os.getpid(), signal.SIGKILL)  # a real crash: no cleanup, no report
+        marker = loop_config.get("fault_marker")
+        if (
+            train.fault_injection_step == position.step
+            and rank == world - 1
+            and marker
+            and not Path(marker).exists()
+        ):
+            Path(marker).touch()  # first attempt only
+            # Ray Train collects reports every 2 s: let it register the last checkpoint first, so
+            # the restart point is deterministic. Then a real crash: no cleanup, no report.
+            time.sleep(5)
+            os.kill(os.getpid(), signal.SIGKILL)
 
         step = position.step
         lr = learning_rate(step, train)
@@ -468,10 +481,14 @@ def run_training(cfg: Config) -> TrainOutcome:
             save_config(cfg, Path(directory) / "config.yaml")
             tracking.RunLogger(tracking_uri, run_id).log_artifact(Path(directory) / "config.yaml")
 
+    fault_marker = None
+    if train.fault_injection_step is not None:  # testing: workers share this machine's /tmp
+        fault_marker = str(Path(tempfile.gettempdir()) / f"animatediff-fault-{uuid.uuid4().hex}")
     env_vars = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "MLFLOW_"))}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
+            "fault_marker": fault_marker,
             "config": to_dict(cfg),
             "run_id": run_id,
             "tracking_uri": tracking_uri,
@@ -501,6 +518,9 @@ def run_training(cfg: Config) -> TrainOutcome:
         if run_id is not None:
             tracking.RunLogger(tracking_uri, run_id).set_terminated("FAILED")
         raise
+    finally:
+        if fault_marker:
+            Path(fault_marker).unlink(missing_ok=True)
     if result.checkpoint is None:
         raise RuntimeError(f"run {train.run_name!r} finished without a checkpoint")
     return _finish(cfg, result.checkpoint, run_id, tracking_uri)
