@@ -30,7 +30,13 @@ from pipelines.fingerprint import (
 )
 from pipelines.shards import ShardStore, load_manifest, shard_table
 from pipelines.sources import Columns, PlanSpec, plan_batch
-from pipelines.storage import UnsafePathError, locate, manifest_relative_path, webvid_relative_path
+from pipelines.storage import (
+    Location,
+    UnsafePathError,
+    locate,
+    manifest_relative_path,
+    webvid_relative_path,
+)
 
 # --------------------------------------------------------------------------------------------
 # Window sampling (AnimateDiff's rule)
@@ -351,7 +357,12 @@ def test_interrupted_commits_are_adopted_or_discarded(tmp_path):
 
 
 def test_shard_schema_reads_back_as_tensors(tmp_path):
-    table = shard_table(_latent_batch(["a", "b"]))
+    batch = _latent_batch(["a", "b"])
+    batch["text_embedding"] = np.zeros((2, 77, 32), np.float16)
+    batch["input_ids"] = np.tile(np.arange(77, dtype=np.int32), (2, 1))
+    table = shard_table(batch)
+    assert table.schema.field("input_ids").type == pa.list_(pa.int32())
+    assert table.column("text_embedding").chunk(0).to_numpy().shape == (2, 77, 32)
     assert table.schema.field("frame_indices").type == pa.list_(pa.int32())
     assert table.schema.field("clip_id").type == pa.string()
     pq.write_table(table, tmp_path / "s.parquet")
@@ -404,3 +415,118 @@ def test_outcome_schema_is_complete():
         "clips",
         "cached_clips",
     ]
+
+
+# --------------------------------------------------------------------------------------------
+# Object stores that fail, input tables, MLflow
+# --------------------------------------------------------------------------------------------
+
+
+class _FlakyStore(pa.fs.FileSystemHandler):
+    """An object store where ``deny/`` fails on HEAD, ``broken/`` on GET, and others serve bytes."""
+
+    def __init__(self, objects: dict[str, bytes]):
+        self.objects = objects
+
+    def get_type_name(self):
+        return "flaky"
+
+    def normalize_path(self, path):
+        return path
+
+    def equals(self, other):
+        return self is other
+
+    def get_file_info(self, paths):
+        infos = []
+        for path in paths:
+            if "/deny/" in path:
+                raise OSError("AWS Error ACCESS_DENIED during HeadObject operation")
+            size = (
+                len(self.objects.get(path, b"x" * 100))
+                if "/broken/" in path or path in self.objects
+                else None
+            )
+            kind = pa.fs.FileType.File if size is not None else pa.fs.FileType.NotFound
+            infos.append(pa.fs.FileInfo(path, kind, size=size))
+        return infos
+
+    def open_input_stream(self, path):
+        if "/broken/" in path:
+            raise OSError("AWS Error NETWORK_CONNECTION during GetObject operation: reset")
+        return pa.BufferReader(self.objects[path])
+
+    def _unsupported(self, *args, **kwargs):
+        raise NotImplementedError
+
+    get_file_info_selector = create_dir = delete_dir = delete_dir_contents = _unsupported
+    delete_root_dir_contents = delete_file = move = copy_file = open_input_file = _unsupported
+    open_output_stream = open_append_stream = _unsupported
+
+
+def test_unreadable_object_store_objects_are_recorded(media, tmp_path):
+    video = (media / PAGE_DIR / "1.mp4").read_bytes()
+    fs = pa.fs.PyFileSystem(_FlakyStore({f"bucket/root/{PAGE_DIR}/ok/1.mp4": video}))
+    root = Location(fs, "bucket/root", "s3://bucket/root")
+    keys = ["deny/1", "broken/1", "ok/1"]
+    sources = [f"s3://bucket/root/{PAGE_DIR}/{k}.mp4" for k in keys]
+    plan = {  # plan rows as plan_batch makes them
+        "key": np.array(keys, dtype=object),
+        "video_id": np.array(keys, dtype=object),
+        "caption": np.array(["c"] * 3, dtype=object),
+        "source": np.array(sources, dtype=object),
+        "status": np.array(["todo"] * 3, dtype=object),
+        "reason": np.array([""] * 3, dtype=object),
+        "message": np.array([""] * 3, dtype=object),
+        "need_mask": np.ones(3, np.int64),
+        "cached_clips": np.zeros(3, np.int32),
+    }
+    out = tmp_path / "out"
+    clips = decode_rows(plan, _decode_spec(root, locate(str(out), DataConfig())))
+    assert clips["source"].tolist() == [f"s3://bucket/root/{PAGE_DIR}/ok/1.mp4"]  # bytes decode
+    assert clips["pixels"].shape == (1, 8, 32, 32, 3)
+    reasons = {r["source"].split("/")[-2]: r for r in _outcomes(out)}
+    assert reasons["deny"]["reason"] == reasons["broken"]["reason"] == "unreadable"
+    assert "ACCESS_DENIED" in reasons["deny"]["message"]
+    assert "NETWORK_CONNECTION" in reasons["broken"]["message"]
+
+
+def test_input_tables_must_have_the_mapped_columns(tmp_path):
+    from pipelines.sources import check_input_columns
+
+    (tmp_path / "m.jsonl").write_text('{"video": "a.mp4", "text": "x"}\n')
+    pq.write_table(pa.table({"video": ["a.mp4"], "caption": ["x"]}), tmp_path / "m.parquet")
+    (tmp_path / "w.csv").write_text("videoid,page_dir,name\n1,p,x\n")
+    ok = DataConfig(format="parquet")
+    assert check_input_columns(ok, locate(str(tmp_path / "m.parquet"), ok)).path == "video"
+    jsonl = DataConfig(format="jsonl", caption_column="text")
+    assert check_input_columns(jsonl, locate(str(tmp_path / "m.jsonl"), jsonl)).caption == "text"
+    with pytest.raises(ConfigError, match="data.caption_column: column 'caption' not in"):
+        check_input_columns(DataConfig(format="jsonl"), locate(str(tmp_path / "m.jsonl"), ok))
+    webvid = DataConfig(format="webvid")
+    assert (
+        check_input_columns(webvid, locate(str(tmp_path / "w.csv"), webvid)).page_dir == "page_dir"
+    )
+    with pytest.raises(ConfigError, match="data.id_column"):
+        bad = DataConfig(format="webvid", id_column="video_id")
+        check_input_columns(bad, locate(str(tmp_path / "w.csv"), bad))
+
+
+def test_mlflow_logging_records_counts_and_fingerprint(tmp_path):
+    import mlflow
+
+    from pipelines.tracking import log_preprocess_run
+
+    cfg = load_config("configs/tiny.yaml", [f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db"])
+    summary = {
+        "run_id": "r1",
+        "fingerprint_hash": "abc",
+        "rows_read": 5,
+        "clips_encoded": 3,
+        "clips_per_s": 1.5,
+        "failed_by_reason": {"missing_file": 2},
+    }
+    run_id = log_preprocess_run(cfg, summary, {"resolution": 64})
+    run = mlflow.MlflowClient(f"sqlite:///{tmp_path}/m.db").get_run(run_id)
+    assert run.data.metrics["rows_read"] == 5 and run.data.metrics["failed.missing_file"] == 2
+    assert run.data.params["data.resolution"] == "64" and run.data.tags["fingerprint_hash"] == "abc"
