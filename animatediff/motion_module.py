@@ -143,7 +143,7 @@ class TemporalTransformer3D(nn.Module):
         batch = batch_frames // num_frames
         if self.cross_frame_norm:
             # diffusers' variant: one set of statistics per clip, over all its frames.
-            normed = hidden.view(batch, num_frames, channels, height, width).transpose(1, 2)
+            normed = hidden.reshape(batch, num_frames, channels, height, width).transpose(1, 2)
             normed = self.norm(normed).transpose(1, 2)
         else:
             normed = self.norm(hidden).view(batch, num_frames, channels, height, width)
