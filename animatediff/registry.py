@@ -216,17 +216,21 @@ def load_registered_motion_module(
     """``(MotionModules, MotionModuleConfig, metadata)`` of a registered (or logged) model.
 
     ``model_uri``: ``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``runs:/...`` or a
-    local model directory. ``metadata``: ``name``, ``version``, ``aliases``, ``run_id``,
+    local model directory; ``tracking_uri`` empty/None: ``$MLFLOW_TRACKING_URI``, else
+    ``sqlite:///mlflow.db`` (what ``jobs.train`` uses by default). ``metadata``: ``name``, ``version``, ``aliases``, ``run_id``,
     ``val_loss``, ``base`` (the ``model.base`` config dict of the frozen base it animates) and
     ``config`` (the full training config dict, for sampling defaults)."""
     import mlflow
 
     from animatediff.checkpoints import load_motion_modules
-    from animatediff.tracking import client
+    from animatediff.config import MlflowConfig
+    from animatediff.tracking import client, resolve_tracking_uri
 
+    # The same store as training: explicit, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db.
+    tracking_uri = resolve_tracking_uri(MlflowConfig(tracking_uri=tracking_uri or ""))
     metadata: dict[str, Any] = {"model_uri": model_uri, "name": None, "version": None}
     if model_uri.startswith("models:/"):
-        mlflow_client = client(tracking_uri or mlflow.get_tracking_uri())
+        mlflow_client = client(tracking_uri)
         name, version, alias = _parse_models_uri(model_uri)
         found = (
             mlflow_client.get_model_version_by_alias(name, alias)

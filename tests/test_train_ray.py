@@ -222,7 +222,7 @@ def test_rerun_resumes_from_s3_and_matches_the_uninterrupted_run(
     assert second.checkpoint_path.endswith("resumed/checkpoint_00000006")
     _assert_same_weights(_motion(second.motion_dir), _motion(outcome.motion_dir))
     keys = [o["Key"] for o in s3_server.list_objects_v2(Bucket="runs", Prefix="ray/")["Contents"]]
-    kept = {k.split("/")[2] for k in keys if "/checkpoint_" in k}
+    kept = {k.split("/")[2] for k in keys if "/checkpoint_0" in k}
     assert kept == {"checkpoint_00000004", "checkpoint_00000006"}
 
 
