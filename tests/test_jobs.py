@@ -74,6 +74,8 @@ class HeadNode:
             "CUDA_VISIBLE_DEVICES": "",
         }
         env.pop("RAY_ADDRESS", None)
+        # Ray's default token auth, with the default token file (~/.ray/auth_token) on both ends.
+        env["RAY_AUTH_MODE"] = "token"
         self.log = open(Path(self.temp_dir) / "ray_start.log", "w")  # noqa: SIM115
         command = [
             str(Path(bin_dir) / "ray"), "start", "--head", "--block",
@@ -82,6 +84,12 @@ class HeadNode:
             "--dashboard-host", "127.0.0.1",
             "--dashboard-port", str(self.dashboard_port),
             "--temp-dir", self.temp_dir,
+            # Every fixed default port may be taken by another Ray on this machine.
+            "--dashboard-agent-listen-port", str(free_port()),
+            "--dashboard-agent-grpc-port", str(free_port()),
+            "--metrics-export-port", str(free_port()),
+            "--runtime-env-agent-port", str(free_port()),
+            "--ray-client-server-port", str(free_port()),
             "--num-cpus", "4",
             "--disable-usage-stats",
         ]  # fmt: skip
@@ -99,7 +107,7 @@ class HeadNode:
                 raise RuntimeError(f"ray start exited: {self.output()}")
             try:
                 return JobSubmissionClient(self.address)
-            except Exception:
+            except (ConnectionError, OSError):  # the dashboard is not up yet
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(1)
@@ -119,7 +127,7 @@ class HeadNode:
                 process.terminate()
             except psutil.NoSuchProcess:
                 pass
-        _, alive = psutil.wait_procs(tree, timeout=20)
+        _, alive = psutil.wait_procs(tree, timeout=5)
         for process in alive:
             process.kill()
         psutil.wait_procs(alive, timeout=10)
@@ -128,7 +136,8 @@ class HeadNode:
 
 
 @pytest.fixture
-def head_node():
+def head_node(monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # the client sends the token the cluster expects
     node = HeadNode()
     yield node
     node.stop()
@@ -156,13 +165,21 @@ def test_generate_job_submitted_to_a_ray_start_cluster(head_node, tmp_path):
         "sample.num_inference_steps=2 generate.output_format=webp"
     )
     client = head_node.client()
-    job_id = client.submit_job(
-        entrypoint=entrypoint,
-        runtime_env={"working_dir": str(ROOT), "excludes": ["outputs", ".git", "*.db"]},
-    )
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            job_id = client.submit_job(
+                entrypoint=entrypoint,
+                runtime_env={"working_dir": str(ROOT), "excludes": ["outputs", ".git", "*.db"]},
+            )
+            break
+        except RuntimeError as error:  # the node's job agent starts after the dashboard
+            if "No available agent" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(1)
     deadline = time.monotonic() + 400
     status = client.get_job_status(job_id)
-    while status not in JobStatus.TERMINAL_STATUSES and time.monotonic() < deadline:
+    while not status.is_terminal() and time.monotonic() < deadline:
         time.sleep(2)
         status = client.get_job_status(job_id)
     logs = client.get_job_logs(job_id)
