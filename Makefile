@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint format clean
+.PHONY: install browser demo test test-all lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,13 +16,20 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Headless Chromium + driver for the web-page test (Debian packages; installed when root, as in CI).
+browser:
+	@if [ "$$(id -u)" = 0 ]; then \
+		(command -v chromium && command -v chromedriver) >/dev/null || \
+		(apt-get update && apt-get install -y chromium chromium-driver); \
+	fi
+
 demo: install
 	$(PY) -m jobs.demo --config configs/tiny.yaml
 
-test: install
+test: install browser
 	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 
-test-all: install
+test-all: install browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install

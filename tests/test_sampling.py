@@ -295,26 +295,3 @@ def test_bad_requests_are_named(t2v: TextToVideo) -> None:
         t2v("a cat", guidance_scale=0.5)
     with pytest.raises(ValueError, match="context_frames"):
         TextToVideo(_config(Path("unused"), "sample.context_frames=40"))
-
-
-def test_demo_job_writes_a_gif(tiny_base_dir: Path, tmp_path: Path, capsys) -> None:
-    from PIL import Image
-
-    from jobs.demo import main
-
-    path = main(
-        [
-            "--config",
-            "configs/tiny.yaml",
-            f"model.base.pretrained={tiny_base_dir}",
-            f"output_dir={tmp_path}",
-            "sample.num_frames=3",
-            "sample.num_inference_steps=1",
-            "sample.height=32",
-            "sample.width=32",
-        ]
-    )
-    assert path == tmp_path / "demo" / "demo.gif"
-    assert str(path.resolve()) in capsys.readouterr().out
-    with Image.open(path) as gif:
-        assert gif.n_frames == 3 and gif.size == (32, 32)
