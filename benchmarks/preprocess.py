@@ -127,12 +127,27 @@ class PeakRss:
         self._thread.join()
 
 
+def tree_cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its live descendants (Ray's processes)."""
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return total
+
+
 def run_pipeline(cfg: Config) -> dict:
+    """``run_preprocess`` plus its wall time and the CPU seconds it got (on a shared machine the
+    CPU it gets, ``cpu_s / wall_s`` cores, can be well below the cores it may use)."""
     from pipelines import preprocess
 
-    started = time.perf_counter()
+    cpu, started = tree_cpu_seconds(), time.perf_counter()
     summary = preprocess.run_preprocess(cfg)
     summary["wall_s"] = time.perf_counter() - started
+    summary["cpu_s"] = tree_cpu_seconds() - cpu
     return summary
 
 
@@ -257,7 +272,9 @@ def bench_scaling(source: Path, work: Path, args: argparse.Namespace) -> None:
     for cores, (full, marginal) in results.items():
         print(
             f"  {cores} core(s): {full['clips_encoded']} clips, wall {full['wall_s']:.1f} s "
-            f"-> {full['clips_encoded'] / full['wall_s']:.2f} clips/s; marginal {marginal:.2f} clips/s"
+            f"-> {full['clips_encoded'] / full['wall_s']:.2f} clips/s; marginal {marginal:.2f} clips/s; "
+            f"CPU obtained {full['cpu_s'] / full['wall_s']:.2f} cores, "
+            f"{full['clips_encoded'] / full['cpu_s']:.3f} clips per CPU-second"
         )
     (one, m1), (two, m2) = results[1], results[2]
     whole = (two["clips_encoded"] / two["wall_s"]) / (one["clips_encoded"] / one["wall_s"])
