@@ -1,7 +1,8 @@
 """The preprocessing run: input table -> plan -> decode -> VAE encode -> committed shards.
 
 One streaming Ray Data pipeline; the driver only iterates finished latent batches (one shard at a
-time) and commits them, so memory does not grow with the number of clips::
+time) and commits them, so memory does not grow with the number of clips (except the driver's set
+of this run's clip ids, ~70 bytes per clip, which drops videos listed twice in the input)::
 
     read table -> plan_batch -> blocks of data.decode_rows_per_task -> decode_batch (CPU tasks)
       -> EncodeClips (actor pool, a GPU each when present) -> ShardWriter (driver)
@@ -14,14 +15,20 @@ import posixpath
 import time
 import uuid
 import warnings
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from animatediff.config import Config, ConfigError
 from pipelines.decode import DecodeSpec, decode_batch
 from pipelines.encode import EncodeClips
 from pipelines.fingerprint import fingerprint_dir_name, fingerprint_from_models, fingerprint_hash
 from pipelines.shards import ShardStore, ShardWriter
-from pipelines.sources import PlanSpec, check_input_columns, plan_batch, read_input
-from pipelines.storage import locate, write_atomic
+from pipelines.sources import Columns, PlanSpec, check_input_columns, plan_batch, read_input
+from pipelines.storage import Location, locate, write_atomic
+
+if TYPE_CHECKING:
+    import ray.data
 
 
 def _fingerprint(cfg: Config) -> dict:
@@ -39,8 +46,13 @@ def output_uri(cfg: Config) -> str:
 
 
 def build_pipeline(
-    cfg: Config, plan: PlanSpec, decode: DecodeSpec, cached, input_location, columns
-):
+    cfg: Config,
+    plan: PlanSpec,
+    decode: DecodeSpec,
+    cached: np.ndarray,
+    input_location: Location,
+    columns: Columns,
+) -> ray.data.Dataset:
     """The lazy Ray Dataset of latent batches (nothing runs until it is iterated)."""
     import ray
     import ray.data
