@@ -255,7 +255,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     stream = _batch_stream(ray.train.get_dataset_shard("train"), cfg, position)
     samples_per_step = train.batch_size * train.grad_accum_steps * world
 
-    def validate(step: int) -> tuple[float, torch.nn.Module]:
+    def validate() -> tuple[float, torch.nn.Module]:
         engine.eval()
         loss = validation_loss(model, engine, val_batches, cfg, dtype=dtype)
         engine.train()
@@ -325,7 +325,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         checkpointing = final or (train.checkpoint_every and done % train.checkpoint_every == 0)
         exported = None
         if validating:
-            last_val_loss, exported = validate(done)
+            last_val_loss, exported = validate()
             metrics["val_loss"] = last_val_loss
         if logger is not None and (done % train.log_every == 0 or validating or final):
             logger.log_metrics(metrics, step=done)
