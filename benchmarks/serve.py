@@ -75,11 +75,10 @@ def serve_rss_mb() -> float:
     return total / 2**20
 
 
-def direct_latencies(cfg, version: str, body: dict, n: int) -> tuple[list[float], list[float]]:
-    """Seconds per direct call: (pipeline only, pipeline + GIF encode)."""
+def direct_pipeline(cfg, version: str):
+    """The same registered motion module, loaded in this process the way a replica loads it."""
     import dataclasses
 
-    from animatediff.export import export_video
     from animatediff.registry import load_registered_motion_module
     from animatediff.sampling import TextToVideo
     from animatediff.tracking import resolve_tracking_uri
@@ -87,30 +86,30 @@ def direct_latencies(cfg, version: str, body: dict, n: int) -> tuple[list[float]
     uri = f"models:/{cfg.mlflow.registered_model}/{version}"
     modules, motion_cfg, _ = load_registered_motion_module(uri, resolve_tracking_uri(cfg.mlflow))
     run_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, motion=motion_cfg))
-    pipeline = TextToVideo(run_cfg, modules)
+    return TextToVideo(run_cfg, modules)
+
+
+def latencies(url: str, pipeline, body: dict, fps: int, n: int) -> dict[str, list[float]]:
+    """Seconds per call, HTTP and direct interleaved so both see the same machine load:
+    ``http``, ``direct`` (pipeline + GIF encode, the replica's work) and ``pipeline`` only."""
+    from animatediff.export import export_video
+
     kwargs = {k: body[k] for k in ("num_frames", "num_inference_steps", "height", "width")}
-    pipeline.generate([body["prompt"]], [""], [body["seed"]], **kwargs)  # warm-up
-    only, with_encode = [], []
-    for _ in range(n):
-        start = time.perf_counter()
-        video = pipeline.generate([body["prompt"]], [""], [body["seed"]], **kwargs)[0]
-        middle = time.perf_counter()
-        export_video(video, "gif", cfg.sample.fps)
-        end = time.perf_counter()
-        only.append(middle - start)
-        with_encode.append(end - start)
-    return only, with_encode
-
-
-def http_latencies(url: str, body: dict, n: int) -> list[float]:
-    times = []
+    times: dict[str, list[float]] = {"http": [], "direct": [], "pipeline": []}
     with httpx.Client(base_url=url, timeout=300) as client:
-        assert client.post("/v1/generate", json=body).status_code == 200  # warm-up / model load
+        assert client.post("/v1/generate", json=body).status_code == 200  # model load
+        pipeline.generate([body["prompt"]], [""], [body["seed"]], **kwargs)  # warm-up
         for _ in range(n):
             start = time.perf_counter()
             response = client.post("/v1/generate", json=body)
-            times.append(time.perf_counter() - start)
+            times["http"].append(time.perf_counter() - start)
             assert response.status_code == 200, response.text
+            start = time.perf_counter()
+            video = pipeline.generate([body["prompt"]], [""], [body["seed"]], **kwargs)[0]
+            middle = time.perf_counter()
+            export_video(video, "gif", fps)
+            times["pipeline"].append(middle - start)
+            times["direct"].append(time.perf_counter() - start)
     return times
 
 
@@ -177,23 +176,18 @@ def main(argv: list[str] | None = None) -> int:
             f"{psutil.cpu_count()} CPUs; max_batch_size={cfg.serve.max_batch_size}, "
             f"batch_wait_timeout_s={cfg.serve.batch_wait_timeout_s}"
         )
-        http = http_latencies(url, body, args.requests)
-        only, with_encode = direct_latencies(cfg, version, body, args.requests)
-        p50 = {
-            k: percentile(v, 50)
-            for k, v in (("http", http), ("direct", with_encode), ("pipeline", only))
-        }
-        p95 = {
-            k: percentile(v, 95)
-            for k, v in (("http", http), ("direct", with_encode), ("pipeline", only))
-        }
-        print(f"\n## Latency, sequential, n={args.requests} (seconds)")
+        times = latencies(url, direct_pipeline(cfg, version), body, cfg.sample.fps, args.requests)
+        p50 = {k: percentile(v, 50) for k, v in times.items()}
+        p95 = {k: percentile(v, 95) for k, v in times.items()}
+        print(f"\n## Latency, sequential, interleaved, n={args.requests} (seconds)")
         print(f"{'':28s}{'p50':>8s}{'p95':>8s}{'mean':>8s}")
-        for name, values in (
-            ("HTTP /v1/generate", http),
-            ("direct: pipeline + GIF", with_encode),
-            ("direct: pipeline only", only),
-        ):
+        names = {
+            "http": "HTTP /v1/generate",
+            "direct": "direct: pipeline + GIF",
+            "pipeline": "direct: pipeline only",
+        }
+        for key, name in names.items():
+            values = times[key]
             print(
                 f"{name:28s}{percentile(values, 50):8.3f}{percentile(values, 95):8.3f}"
                 f"{statistics.mean(values):8.3f}"

@@ -22,6 +22,7 @@ import csv
 import dataclasses
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,31 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def watch_training(cfg: Config, stop: threading.Event, every_s: float = 10.0) -> None:
+    """Print the step and loss of the running training run, read from MLflow (rank 0 logs them)."""
+    from animatediff.tracking import client, resolve_tracking_uri
+
+    mlflow_client = client(resolve_tracking_uri(cfg.mlflow))
+    last = None
+    while not stop.wait(every_s):
+        try:
+            experiment = mlflow_client.get_experiment_by_name(cfg.mlflow.experiment)
+            runs = mlflow_client.search_runs(
+                [experiment.experiment_id],
+                filter_string=f"attributes.run_name = '{cfg.train.run_name}'",
+                max_results=1,
+            )
+            history = mlflow_client.get_metric_history(runs[0].info.run_id, "loss")
+        except Exception:  # the run or experiment does not exist yet
+            continue
+        if history and history[-1].step != last:
+            last = history[-1].step
+            print(
+                f"  training: step {last}/{cfg.train.max_steps}, loss {history[-1].value:.4f}",
+                flush=True,
+            )
+
+
 def demo_config(config: str, work: Path, overrides: list[str]) -> Config:
     """The preset with the demo's paths (all under ``work``) and a fresh training run name."""
     run = time.strftime("demo-%Y%m%d-%H%M%S", time.gmtime())
@@ -138,7 +164,7 @@ def run_demo(cfg: Config, work: Path, keep: bool = False, clips: int = 12) -> di
     from jobs.train import run_training
     from pipelines.preprocess import format_summary, run_preprocess
 
-    progress = Progress(7)
+    progress = Progress(8)
     summary: dict[str, Any] = {}
     progress(f"writing {clips} captioned clips to {work / 'clips'}")
     table = write_clips(work / "clips", clips, frames=cfg.data.num_frames * cfg.data.stride + 8)
@@ -166,7 +192,14 @@ def run_demo(cfg: Config, work: Path, keep: bool = False, clips: int = 12) -> di
             f"training {train.max_steps} steps: Ray Train, DeepSpeed ZeRO-{train.zero_stage}, "
             f"{train.num_workers} workers, MLflow {resolve_tracking_uri(cfg.mlflow)}"
         )
-        outcome = run_training(cfg)
+        stop = threading.Event()
+        watcher = threading.Thread(target=watch_training, args=(cfg, stop), daemon=True)
+        watcher.start()
+        try:
+            outcome = run_training(cfg)
+        finally:
+            stop.set()
+            watcher.join()
         print(
             f"  step {outcome.step}, val_loss {outcome.val_loss}, MLflow run {outcome.run_id}, "
             f"registered {cfg.mlflow.registered_model} v{outcome.model_version} (@candidate)"
