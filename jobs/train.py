@@ -559,8 +559,23 @@ def _finish(
     )
 
 
+def _init_local_ray(cfg: Config) -> None:
+    """Without a cluster to join (``RAY_ADDRESS``), start a local one with room for Ray Data next
+    to the workers: on a small machine the workers would otherwise take every CPU and the shard
+    reads would wait forever."""
+    import math
+
+    import ray
+
+    if ray.is_initialized() or os.environ.get("RAY_ADDRESS"):
+        return
+    needed = math.ceil(cfg.train.num_workers * cfg.train.cpus_per_worker) + 2
+    ray.init(num_cpus=max(os.cpu_count() or 1, needed))
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_cli(argv, description=__doc__.splitlines()[0])
+    _init_local_ray(cfg)
     outcome = run_training(cfg)
     print(
         f"trained to step {outcome.step}: val_loss={outcome.val_loss} "
