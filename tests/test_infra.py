@@ -29,14 +29,18 @@ RAY_VERSION = _pin("ray")
 
 
 def _repo_yaml_files() -> list[Path]:
-    # Tracked and untracked-but-not-ignored files: what a fresh clone has.
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    # Tracked and untracked-but-not-ignored files: what a fresh clone has. Without git (an
+    # unpacked archive), every file outside the usual build and environment folders.
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        listed = [str(p.relative_to(ROOT)) for p in ROOT.rglob("*") if p.is_file()]
     return sorted(
         ROOT / name
         for name in listed
