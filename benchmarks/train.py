@@ -13,9 +13,10 @@
 2. Data stall: ``data_wait_fraction`` of the measured steps of the Ray run (time blocked on the
    next batch / step time): mean, median, max (an epoch boundary restarts the streaming read).
    Target <= 2%.
-3. Memory: peak RSS per worker (max over the 2 workers) with ZeRO stage 0, 2 and 3 on a motion
-   module made deliberately big (16 layers, ff x16) so that the trainable parameters, their
-   gradients and the Adam state dominate, fp32. ZeRO-2 shards gradients + optimizer state across
+3. Memory: peak RSS per worker (max over the 2 workers, measured before the final export) and
+   rank 0's RSS after the last step, with ZeRO stage 0, 2 and 3 on a motion module made
+   deliberately big (4 layers, ff x256: ~95 M trainable parameters) so that the trainable
+   parameters, their gradients and the Adam state dominate, fp32. ZeRO-2 shards gradients + optimizer state across
    the workers, ZeRO-3 the parameters too.
 
 Synthetic latent shards (random posteriors, committed like ``jobs.preprocess`` writes them) feed
@@ -142,6 +143,7 @@ def ray_run(cfg: Config, warmup: int) -> dict[str, float]:
         "data_wait_fraction_median": statistics.median(waits),
         "data_wait_fraction_max": max(waits),
         "peak_rss_gib": _metric(cfg, outcome.run_id, "peak_rss_gib_max_worker", 1)[-1],
+        "rss_gib": _metric(cfg, outcome.run_id, "rss_gib", 1)[-1],
         "torch_threads": _metric(cfg, outcome.run_id, "torch_threads", 1)[-1],
     }
 
@@ -155,6 +157,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (Ray: CPUs/worker)")
     parser.add_argument("--memory-steps", type=int, default=3)
+    parser.add_argument("--memory-layers", type=int, default=4, help="motion layers (memory run)")
+    parser.add_argument("--memory-ff-mult", type=int, default=256, help="ff width (memory run)")
     parser.add_argument("--clips", type=int, default=64, help="clips in the overhead run's shards")
     parser.add_argument("--log-every", type=int, default=1, help="Ray run: MLflow logging period")
     parser.add_argument("--skip-overhead", action="store_true")
@@ -211,8 +215,8 @@ def main() -> None:
             )
         if not args.skip_memory:
             print(
-                "[memory] 2 workers, motion module 16 layers ff x16 (fp32), "
-                f"{args.memory_steps} steps: peak RSS per worker"
+                f"[memory] 2 workers, motion module {args.memory_layers} layers ff x"
+                f"{args.memory_ff_mult} (fp32), {args.memory_steps} steps, RSS per worker"
             )
             for stage in (0, 2, 3):
                 cfg = _config(
@@ -223,16 +227,17 @@ def main() -> None:
                     f"train.zero_stage={stage}",
                     f"train.max_steps={args.memory_steps}",
                     f"train.run_name=memory-zero{stage}",
-                    "model.motion.num_layers=16",
-                    "model.motion.ff_mult=16",
+                    f"model.motion.num_layers={args.memory_layers}",
+                    f"model.motion.ff_mult={args.memory_ff_mult}",
                 )
                 write_synthetic_shards(cfg, clips=8)
                 figures = ray_run(cfg, 0)
                 params = _trainable_parameters(cfg)
                 print(
-                    f"  ZeRO-{stage}: {figures['peak_rss_gib']:.3f} GiB "
-                    f"(trainable {params / 1e6:.1f} M params = {params * 4 / 2**20:.0f} MiB fp32; "
-                    f"grads + Adam state {params * 12 / 2**20:.0f} MiB unsharded)"
+                    f"  ZeRO-{stage}: peak {figures['peak_rss_gib']:.2f} GiB (max over workers), "
+                    f"after the last step {figures['rss_gib']:.2f} GiB (rank 0); trainable "
+                    f"{params / 1e6:.0f} M params = {params * 4 / 2**30:.2f} GiB fp32, grads + "
+                    f"Adam state {params * 12 / 2**30:.2f} GiB unsharded"
                 )
     ray.shutdown()
 
