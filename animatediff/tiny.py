@@ -127,6 +127,7 @@ def save_tiny_base(directory: str | Path, seed: int = 0) -> Path:
     import tempfile
 
     from diffusers import DDIMScheduler
+    from safetensors.torch import save_file
 
     directory = Path(directory).expanduser()
     if (directory / "model_index.json").exists():
@@ -135,8 +136,17 @@ def save_tiny_base(directory: str | Path, seed: int = 0) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=directory.name + ".", dir=directory.parent))
     try:
         components = build_tiny_components(seed)
-        for name, module in components.items():
-            module.save_pretrained(staging / name)
+        components["unet"].save_pretrained(staging / "unet")
+        components["vae"].save_pretrained(staging / "vae")
+        # transformers' save_pretrained writes nothing on torch.distributed ranks other than 0, and
+        # every Ray Train worker may be the one that builds this copy: write the weights ourselves.
+        text_encoder = components["text_encoder"]
+        text_encoder.config.save_pretrained(staging / "text_encoder")
+        save_file(
+            {k: v.contiguous() for k, v in text_encoder.state_dict().items()},
+            str(staging / "text_encoder" / "model.safetensors"),
+            metadata={"format": "pt"},
+        )
         write_byte_level_clip_tokenizer(staging / "tokenizer")
         DDIMScheduler(
             beta_start=0.00085,
