@@ -79,6 +79,8 @@ def direct_pipeline(cfg, version: str):
     """The same registered motion module, loaded in this process the way a replica loads it."""
     import dataclasses
 
+    import torch
+
     from animatediff.registry import load_registered_motion_module
     from animatediff.sampling import TextToVideo
     from animatediff.tracking import resolve_tracking_uri
@@ -86,6 +88,8 @@ def direct_pipeline(cfg, version: str):
     uri = f"models:/{cfg.mlflow.registered_model}/{version}"
     modules, motion_cfg, _ = load_registered_motion_module(uri, resolve_tracking_uri(cfg.mlflow))
     run_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, motion=motion_cfg))
+    # The replica's CPU share: Ray runs a 1-CPU replica with one intra-op thread.
+    torch.set_num_threads(max(1, int(cfg.serve.replica_cpus)))
     return TextToVideo(run_cfg, modules)
 
 
@@ -216,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             f"\n## Burst of {len(burst)} concurrent requests (capacity "
             f"{s.max_ongoing_requests} ongoing + {s.max_queued_requests} queued per replica)"
         )
-        for attempt in (1, 2):
+        for attempt in (1, 2, 3, 4):
             before = serve_rss_mb()
             sampler = threading.Thread(target=sample_memory)
             sampler.start()
