@@ -4,10 +4,11 @@
     modules, motion_cfg, meta = load_registered_motion_module("models:/animatediff-motion-module@champion")
     videos = mlflow.pyfunc.load_model("models:/...@candidate").predict(pd.DataFrame({"prompt": [...]}))
 
-A registered version's artifacts: ``motion_module/`` (native ``motion_module.safetensors`` +
-``motion_module.json``) and ``config.yaml`` (the training config: ``model.base`` is the reference to
-the frozen base it animates, ``sample`` the sampling defaults). New versions get the alias
-``candidate``; ``promote`` moves ``champion`` after comparing validation losses.
+A registered version's artifacts: ``motion_module`` (a folder, whatever its name, holding the
+native ``motion_module.safetensors`` + ``motion_module.json``) and ``config.yaml`` (the training
+config: ``model.base`` is the reference to the frozen base it animates, ``sample`` the sampling
+defaults). New versions get the alias ``candidate``; ``promote`` moves ``champion`` after
+comparing validation losses.
 """
 
 from __future__ import annotations
@@ -203,11 +204,49 @@ def _parse_models_uri(model_uri: str) -> tuple[str, str | None, str | None]:
     return name, version or None, None
 
 
-def _find_artifact(root: Path, name: str) -> Path:
-    for candidate in (root / "artifacts" / name, root / name):
+def _find_artifact(root: Path, key: str, filename: str | None = None) -> Path:
+    """The artifact logged under ``key`` (stored as ``filename``) in the model directory ``root``.
+
+    Found through the pyfunc's artifacts mapping in ``MLmodel`` (key -> stored path), so the
+    name of the folder the trainer logged does not matter; the motion module is otherwise found
+    by its content (the one folder holding ``motion_module.json``)."""
+    import yaml
+
+    mlmodel = root / "MLmodel"
+    if mlmodel.is_file():
+        flavors = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors") or {}
+        artifacts = (flavors.get("python_function") or {}).get("artifacts") or {}
+        if key in artifacts:
+            path = root / artifacts[key]["path"]
+            if path.exists():
+                return path
+    for candidate in (root / "artifacts" / (filename or key), root / (filename or key)):
         if candidate.exists():
             return candidate
-    raise FileNotFoundError(f"{root}: the model has no artifact {name!r}")
+    if key == MOTION_ARTIFACT:
+        from animatediff.checkpoints import NATIVE_CONFIG
+
+        found = sorted({meta.parent for meta in root.rglob(NATIVE_CONFIG)})
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise FileNotFoundError(f"{root}: several motion modules {[str(f) for f in found]}")
+    raise FileNotFoundError(f"{root}: the model has no artifact {key!r}")
+
+
+def _download_location(mlflow_client: Any, model_uri: str, version: Any | None) -> str:
+    """Where the model's files are, resolved through ``mlflow_client``'s own store.
+
+    MLflow resolves a ``models:/`` URI through the process-wide registry URI whatever tracking
+    URI is passed, so registered versions and logged models are looked up here instead."""
+    if version is not None:
+        location = mlflow_client.get_model_version_download_uri(version.name, version.version)
+    else:
+        location = model_uri
+    if location.startswith("models:/"):  # a logged model: models:/<model_id>
+        model_id = location.removeprefix("models:/").strip("/")
+        location = mlflow_client.get_logged_model(model_id).artifact_location
+    return location
 
 
 def load_registered_motion_module(
@@ -215,11 +254,13 @@ def load_registered_motion_module(
 ) -> tuple[Any, MotionModuleConfig, dict[str, Any]]:
     """``(MotionModules, MotionModuleConfig, metadata)`` of a registered (or logged) model.
 
-    ``model_uri``: ``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``runs:/...`` or a
-    local model directory; ``tracking_uri`` empty/None: ``$MLFLOW_TRACKING_URI``, else
-    ``sqlite:///mlflow.db`` (what ``jobs.train`` uses by default). ``metadata``: ``name``, ``version``, ``aliases``, ``run_id``,
-    ``val_loss``, ``base`` (the ``model.base`` config dict of the frozen base it animates) and
-    ``config`` (the full training config dict, for sampling defaults)."""
+    ``model_uri``: ``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``models:/<model_id>``,
+    ``runs:/...`` or a local model directory; read from ``tracking_uri`` (also the registry), never
+    from MLflow's process-wide URIs; empty/None: ``$MLFLOW_TRACKING_URI``, else
+    ``sqlite:///mlflow.db`` (what ``jobs.train`` uses by default). ``metadata``: ``name``,
+    ``version``, ``aliases``, ``run_id``, ``val_loss``, ``base`` (the ``model.base`` config dict of
+    the frozen base it animates) and ``config`` (the full training config dict, for sampling
+    defaults)."""
     import mlflow
 
     from animatediff.checkpoints import load_motion_modules
@@ -229,33 +270,44 @@ def load_registered_motion_module(
     # The same store as training: explicit, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db.
     tracking_uri = resolve_tracking_uri(MlflowConfig(tracking_uri=tracking_uri or ""))
     metadata: dict[str, Any] = {"model_uri": model_uri, "name": None, "version": None}
+    location = model_uri
     if model_uri.startswith("models:/"):
         mlflow_client = client(tracking_uri)
         name, version, alias = _parse_models_uri(model_uri)
-        found = (
-            mlflow_client.get_model_version_by_alias(name, alias)
-            if alias
-            else mlflow_client.get_model_version(name, version)
-        )
-        tags = dict(found.tags or {})
-        metadata.update(
-            name=name,
-            version=str(found.version),
-            aliases=list(found.aliases or []),
-            run_id=found.run_id,
-            val_loss=float(tags[VAL_LOSS_TAG]) if VAL_LOSS_TAG in tags else None,
-        )
+        found = None
+        if alias:
+            found = mlflow_client.get_model_version_by_alias(name, alias)
+        elif version:
+            found = mlflow_client.get_model_version(name, version)
+        elif not name.startswith("m-"):  # MLflow's logged-model ids are m-<hex>
+            raise ValueError(
+                f"{model_uri}: expected models:/<name>@<alias>, models:/<name>/<version> "
+                "or models:/<logged model id>"
+            )
+        if found is not None:
+            tags = dict(found.tags or {})
+            metadata.update(
+                name=name,
+                version=str(found.version),
+                aliases=list(found.aliases or []),
+                run_id=found.run_id,
+                val_loss=float(tags[VAL_LOSS_TAG]) if VAL_LOSS_TAG in tags else None,
+            )
+        location = _download_location(mlflow_client, model_uri, found)
     local = Path(model_uri)
     with tempfile.TemporaryDirectory() as directory:
         if not local.exists():
             local = Path(
                 mlflow.artifacts.download_artifacts(
-                    artifact_uri=model_uri, dst_path=directory, tracking_uri=tracking_uri
+                    artifact_uri=location,
+                    dst_path=directory,
+                    tracking_uri=tracking_uri,
+                    registry_uri=tracking_uri,
                 )
             )
         modules, motion_cfg = load_motion_modules(_find_artifact(local, MOTION_ARTIFACT))
-        metadata["base"] = json.loads(_find_artifact(local, BASE_ARTIFACT).read_text())
-        metadata["config"] = to_dict(load_config(_find_artifact(local, CONFIG_ARTIFACT)))
+        metadata["base"] = json.loads(_find_artifact(local, "base", BASE_ARTIFACT).read_text())
+        metadata["config"] = to_dict(load_config(_find_artifact(local, "config", CONFIG_ARTIFACT)))
     return modules, motion_cfg, metadata
 
 

@@ -75,15 +75,6 @@ def parse_multiplexed_id(model_id: str) -> tuple[str, str]:
     return version, base
 
 
-def _use_registry(tracking_uri: str) -> None:
-    """Point this process's MLflow at ``tracking_uri``: resolving ``models:/`` artifact URIs goes
-    through the global registry URI, whatever a client was constructed with."""
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-
-
 def group_by_shape(requests: list[GenerationParams]) -> list[list[int]]:
     """Indices of ``requests`` grouped so that each group can be denoised as one batch."""
     groups: dict[tuple, list[int]] = defaultdict(list)
@@ -110,7 +101,6 @@ class VideoGenerator:
         self.cfg = from_dict(Config, config)
         self.name = model_name(self.cfg)
         self._bases: dict[str, Any] = {}
-        _use_registry(self.cfg.mlflow.tracking_uri)
         self._base_lock = asyncio.Lock()
 
         async def load(model_id: str) -> LoadedModel:

@@ -101,13 +101,8 @@ class VideoWriter:
 
             modules, motion_cfg = load_motion_modules(model["uri"])
         else:
-            import mlflow
-
             from animatediff.registry import load_registered_motion_module
 
-            # models:/ artifact downloads follow the process-wide registry URI.
-            mlflow.set_tracking_uri(model["tracking_uri"])
-            mlflow.set_registry_uri(model["tracking_uri"])
             modules, motion_cfg, _ = load_registered_motion_module(
                 model["uri"], model["tracking_uri"]
             )
