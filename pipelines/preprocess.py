@@ -22,23 +22,13 @@ import numpy as np
 from animatediff.config import Config, ConfigError
 from pipelines.decode import DecodeSpec, decode_batch
 from pipelines.encode import EncodeClips
-from pipelines.fingerprint import fingerprint_dir_name, fingerprint_from_models, fingerprint_hash
+from pipelines.fingerprint import data_fingerprint, fingerprint_dir_name, fingerprint_hash
 from pipelines.shards import ShardStore, ShardWriter
 from pipelines.sources import Columns, PlanSpec, check_input_columns, plan_batch, read_input
 from pipelines.storage import Location, locate, write_atomic
 
 if TYPE_CHECKING:
     import ray.data
-
-
-def _fingerprint(cfg: Config) -> dict:
-    """Hash the VAE (and text encoder) once on the driver."""
-    from animatediff.base_model import load_text_encoder, load_vae
-
-    text_encoder = None
-    if cfg.data.cache_text_embeddings:
-        _, text_encoder = load_text_encoder(cfg.model.base)
-    return fingerprint_from_models(cfg, load_vae(cfg.model.base), text_encoder)
 
 
 def output_uri(cfg: Config) -> str:
@@ -106,7 +96,7 @@ def run_preprocess(cfg: Config, run_id: str | None = None) -> dict:
     root = locate(data.video_root or posixpath.dirname(input_location.uri), data)
     columns = check_input_columns(data, input_location)
 
-    fingerprint = _fingerprint(cfg)
+    fingerprint = data_fingerprint(cfg)  # hashes the VAE (and text encoder) once, on the driver
     fp_hash = fingerprint_hash(fingerprint)
     output = locate(output_uri(cfg), data)
     provenance = {"base": cfg.model.base.pretrained, "single_file": cfg.model.base.single_file}
