@@ -187,3 +187,14 @@ def weights_hash(module: torch.nn.Module) -> str:
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
+
+
+def tokenize(tokenizer: Any, captions: list[str]) -> torch.Tensor:
+    """CLIP token ids ``(batch, model_max_length)``, padded and truncated as SD's text encoder expects."""
+    return tokenizer(
+        list(captions),
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids

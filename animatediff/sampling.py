@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from animatediff.base_model import load_base_model, tokenize
 from animatediff.config import Config, DiffusionConfig
 
 # ---------------------------------------------------------------------------------------------
@@ -197,8 +198,6 @@ class TextToVideo:
                 f"position encoding (model.motion.max_frames={cfg.model.motion.max_frames})"
             )
         if base is None:
-            from animatediff.base_model import load_base_model
-
             base = load_base_model(cfg.model.base, dtype=dtype)
         if unet is None:
             from animatediff.unet import VideoUNet
@@ -223,14 +222,7 @@ class TextToVideo:
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
         """CLIP last hidden states ``(len(prompts), tokens, dim)``, padded/truncated to 77."""
-        tokens = self.tokenizer(
-            list(prompts),
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        hidden = self.text_encoder(tokens.input_ids.to(self.device))[0]
+        hidden = self.text_encoder(tokenize(self.tokenizer, list(prompts)).to(self.device))[0]
         return hidden.to(self.dtype)
 
     def scheduler(self, name: str | None = None) -> Any:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from animatediff.base_model import tokenize
 from animatediff.config import Config, MotionModuleConfig, TrainConfig
 from animatediff.diffusion import (
     add_noise,
@@ -145,14 +146,7 @@ class TextConditioner:
     def encode(self, captions: list[str]) -> torch.Tensor:
         """``(batch, 77, dim)`` last hidden states of the text encoder."""
         device = next(self.text_encoder.parameters()).device
-        tokens = self.tokenizer(
-            captions,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        return self.text_encoder(tokens.input_ids.to(device))[0]
+        return self.text_encoder(tokenize(self.tokenizer, captions).to(device))[0]
 
     def __call__(self, captions: list[str], cached: torch.Tensor | None) -> torch.Tensor:
         """Embeddings for ``captions`` where ``""`` marks a dropped caption."""

@@ -97,13 +97,9 @@ class EncodeClips:
         """Captions -> embeddings float16 ``(batch, tokens, dim)`` and token ids int32."""
         import torch
 
-        ids = self.tokenizer(
-            captions,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
+        from animatediff.base_model import tokenize
+
+        ids = tokenize(self.tokenizer, captions)
         with torch.inference_mode():
             hidden = self.text_encoder(ids.to(self.device))[0]
         return hidden.float().to(torch.float16).cpu().numpy(), ids.numpy().astype(np.int32)
