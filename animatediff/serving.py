@@ -89,10 +89,12 @@ def group_by_shape(requests: list[GenerationParams]) -> list[list[int]]:
 
 
 class LoadedModel:
-    """One (motion-module version, base) pipeline held by a generator replica."""
+    """One (motion-module version, base) pipeline held by a generator replica. ``fresh`` until
+    the first batch uses it, so that batch's responses can say they paid for the load."""
 
     def __init__(self, pipeline: Any, version: str, base: str, load_ms: float) -> None:
         self.pipeline, self.version, self.base, self.load_ms = pipeline, version, base, load_ms
+        self.fresh = True
 
 
 @serve.deployment(name="VideoGenerator")
@@ -180,11 +182,18 @@ class VideoGenerator:
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)
     async def generate(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """One result per request: video bytes, content type, version, timings. Serve has
-        already split the batch by multiplexed model id, so one model serves it all."""
+        """One result per request: video bytes, content type, version, whether the model was
+        loaded for it, timings. Serve has already split the batch by multiplexed model id, so
+        one model serves it all."""
         model = await self.get_model(serve.get_multiplexed_model_id())
+        loaded, model.fresh = model.fresh, False
         batch = [GenerationParams(**request) for request in requests]
-        return await asyncio.to_thread(self._run, model, batch)
+        results = await asyncio.to_thread(self._run, model, batch)
+        for result in results:
+            result["loaded"] = loaded
+            if loaded:  # otherwise the load time would be counted as queueing
+                result["timings_ms"] = {"load": model.load_ms, **result["timings_ms"]}
+        return results
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,7 +207,9 @@ _GENERATE_DOC = {
     },
     "responses": {
         "200": {
-            "description": "The video; headers X-Seed, X-Model-Version, Server-Timing.",
+            "description": "The video; headers X-Seed, X-Model-Version, X-Base, X-Batch-Size, "
+            "X-Model-Loaded (1 when the replica loaded the model for this request, 0 when it "
+            "was cached), Server-Timing (with `load` when loaded).",
             "content": {mime: {} for mime in MIME_TYPES.values()},
         },
         "401": {"description": "Missing or wrong bearer token (when auth is on)."},
@@ -295,6 +306,7 @@ class Ingress:
         timings["total"] = total_ms
         headers = response_headers(params, self.name, result["version"], timings)
         headers["X-Batch-Size"] = str(result["batch_size"])
+        headers["X-Model-Loaded"] = "1" if result["loaded"] else "0"
         return Response(content=result["video"], media_type=result["content_type"], headers=headers)
 
 

@@ -49,6 +49,8 @@ def server(ray_cluster, tmp_path_factory):
         f"mlflow.tracking_uri=sqlite:///{work}/mlflow.db",
         f"mlflow.artifact_location={work}/artifacts",
         "serve.alias_ttl_s=0.5",
+        # A personalized base: the tiny base with other random weights (same architecture).
+        "serve.bases.seeded.tiny_seed=7",
     ]
     cfg = load_config(ROOT / args["config"], overrides)
     versions = register_versions(cfg, work, seeds=[1, 2])
@@ -122,6 +124,7 @@ def test_other_containers(server, fmt, mime):
         ({"prompt": "a", "num_inference_steps": 0}, "num_inference_steps", "between 1"),
         ({"prompt": "a", "height": 30}, "height", "multiple of 8"),
         ({"prompt": "a", "model": "v42"}, "model", "unknown model 'v42'"),
+        ({"prompt": "a", "base": "nope"}, "base", "unknown base 'nope'"),
         ({"prompt": "a", "negative_prompt": "x" * 9000}, "body", "limit is 8192"),
     ],
 )
@@ -132,6 +135,44 @@ def test_bad_requests_get_422_naming_the_field(server, body, field, words):
     error = response.json()
     assert error["detail"][0]["loc"] == ["body", field]
     assert words in error["error"], error
+
+
+def test_personalized_base_changes_the_video(server):
+    _, _, versions, client = server
+    assert client.get("/v1/models").json()["bases"] == ["default", "seeded"]
+    request = {"prompt": "a red ball", "seed": 3, "num_frames": 2, "model": versions[0]}
+    default = client.post("/v1/generate", json=request)
+    seeded = client.post("/v1/generate", json={**request, "base": "seeded"})
+    assert default.status_code == 200 and seeded.status_code == 200, seeded.text
+    assert default.headers["x-base"] == "default" and seeded.headers["x-base"] == "seeded"
+    assert seeded.headers["x-model-version"] == versions[0]
+    assert not np.array_equal(_frames(seeded.content), _frames(default.content))
+
+
+def test_replica_keeps_the_least_recently_used_models_only(server):
+    """With room for N models, an (N+1)-th evicts the least recently used (not the oldest
+    loaded): X-Model-Loaded says whether the replica loaded the model for that request."""
+    _, cfg, versions, client = server
+    room = cfg.serve.max_models_per_replica
+    ids = [(v, base) for base in ("default", "seeded") for v in versions]
+    assert 2 <= room < len(ids)
+    ids = ids[: room + 1]
+
+    def loaded(version: str, base: str) -> bool:
+        body = {"prompt": "lru", "seed": 1, "num_frames": 2, "model": version, "base": base}
+        response = client.post("/v1/generate", json=body)
+        assert response.status_code == 200, response.text
+        assert response.headers["x-model-version"] == version
+        flag = response.headers["x-model-loaded"]
+        assert ("load;dur=" in response.headers["server-timing"]) == (flag == "1")
+        return flag == "1"
+
+    for model in ids[:room]:  # fill the replica (some may already be there)
+        loaded(*model)
+    assert not loaded(*ids[0])  # cached; now the most recently used, ids[1] the least
+    assert loaded(*ids[room])  # new: evicts ids[1]
+    assert not loaded(*ids[0])
+    assert loaded(*ids[1])  # evicted, so loaded again
 
 
 def test_alias_move_reaches_new_requests_without_restart(server):
@@ -237,7 +278,7 @@ def test_web_page_in_headless_chromium(server, tmp_path):
     """Drive the page like a person: models load, Generate shows the animation, errors are
     readable. Keeps screenshots (also copied to outputs/)."""
     if shutil.which("chromium") is None or shutil.which("chromedriver") is None:
-        pytest.skip("Debian chromium + chromium-driver are not installed (make install does it)")
+        pytest.skip("Debian chromium + chromium-driver are not installed (`make test` installs them)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
