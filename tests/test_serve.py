@@ -49,6 +49,9 @@ def server(ray_cluster, tmp_path_factory):
         f"mlflow.tracking_uri=sqlite:///{work}/mlflow.db",
         f"mlflow.artifact_location={work}/artifacts",
         "serve.alias_ttl_s=0.5",
+        # Concurrent requests must meet in one batch even when a loaded machine spreads their
+        # arrival (the tiny preset waits 0 s and only batches requests queued behind a batch).
+        "serve.batch_wait_timeout_s=0.2",
         # A personalized base: the tiny base with other random weights (same architecture).
         "serve.bases.seeded.tiny_seed=7",
     ]
@@ -278,7 +281,9 @@ def test_web_page_in_headless_chromium(server, tmp_path):
     """Drive the page like a person: models load, Generate shows the animation, errors are
     readable. Keeps screenshots (also copied to outputs/)."""
     if shutil.which("chromium") is None or shutil.which("chromedriver") is None:
-        pytest.skip("Debian chromium + chromium-driver are not installed (`make test` installs them)")
+        pytest.skip(
+            "Debian chromium + chromium-driver are not installed (`make test` installs them)"
+        )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
