@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -171,6 +172,20 @@ def build_scheduler(name: str, scheduler_config: dict[str, Any], diffusion: Diff
 
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """One ``generate`` call's prompts and resolved sampling settings."""
+
+    prompts: list[str]
+    negatives: list[str]
+    seeds: list[int]
+    num_frames: int
+    steps: int
+    scale: float
+    height: int
+    width: int
 
 
 class TextToVideo:
@@ -327,56 +342,39 @@ class TextToVideo:
         negatives = list(negative_prompts) if negative_prompts is not None else None
         negatives = negatives or [sample.negative_prompt] * len(prompts)
         seeds = list(seeds) if seeds is not None else [sample.seed] * len(prompts)
-        self._validate(prompts, negatives, seeds, num_frames, steps, scale, height, width)
+        batch = _Batch(prompts, negatives, seeds, num_frames, steps, scale, height, width)
+        self._validate(batch)
 
         # A trainer may hand in its own UNet to sample validation videos: restore its mode.
         was_training = self.unet.training
         self.unet.eval()
         try:
-            latents = self._denoise(
-                prompts,
-                negatives,
-                seeds,
-                num_frames,
-                steps,
-                scale,
-                height,
-                width,
-                scheduler,
-                progress,
-            )
+            latents = self._denoise(batch, scheduler, progress)
         finally:
             self.unet.train(was_training)
         return list(decode_latents(self.vae, latents, sample.decode_chunk_frames))
 
     def _denoise(
         self,
-        prompts: list[str],
-        negatives: list[str],
-        seeds: list[int],
-        num_frames: int,
-        steps: int,
-        scale: float,
-        height: int,
-        width: int,
+        batch: _Batch,
         scheduler: str | None,
         progress: Callable[[int, int], None] | None,
     ) -> torch.Tensor:
         """The denoising loop: final latents ``(batch, channels, frames, h, w)`` float32."""
-        text = self.encode_prompts(prompts)
-        if scale != 1.0:
-            text = torch.cat([self.encode_prompts(negatives), text])
+        text = self.encode_prompts(batch.prompts)
+        if batch.scale != 1.0:
+            text = torch.cat([self.encode_prompts(batch.negatives), text])
         noise_scheduler = self.scheduler(scheduler)
-        noise_scheduler.set_timesteps(steps, device=self.device)
-        latents = self.initial_latents(seeds, num_frames, height, width)
+        noise_scheduler.set_timesteps(batch.steps, device=self.device)
+        latents = self.initial_latents(batch.seeds, batch.num_frames, batch.height, batch.width)
         latents = latents * noise_scheduler.init_noise_sigma
         # Stochastic schedulers draw fresh noise each step: per-sample generators keep it seeded.
-        generators = [torch.Generator().manual_seed(s + 1) for s in seeds]
+        generators = [torch.Generator().manual_seed(s + 1) for s in batch.seeds]
         takes_generator = "generator" in inspect.signature(noise_scheduler.step).parameters
         step_kwargs = {"generator": generators} if takes_generator else {}
         for index, timestep in enumerate(noise_scheduler.timesteps):
             model_input = noise_scheduler.scale_model_input(latents, timestep)
-            output = self.predict_noise(model_input, timestep, text, scale)
+            output = self.predict_noise(model_input, timestep, text, batch.scale)
             latents = noise_scheduler.step(
                 output, timestep, latents, return_dict=False, **step_kwargs
             )[0]
@@ -384,17 +382,10 @@ class TextToVideo:
                 progress(index + 1, len(noise_scheduler.timesteps))
         return latents
 
-    def _validate(
-        self,
-        prompts: list[str],
-        negatives: list[str],
-        seeds: list[int],
-        num_frames: int,
-        steps: int,
-        scale: float,
-        height: int,
-        width: int,
-    ) -> None:
+    def _validate(self, batch: _Batch) -> None:
+        prompts, negatives, seeds = batch.prompts, batch.negatives, batch.seeds
+        num_frames, steps, scale = batch.num_frames, batch.steps, batch.scale
+        height, width = batch.height, batch.width
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError("prompts: need at least one string")
         if len(negatives) != len(prompts) or len(seeds) != len(prompts):
