@@ -161,11 +161,9 @@ def register_motion_module(
     ``mlflow.registered_model`` with alias ``mlflow.candidate_alias``; returns the version."""
     import mlflow
 
-    from animatediff.tracking import client
+    from animatediff.tracking import client, scoped_mlflow_uris
 
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    with tempfile.TemporaryDirectory() as directory:
+    with tempfile.TemporaryDirectory() as directory, scoped_mlflow_uris(tracking_uri):
         config_path = Path(directory) / CONFIG_ARTIFACT
         save_config(cfg, config_path)
         base_path = Path(directory) / BASE_ARTIFACT

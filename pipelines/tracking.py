@@ -2,46 +2,40 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import dataclasses
+import time
 
 from animatediff.config import Config, flatten
-
-
-def _tracking_uri(cfg: Config) -> str:
-    uri = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        uri = prefix + str(Path(uri[len(prefix) :]).resolve())
-    return uri
 
 
 def log_preprocess_run(cfg: Config, summary: dict, fingerprint: dict) -> str:
     """One MLflow run in experiment ``{mlflow.experiment}-preprocess`` with the ``data.*``
     params, the counts and throughput as metrics and the fingerprint as an artifact; returns
-    the run id."""
-    import mlflow
+    the run id. MLflow's process-wide settings are left alone."""
+    from mlflow.entities import Metric
 
-    mlflow.set_tracking_uri(_tracking_uri(cfg))
-    name = f"{cfg.mlflow.experiment}-preprocess"
-    if mlflow.get_experiment_by_name(name) is None:
-        location = cfg.mlflow.artifact_location or None
-        if location is None and mlflow.get_tracking_uri().startswith("sqlite:///"):
-            db = Path(mlflow.get_tracking_uri().removeprefix("sqlite:///"))
-            location = (db.parent / "mlartifacts").as_uri()
-        mlflow.create_experiment(name, artifact_location=location)
-    mlflow.set_experiment(name)
-    with mlflow.start_run(run_name=f"preprocess-{summary['run_id']}") as run:
-        params = {k: v for k, v in flatten(cfg).items() if k.startswith("data.")}
-        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-        mlflow.set_tag("fingerprint_hash", summary["fingerprint_hash"])
-        metrics = {
-            k: float(v)
-            for k, v in summary.items()
-            if isinstance(v, int | float) and not isinstance(v, bool)
-        }
-        metrics |= {f"failed.{k}": float(v) for k, v in summary["failed_by_reason"].items()}
-        mlflow.log_metrics(metrics)
-        mlflow.log_dict(fingerprint, "fingerprint.json")
-        mlflow.log_dict(summary, "summary.json")
-        return run.info.run_id
+    from animatediff.tracking import client, experiment_id, log_params, resolve_tracking_uri
+
+    tracking_uri = resolve_tracking_uri(cfg.mlflow)
+    experiment = dataclasses.replace(cfg.mlflow, experiment=f"{cfg.mlflow.experiment}-preprocess")
+    mlflow_client = client(tracking_uri)
+    run = mlflow_client.create_run(
+        experiment_id(experiment, tracking_uri),
+        run_name=f"preprocess-{summary['run_id']}",
+        tags={"fingerprint_hash": summary["fingerprint_hash"], "job": "preprocess"},
+    )
+    run_id = run.info.run_id
+    params = {k: v for k, v in flatten(cfg).items() if k.startswith("data.")}
+    log_params(run_id, params, tracking_uri)
+    metrics = {
+        k: float(v)
+        for k, v in summary.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    metrics |= {f"failed.{k}": float(v) for k, v in summary["failed_by_reason"].items()}
+    now = int(time.time() * 1000)
+    mlflow_client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+    mlflow_client.log_dict(run_id, fingerprint, "fingerprint.json")
+    mlflow_client.log_dict(run_id, summary, "summary.json")
+    mlflow_client.set_terminated(run_id)
+    return run_id

@@ -526,7 +526,14 @@ def test_mlflow_logging_records_counts_and_fingerprint(tmp_path):
         "clips_per_s": 1.5,
         "failed_by_reason": {"missing_file": 2},
     }
+    before = mlflow.get_tracking_uri()
     run_id = log_preprocess_run(cfg, summary, {"resolution": 64})
-    run = mlflow.MlflowClient(f"sqlite:///{tmp_path}/m.db").get_run(run_id)
+    store = mlflow.MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    run = store.get_run(run_id)
     assert run.data.metrics["rows_read"] == 5 and run.data.metrics["failed.missing_file"] == 2
     assert run.data.params["data.resolution"] == "64" and run.data.tags["fingerprint_hash"] == "abc"
+    assert run.info.status == "FINISHED"
+    assert store.get_experiment(run.info.experiment_id).name == "animatediff-tiny-preprocess"
+    local = store.download_artifacts(run_id, "fingerprint.json", str(tmp_path / "dl"))
+    assert json.loads(Path(local).read_text()) == {"resolution": 64}
+    assert mlflow.get_tracking_uri() == before  # the process-wide setting is left alone

@@ -3,6 +3,7 @@ one), and whatever the name of the folder the trainer logged."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -77,16 +78,37 @@ def test_loads_from_the_given_store_not_the_global_one(tmp_path, global_mlflow):
         load_registered_motion_module(f"models:/{name}@{CFG.mlflow.candidate_alias}", store_b)
 
 
+def test_registering_leaves_global_uris_and_env_alone(tmp_path, global_mlflow, monkeypatch):
+    import mlflow
+
+    elsewhere = f"sqlite:///{tmp_path}/elsewhere.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", elsewhere)  # a user's own setting, by env only
+    _register(tmp_path, "motion_module", seed=1, tracking_uri=f"sqlite:///{tmp_path}/a.db")
+    assert os.environ["MLFLOW_TRACKING_URI"] == elsewhere
+    assert "MLFLOW_REGISTRY_URI" not in os.environ
+    assert mlflow.get_tracking_uri() == elsewhere
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/explicit.db")
+    _register(tmp_path, "motion_module", seed=2, tracking_uri=f"sqlite:///{tmp_path}/a.db")
+    assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path}/explicit.db"
+    versions = mlflow.MlflowClient(f"sqlite:///{tmp_path}/a.db").search_model_versions(
+        f"name='{CFG.mlflow.registered_model}'"
+    )
+    assert sorted(str(v.version) for v in versions) == ["1", "2"]
+
+
 def test_any_logged_folder_name_loads(tmp_path, global_mlflow):
     import mlflow
 
     from animatediff.registry import load_registered_motion_module
+    from animatediff.tracking import scoped_mlflow_uris
 
     store = f"sqlite:///{tmp_path}/a.db"
     expected = _register(tmp_path, "weights", seed=5, tracking_uri=store)
-    local = mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{CFG.mlflow.registered_model}/1", dst_path=str(tmp_path / "dl")
-    )
+    with scoped_mlflow_uris(store):  # models:/ URIs resolve through the global registry URI
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{CFG.mlflow.registered_model}/1", dst_path=str(tmp_path / "dl")
+        )
     assert (Path(local) / "artifacts" / "weights").is_dir()
     assert not (Path(local) / "artifacts" / "motion_module").exists()
     for uri in (local, f"models:/{CFG.mlflow.registered_model}/1"):
