@@ -236,6 +236,11 @@ class TrainConfig:
     3 (also parameters)."""
     offload_optimizer: bool = False
     """ZeRO optimizer state offload to CPU memory (stage 2/3; compiles DeepSpeed's CPUAdam)."""
+    zero_bucket_size: int = 500_000_000
+    """Elements per ZeRO communication bucket (``reduce_bucket_size``, ``allgather_bucket_size``;
+    stage 3's prefetch and live-parameter limits scale with it as in DeepSpeed's defaults).
+    Gradient buckets are allocated at this size: smaller ones lower peak memory, larger ones
+    overlap communication better. DeepSpeed's default is 5e8."""
     mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"
     """``auto``: bf16 on GPU, fp32 on CPU."""
     seed: int = 0
@@ -294,6 +299,7 @@ class TrainConfig:
             "train.zero_stage",
             f"must be 0, 2 or 3, got {self.zero_stage}",
         )
+        _check(self.zero_bucket_size >= 1, "train.zero_bucket_size", "must be >= 1")
         _check(
             not (self.offload_optimizer and self.zero_stage == 0),
             "train.offload_optimizer",

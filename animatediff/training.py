@@ -67,12 +67,20 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
 
 def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
     """The DeepSpeed config dict of a run (the optimizer is a torch AdamW passed separately)."""
-    zero: dict[str, Any] = {"stage": cfg.zero_stage}
+    bucket = cfg.zero_bucket_size
+    zero: dict[str, Any] = {
+        "stage": cfg.zero_stage,
+        "reduce_bucket_size": bucket,
+        "allgather_bucket_size": bucket,
+    }
     if cfg.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cfg.use_gpu}
     if cfg.zero_stage == 3:
         # Never gather the 16-bit model into one file at save: the native export does that.
         zero["stage3_gather_16bit_weights_on_model_save"] = False
+        # Scaled with the bucket in DeepSpeed's own default ratios (5e7 and 1e9 at 5e8).
+        zero["stage3_prefetch_bucket_size"] = max(1, bucket // 10)
+        zero["stage3_max_live_parameters"] = 2 * bucket
     return {
         "train_micro_batch_size_per_gpu": cfg.batch_size,
         "gradient_accumulation_steps": cfg.grad_accum_steps,

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from animatediff.config import Config, from_dict, parse_cli, save_config, to_dict
+from animatediff.config import Config, TrainConfig, from_dict, parse_cli, save_config, to_dict
 
 DS_TAG = "ds"
 STATE_FILE = "trainer_state.json"
@@ -57,6 +57,20 @@ def _skip_shm_comm_build() -> None:
     from deepspeed.ops import __compatible_ops__ as ops
 
     ops["deepspeed_shm_comm"] = False
+
+
+def _optimizer(params: list[torch.nn.Parameter], train: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the trainable (motion) parameters only.
+
+    torch's AdamW needs no compilation; with ``train.offload_optimizer`` the optimizer state lives
+    in CPU memory and DeepSpeed requires its own CPU Adam there (compiled on first use, ~40 s,
+    then cached in ``~/.cache/torch_extensions``)."""
+    kwargs = {"lr": train.lr, "betas": train.betas, "weight_decay": train.weight_decay}
+    if train.offload_optimizer:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(params, adamw_mode=True, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -213,12 +227,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model.conditioner.text_encoder.to(device)
     model.conditioner.empty = model.conditioner.empty.to(device)
     params = [p for p in model.unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=train.lr, betas=train.betas, weight_decay=train.weight_decay
-    )
     engine, _, _, _ = deepspeed.initialize(
         model=model.unet,
-        optimizer=optimizer,
+        optimizer=_optimizer(params, train),
         config=deepspeed_config(train, world),
         dist_init_required=False,
     )

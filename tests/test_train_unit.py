@@ -66,9 +66,14 @@ def test_deepspeed_config_follows_train_options() -> None:
             "train.batch_size=2",
             "train.grad_accum_steps=3",
             "train.grad_clip=0.5",
+            "train.zero_bucket_size=20000000",
         ],
     )
     ds = deepspeed_config(cfg.train, world_size=4)
+    zero = ds["zero_optimization"]
+    assert zero["reduce_bucket_size"] == zero["allgather_bucket_size"] == 20_000_000
+    assert zero["stage3_prefetch_bucket_size"] == 2_000_000
+    assert zero["stage3_max_live_parameters"] == 40_000_000
     assert ds["train_batch_size"] == 24
     assert ds["gradient_accumulation_steps"] == 3
     assert ds["zero_optimization"]["stage"] == 3
