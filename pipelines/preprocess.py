@@ -35,6 +35,35 @@ def output_uri(cfg: Config) -> str:
     return cfg.data.output or posixpath.join(cfg.output_dir, "latents")
 
 
+def build_decode_pipeline(
+    cfg: Config,
+    plan: PlanSpec,
+    decode: DecodeSpec,
+    cached: np.ndarray,
+    input_location: Location,
+    columns: Columns,
+) -> ray.data.Dataset:
+    """The lazy Ray Dataset of decoded clip rows: read -> plan -> decode (CPU tasks)."""
+    data = cfg.data
+    ds = read_input(data, input_location, columns)
+    ds = ds.map_batches(
+        plan_batch, fn_kwargs={"spec": plan, "cached": cached}, batch_format="numpy", num_cpus=0.25
+    )
+    # Small blocks: decoding is the expensive CPU step and a block is one task's work.
+    ds = ds.repartition(target_num_rows_per_block=data.decode_rows_per_task)
+    with warnings.catch_warnings():
+        # Deprecated for Ray 2.64; it is the one switch that keeps Ray Data from fusing decoding
+        # into the encode actors (decoding must scale over all CPUs, not over the encoders).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return ds.map_batches(
+            decode_batch,
+            fn_kwargs={"spec": decode},
+            batch_size=None,
+            batch_format="numpy",
+            ray_remote_args_fn=functools.partial(dict, num_cpus=data.decode_num_cpus),
+        )
+
+
 def build_pipeline(
     cfg: Config,
     plan: PlanSpec,
@@ -49,23 +78,7 @@ def build_pipeline(
 
     data = cfg.data
     use_gpu = ray.cluster_resources().get("GPU", 0) > 0
-    ds = read_input(data, input_location, columns)
-    ds = ds.map_batches(
-        plan_batch, fn_kwargs={"spec": plan, "cached": cached}, batch_format="numpy", num_cpus=0.25
-    )
-    # Small blocks: decoding is the expensive CPU step and a block is one task's work.
-    ds = ds.repartition(target_num_rows_per_block=data.decode_rows_per_task)
-    with warnings.catch_warnings():
-        # Deprecated for Ray 2.64; it is the one switch that keeps Ray Data from fusing decoding
-        # into the encode actors (decoding must scale over all CPUs, not over the encoders).
-        warnings.simplefilter("ignore", DeprecationWarning)
-        ds = ds.map_batches(
-            decode_batch,
-            fn_kwargs={"spec": decode},
-            batch_size=None,
-            batch_format="numpy",
-            ray_remote_args_fn=functools.partial(dict, num_cpus=data.decode_num_cpus),
-        )
+    ds = build_decode_pipeline(cfg, plan, decode, cached, input_location, columns)
     return ds.map_batches(
         EncodeClips,
         fn_constructor_kwargs={

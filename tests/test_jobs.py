@@ -1,5 +1,6 @@
-"""Job entrypoints: the prompts-file parser, and `python -m jobs.generate` submitted to a real
-`ray start --head` cluster through the Job Submission client, as on a laptop or a remote cluster.
+"""Job entrypoints: the prompts-file parser, and `python -m jobs.preprocess` and
+`python -m jobs.generate` submitted to a real `ray start --head` cluster (one for the module)
+through the Job Submission client, as on a laptop or a remote cluster.
 
 The submitted cluster is separate from the session fixture's (its own ports and temp dir) and is
 stopped by terminating exactly the processes it started, never with `ray stop` (which would take
@@ -135,12 +136,13 @@ class HeadNode:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-@pytest.fixture
-def head_node(monkeypatch):
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # the client sends the token the cluster expects
-    node = HeadNode()
-    yield node
-    node.stop()
+@pytest.fixture(scope="module")
+def head_node():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_AUTH_MODE", "token")  # the client sends the token the cluster expects
+        node = HeadNode()
+        yield node
+        node.stop()
     leftovers = [
         p.pid
         for p in psutil.process_iter(["cmdline"])
@@ -149,22 +151,12 @@ def head_node(monkeypatch):
     assert not leftovers, f"processes of the submitted cluster still running: {leftovers}"
 
 
-def test_generate_job_submitted_to_a_ray_start_cluster(head_node, tmp_path):
+def run_job(node: HeadNode, entrypoint: str, timeout_s: float = 400) -> str:
+    """Submit ``entrypoint`` with this repository as the working dir; wait for SUCCEEDED; the
+    job's logs."""
     from ray.job_submission import JobStatus
 
-    from animatediff.checkpoints import save_motion_modules
-
-    motion_dir = tmp_path / "motion_module"
-    save_motion_modules(random_motion_modules(CFG, seed=3), CFG.model.motion, motion_dir)
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text('a red ball bouncing\n{"prompt": "waves at dusk", "seed": 5}\n')
-    out = tmp_path / "out"
-    entrypoint = (
-        f"python -m jobs.generate --config configs/tiny.yaml generate.prompts={prompts} "
-        f"generate.model={motion_dir} output_dir={out} sample.num_frames=4 "
-        "sample.num_inference_steps=2 generate.output_format=webp"
-    )
-    client = head_node.client()
+    client = node.client()
     deadline = time.monotonic() + 120
     while True:
         try:
@@ -177,13 +169,55 @@ def test_generate_job_submitted_to_a_ray_start_cluster(head_node, tmp_path):
             if "No available agent" not in str(error) or time.monotonic() > deadline:
                 raise
             time.sleep(1)
-    deadline = time.monotonic() + 400
+    deadline = time.monotonic() + timeout_s
     status = client.get_job_status(job_id)
     while not status.is_terminal() and time.monotonic() < deadline:
         time.sleep(2)
         status = client.get_job_status(job_id)
     logs = client.get_job_logs(job_id)
-    assert status == JobStatus.SUCCEEDED, f"{status}\n{logs[-3000:]}\n{head_node.output()}"
+    assert status == JobStatus.SUCCEEDED, f"{status}\n{logs[-3000:]}\n{node.output()}"
+    return logs
+
+
+def test_preprocess_job_submitted_to_a_ray_start_cluster(head_node, tiny_base_dir, tmp_path):
+    """The same command as the README's, through `ray job submit`: good rows become shards,
+    bad ones land in the errors table, and the summary table reaches the job's logs."""
+    import pyarrow.parquet as pq
+    from data_media import build_collection
+
+    table = build_collection(tmp_path / "webvid", num_good=3)
+    out = tmp_path / "latents"
+    logs = run_job(
+        head_node,
+        f"python -m jobs.preprocess --config configs/tiny.yaml model.base.pretrained={tiny_base_dir} "
+        f"data.input={table} data.video_root={tmp_path / 'webvid' / 'videos'} data.output={out}",
+    )
+    (manifest_path,) = out.glob("*/manifest.json")
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["num_clips"] == 3
+    assert sum(entry["rows"] for entry in manifest["shards"]) == 3
+    (summary,) = manifest["runs"]
+    assert summary["clips_encoded"] == 3
+    assert summary["rows_read"] == summary["rows_encoded"] + summary["rows_failed"]
+    errors = pq.read_table(list(manifest_path.parent.glob("runs/*/errors.parquet"))[0])
+    assert errors.num_rows == summary["rows_failed"] > 0
+    assert f"clips encoded    {3:>10}" in logs and "rows failed" in logs
+
+
+def test_generate_job_submitted_to_a_ray_start_cluster(head_node, tmp_path):
+    from animatediff.checkpoints import save_motion_modules
+
+    motion_dir = tmp_path / "motion_module"
+    save_motion_modules(random_motion_modules(CFG, seed=3), CFG.model.motion, motion_dir)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text('a red ball bouncing\n{"prompt": "waves at dusk", "seed": 5}\n')
+    out = tmp_path / "out"
+    entrypoint = (
+        f"python -m jobs.generate --config configs/tiny.yaml generate.prompts={prompts} "
+        f"generate.model={motion_dir} output_dir={out} sample.num_frames=4 "
+        "sample.num_inference_steps=2 generate.output_format=webp"
+    )
+    logs = run_job(head_node, entrypoint)
     assert "generated 2 videos" in logs
 
     index = [
