@@ -25,6 +25,24 @@ def to_model_input(frames: np.ndarray):
     return x.float().div_(127.5).sub_(1.0)
 
 
+def encode_latents(vae, frames: np.ndarray, device, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The VAE posterior of each frame: uint8 ``(batch, frames, H, W, 3)`` -> mean, std float16
+    ``(batch, latent channels, frames, H/8, W/8)`` on the CPU (unscaled)."""
+    import torch
+
+    batch, num_frames = frames.shape[:2]
+    x = to_model_input(frames).to(device, dtype)
+    with torch.inference_mode():
+        posterior = vae.encode(x).latent_dist
+        mean, std = posterior.mean, posterior.std
+
+    def layout(t):  # (batch * frames, C, h, w) -> (batch, C, frames, h, w)
+        t = t.float().reshape(batch, num_frames, *t.shape[1:]).permute(0, 2, 1, 3, 4)
+        return t.to(torch.float16).cpu().numpy()
+
+    return layout(mean), layout(std)
+
+
 def resolve_dtype(name: str, use_gpu: bool):
     import torch
 
@@ -79,19 +97,7 @@ class EncodeClips:
 
     def encode_latents(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 ``(batch, frames, H, W, 3)`` -> mean, std float16 ``(batch, 4, frames, H/8, W/8)``."""
-        import torch
-
-        batch, num_frames = frames.shape[:2]
-        x = to_model_input(frames).to(self.device, self.dtype)
-        with torch.inference_mode():
-            posterior = self.vae.encode(x).latent_dist
-            mean, std = posterior.mean, posterior.std
-
-        def layout(t):  # (batch * frames, C, h, w) -> (batch, C, frames, h, w)
-            t = t.float().reshape(batch, num_frames, *t.shape[1:]).permute(0, 2, 1, 3, 4)
-            return t.to(torch.float16).cpu().numpy()
-
-        return layout(mean), layout(std)
+        return encode_latents(self.vae, frames, self.device, self.dtype)
 
     def encode_text(self, captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Captions -> embeddings float16 ``(batch, tokens, dim)`` and token ids int32."""
