@@ -59,6 +59,30 @@ def _skip_shm_comm_build() -> None:
     ops["deepspeed_shm_comm"] = False
 
 
+@dataclass
+class _LogWindow:
+    """What the loop accumulates between two logged steps (metrics are means over the window)."""
+
+    first_step: int
+    """The step whose iteration opened the window."""
+    top: float
+    """``perf_counter`` at the start of that iteration."""
+    steps: int = 0
+    step_s: float = 0.0
+    """Seconds in optimizer steps (data wait, forward, backward, update)."""
+    wait_s: float = 0.0
+    """Seconds blocked on the next batch."""
+    loss_total: torch.Tensor | None = None
+    micro_batches: int = 0
+
+    def add_loss(self, loss: torch.Tensor) -> None:
+        self.loss_total = loss if self.loss_total is None else self.loss_total + loss
+        self.micro_batches += 1
+
+    def mean_loss(self) -> float:
+        return float(self.loss_total) / self.micro_batches
+
+
 def _optimizer(params: list[torch.nn.Parameter], train: TrainConfig) -> torch.optim.Optimizer:
     """AdamW over the trainable (motion) parameters only.
 
@@ -272,12 +296,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         engine.train()
         return loss, _export_motion_modules(engine, cfg)
 
-    previous_top = None
+    window = _LogWindow(position.step, time.perf_counter())
     while position.step < train.max_steps:
         top = time.perf_counter()
-        # Wall time of the previous iteration, logging and checkpointing included (overheads).
-        iteration_time = None if previous_top is None else top - previous_top
-        previous_top = top
         marker = loop_config.get("fault_marker")
         if (
             train.fault_injection_step == position.step
@@ -296,49 +317,57 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         for group in engine.optimizer.param_groups:
             group["lr"] = lr
         start = time.perf_counter()
-        waited, losses = 0.0, []
         for micro in range(train.grad_accum_steps):
             wait_start = time.perf_counter()
             epoch, index, batch = next(stream)
-            waited += time.perf_counter() - wait_start
+            window.wait_s += time.perf_counter() - wait_start
             generator = step_generator(train.seed, step, micro, rank)
             loss = batch_loss(model, engine, batch, cfg, generator, dtype=dtype)
             engine.backward(loss)
             engine.step()
-            losses.append(float(loss.detach()))
+            window.add_loss(loss.detach())  # stays on the device: no sync per micro-batch
             position.epoch, position.batch_in_epoch = epoch, index + 1
-        step_time = time.perf_counter() - start
+        window.step_s += time.perf_counter() - start
+        window.steps += 1
         position.step = step + 1
         done = position.step
 
+        final = done == train.max_steps
+        validating = final or (train.validate_every and done % train.validate_every == 0)
+        checkpointing = final or (train.checkpoint_every and done % train.checkpoint_every == 0)
+        if not (done % train.log_every == 0 or validating or final):
+            continue  # every rank takes the same branch: the all-reduces below are collective
         grad_norm = engine.get_global_grad_norm()
-        loss_sum, wait_sum = _all_reduce([float(np.mean(losses)), waited])
+        loss_sum, wait_sum, step_sum = _all_reduce(
+            [window.mean_loss(), window.wait_s, window.step_s]
+        )
         (peak_rss,) = _all_reduce([_peak_rss_gib()], op="max")
+        step_time = step_sum / world / window.steps
         metrics = {
             "loss": loss_sum / world,
             "lr": lr,
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
             "samples_per_s": samples_per_step / step_time,
             "step_time_s": step_time,
-            "data_wait_fraction": (wait_sum / world) / step_time,
+            "data_wait_fraction": wait_sum / step_sum,
             "rss_gib": _process_memory_gib(),
             "peak_rss_gib_max_worker": peak_rss,
             "epoch": float(position.epoch),
             "torch_threads": float(torch.get_num_threads()),
         }
-        if iteration_time is not None:
-            metrics["previous_iteration_time_s"] = iteration_time
+        if step > window.first_step:
+            # Whole iterations since the last log (that log's own cost, checkpoints and
+            # validation included): what a user waits for per step.
+            metrics["iteration_time_s"] = (top - window.top) / (step - window.first_step)
+        window = _LogWindow(step, top)
         if train.use_gpu and torch.cuda.is_available():
             metrics["gpu_peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
 
-        final = done == train.max_steps
-        validating = final or (train.validate_every and done % train.validate_every == 0)
-        checkpointing = final or (train.checkpoint_every and done % train.checkpoint_every == 0)
         exported = None
         if validating:
             last_val_loss, exported = validate()
             metrics["val_loss"] = last_val_loss
-        if logger is not None and (done % train.log_every == 0 or validating or final):
+        if logger is not None:
             logger.log_metrics(metrics, step=done)
         if validating and logger is not None and train.validation_prompts:
             with tempfile.TemporaryDirectory() as directory:

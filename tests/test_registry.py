@@ -24,9 +24,13 @@ def global_mlflow(monkeypatch: pytest.MonkeyPatch):
 
     monkeypatch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
     monkeypatch.setattr(registry_utils, "_registry_uri", registry_utils._registry_uri)
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-        monkeypatch.delenv(name, raising=False)
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {name: os.environ.pop(name, None) for name in names}
     yield
+    for name, value in saved.items():  # mlflow.set_*_uri also wrote these
+        os.environ.pop(name, None)
+        if value is not None:
+            os.environ[name] = value
 
 
 def _register(work: Path, folder: str, seed: int, tracking_uri: str) -> torch.nn.Module:
@@ -78,11 +82,11 @@ def test_loads_from_the_given_store_not_the_global_one(tmp_path, global_mlflow):
         load_registered_motion_module(f"models:/{name}@{CFG.mlflow.candidate_alias}", store_b)
 
 
-def test_registering_leaves_global_uris_and_env_alone(tmp_path, global_mlflow, monkeypatch):
+def test_registering_leaves_global_uris_and_env_alone(tmp_path, global_mlflow):
     import mlflow
 
     elsewhere = f"sqlite:///{tmp_path}/elsewhere.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", elsewhere)  # a user's own setting, by env only
+    os.environ["MLFLOW_TRACKING_URI"] = elsewhere  # a user's own setting, by env only
     _register(tmp_path, "motion_module", seed=1, tracking_uri=f"sqlite:///{tmp_path}/a.db")
     assert os.environ["MLFLOW_TRACKING_URI"] == elsewhere
     assert "MLFLOW_REGISTRY_URI" not in os.environ

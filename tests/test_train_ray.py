@@ -132,8 +132,10 @@ def test_registered_version_loads_and_predicts_and_promotes(reference, capsys) -
         {k: v.float() for k, v in modules.state_dict().items()}, _motion(outcome.motion_dir)
     )
 
-    mlflow.set_tracking_uri(uri)
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{outcome.model_version}")
+    from animatediff.tracking import scoped_mlflow_uris
+
+    with scoped_mlflow_uris(uri):  # pyfunc.load_model resolves models:/ through the globals
+        model = mlflow.pyfunc.load_model(f"models:/{name}/{outcome.model_version}")
     request = pd.DataFrame(
         {"prompt": ["a red ball"], "num_frames": [4], "num_inference_steps": [1], "height": [32]}
     )
@@ -364,6 +366,7 @@ def test_accumulation_and_cosine_schedule_match_a_plain_pytorch_loop(ray_cluster
         "train.lr_schedule=cosine",
         "train.max_steps=5",
         "train.checkpoint_every=0",
+        "train.log_every=2",
         "train.run_name=accumulate-cosine",
         "train.validation_prompts=[]",
         "train.register=false",
@@ -390,11 +393,22 @@ def test_accumulation_and_cosine_schedule_match_a_plain_pytorch_loop(ray_cluster
     one_micro = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, grad_accum_steps=1))
     assert worst_update_error(_plain_pytorch_reference(one_micro)[1]) > 0.2
 
-    client = MlflowClient(cfg.mlflow.tracking_uri)
-    history = sorted(client.get_metric_history(outcome.run_id, "lr"), key=lambda m: m.step)
     expected = [learning_rate(step, cfg.train) for step in range(5)]
-    assert [m.value for m in history] == pytest.approx(expected)
     assert expected[0] == expected[1] == 1e-3 and expected[4] < expected[3] < expected[2] < 1e-3
+    # Logged every 2 steps and at the end; each value is that of the step just taken, or the mean
+    # over the steps since the previous log.
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+
+    def history(key: str) -> list:
+        return sorted(client.get_metric_history(outcome.run_id, key), key=lambda m: m.step)
+
+    assert [m.step for m in history("lr")] == [2, 4, 5]
+    assert [m.value for m in history("lr")] == pytest.approx(
+        [expected[1], expected[3], expected[4]]
+    )
+    for key in ("loss", "step_time_s", "iteration_time_s", "data_wait_fraction"):
+        assert [m.step for m in history(key)] == [2, 4, 5], key
+        assert all(m.value >= 0 for m in history(key)), key
 
 
 def test_zero2_with_optimizer_offload_follows_the_reference(reference, shards) -> None:
