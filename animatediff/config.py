@@ -249,6 +249,10 @@ class TrainConfig:
     """Rows of the local shuffle buffer per worker (seeded per epoch); 0 keeps the shard order."""
     prefetch_batches: int = 2
     """Batches Ray Data prepares ahead of the training step."""
+    cache_data_max_gib: float = 1.0
+    """Latent shard sets of at most this many GiB (Parquet bytes in the manifest) are read once
+    into Ray's object store and served from there every epoch; larger ones stream, and pay a
+    restart of the read (seconds) at each epoch boundary. 0 always streams."""
     checkpoint_every: int = 100
     """Save a checkpoint every this many optimizer steps (and at the end); 0: only at the end."""
     keep_last: int = 3
@@ -283,6 +287,7 @@ class TrainConfig:
             _check(getattr(self, name) >= 0, f"train.{name}", "must be >= 0")
         _check(self.val_max_clips >= 1, "train.val_max_clips", "must be >= 1")
         _check(self.shuffle_buffer >= 0, "train.shuffle_buffer", "must be >= 0")
+        _check(self.cache_data_max_gib >= 0, "train.cache_data_max_gib", "must be >= 0")
         _check(self.validation_steps >= 0, "train.validation_steps", "must be >= 0")
         _check(self.log_every >= 1, "train.log_every", "must be >= 1")
         _check(self.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0")

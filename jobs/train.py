@@ -481,7 +481,7 @@ def _datasets(cfg: Config) -> tuple[Any, dict[str, np.ndarray], dict[str, Any]]:
     match the model being trained (the fingerprint is checked)."""
     from animatediff.training import BATCH_COLUMNS, OPTIONAL_BATCH_COLUMNS
     from pipelines.fingerprint import data_fingerprint
-    from pipelines.latents import read_latent_dataset
+    from pipelines.latents import find_shard_set, read_latent_dataset
 
     if not cfg.train.data_uri:
         raise ValueError("train.data_uri: set it to the latent shards of the data pipeline")
@@ -489,10 +489,18 @@ def _datasets(cfg: Config) -> tuple[Any, dict[str, np.ndarray], dict[str, Any]]:
     train_ds = read_latent_dataset(cfg.train.data_uri, expected_fingerprint=fingerprint)
     names = set(train_ds.schema().names)
     columns = list(BATCH_COLUMNS) + [c for c in OPTIONAL_BATCH_COLUMNS if c in names]
+    train_ds = train_ds.select_columns(columns)
+    _, manifest = find_shard_set(cfg.train.data_uri, fingerprint)
+    if sum(entry["bytes"] for entry in manifest["shards"]) <= cfg.train.cache_data_max_gib * 2**30:
+        # A streamed read restarts at every epoch (seconds on a small cluster: a stall that
+        # dominates short epochs); a small shard set is read once, in file order (resumed runs
+        # must see the same order), and each epoch is served from Ray's object store.
+        train_ds.context.execution_options.preserve_order = True
+        train_ds = train_ds.materialize()
     # The validation clips are few: read once here and shipped to the workers with the config.
     val_uri = cfg.train.val_data_uri or cfg.train.data_uri
     val_clips = _read_clips(val_uri, fingerprint, cfg.train.val_max_clips, columns)
-    return train_ds.select_columns(columns), val_clips, fingerprint
+    return train_ds, val_clips, fingerprint
 
 
 def run_training(cfg: Config) -> TrainOutcome:
