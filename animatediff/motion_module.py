@@ -46,7 +46,8 @@ class PositionalEncoding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (sequences, frames, channels) -> same shape."""
-        return x + self.pe[:, : x.shape[1]]
+        # .to: DeepSpeed casts parameters to bf16 but keeps buffers in fp32.
+        return x + self.pe[:, : x.shape[1]].to(x.dtype)
 
 
 class TemporalSelfAttention(nn.Module):

@@ -429,3 +429,29 @@ def test_zero2_with_optimizer_offload_follows_the_reference(reference, shards) -
     assert offloaded.step == 4
     step4 = Path(ref_cfg.train.storage_path) / "reference" / "checkpoint_00000004" / "motion_module"
     _assert_same_weights(_motion(offloaded.motion_dir), _motion(step4), atol=1e-5)
+
+
+def test_bf16_zero2_run_trains_and_exports_fp32(reference, shards) -> None:
+    """The GPU recipe's precision on CPU: DeepSpeed keeps bf16 weights with fp32 master copies
+    (and fp32 buffers); the export is the fp32 master, close to the fp32 run's."""
+    outcome, ref_cfg = reference
+    cfg = tiny_train_config(
+        shards,
+        "train.max_steps=4",
+        "train.checkpoint_every=4",
+        "train.mixed_precision=bf16",
+        "train.run_name=bf16",
+        "train.validation_prompts=[]",
+        "train.register=false",
+    )
+    bf16 = run_training(cfg)
+    assert bf16.step == 4 and bf16.val_loss is not None
+    weights = _motion(bf16.motion_dir)
+    assert all(v.dtype == torch.float32 for v in weights.values())
+    step4 = Path(ref_cfg.train.storage_path) / "reference" / "checkpoint_00000004" / "motion_module"
+    fp32 = _motion(step4)
+    proj_out = [key for key in fp32 if key.endswith("proj_out.weight")]
+    assert proj_out
+    for key in proj_out:  # zero-initialised: what each run holds is how far it moved them
+        moved_bf16, moved_fp32 = weights[key].flatten(), fp32[key].flatten()
+        assert torch.cosine_similarity(moved_bf16, moved_fp32, dim=0) > 0.9, key

@@ -28,7 +28,7 @@ from animatediff.training import (
     ("override", "message"),
     [
         ("train.zero_stage=1", "train.zero_stage"),
-        ("train.mixed_precision=bf16", "train.mixed_precision"),
+        ("train.mixed_precision=fp16", "train.mixed_precision"),
         ("train.lr_schedule=linear", "train.lr_schedule"),
         ("train.max_failures=-2", "train.max_failures"),
         ("train.betas=[0.9, 1.5]", "train.betas"),
