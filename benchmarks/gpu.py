@@ -87,6 +87,7 @@ def build(args: argparse.Namespace) -> tuple[Config, dict[str, torch.nn.Module]]
             "train.num_workers=1",
             "train.zero_stage=2",
             f"train.use_gpu={str(args.device.startswith('cuda')).lower()}",
+            f"train.mixed_precision={args.precision}",
         ],
     )
     torch.manual_seed(0)
@@ -286,6 +287,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=4, help="clips per training step")
     parser.add_argument("--encode-batch-size", type=int, default=8, help="clips per VAE batch")
     parser.add_argument("--encode-dtype", default="auto", help="auto: bf16 on GPU, fp32 on CPU")
+    parser.add_argument(
+        "--precision", default="auto", help="training: auto (bf16 on GPU), bf16, fp32"
+    )
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--peak-tflops", type=float, default=None, help="the chip's bf16 peak")

@@ -15,9 +15,11 @@ def test_tiny_cpu_run_prints_every_figure(capsys) -> None:
     gpu.main(
         ["--preset", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "0"]
         + ["--frames", "4", "--resolution", "32", "--batch-size", "1", "--encode-batch-size", "2"]
+        + ["--precision", "bf16", "--encode-dtype", "bfloat16"]  # the GPU recipe's dtypes
     )
     out = capsys.readouterr().out
-    assert re.search(r"\[encode\] tiny VAE, 2 clips of 4x32x32 .* [\d.]+ clips/s", out)
+    assert re.search(r"\[encode\] tiny VAE, 2 clips of 4x32x32 .*bfloat16.* [\d.]+ clips/s", out)
+    assert "bf16, ZeRO-2" in out
     lines = [line for line in out.splitlines() if "samples/s" in line]
     assert len(lines) == 2  # checkpointing off and on
     flops = [float(re.search(r"([\d.e+-]+) model GFLOP/step", line).group(1)) for line in lines]
