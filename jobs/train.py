@@ -335,7 +335,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         final = done == train.max_steps
         validating = final or (train.validate_every and done % train.validate_every == 0)
         checkpointing = final or (train.checkpoint_every and done % train.checkpoint_every == 0)
-        if not (done % train.log_every == 0 or validating or final):
+        if not (done % train.log_every == 0 or validating or checkpointing):
             continue  # every rank takes the same branch: the all-reduces below are collective
         grad_norm = engine.get_global_grad_norm()
         loss_sum, wait_sum, step_sum = _all_reduce(

@@ -366,7 +366,7 @@ def test_accumulation_and_cosine_schedule_match_a_plain_pytorch_loop(ray_cluster
         "train.warmup_steps=1",
         "train.lr_schedule=cosine",
         "train.max_steps=5",
-        "train.checkpoint_every=0",
+        "train.checkpoint_every=3",  # not on a logging step
         "train.log_every=2",
         "train.run_name=accumulate-cosine",
         "train.validation_prompts=[]",
@@ -396,19 +396,22 @@ def test_accumulation_and_cosine_schedule_match_a_plain_pytorch_loop(ray_cluster
 
     expected = [learning_rate(step, cfg.train) for step in range(5)]
     assert expected[0] == expected[1] == 1e-3 and expected[4] < expected[3] < expected[2] < 1e-3
-    # Logged every 2 steps and at the end; each value is that of the step just taken, or the mean
-    # over the steps since the previous log.
+    run_dir = Path(cfg.train.storage_path) / "accumulate-cosine"
+    assert sorted(p.name for p in run_dir.glob("checkpoint_0*")) == [
+        "checkpoint_00000003",
+        "checkpoint_00000005",
+    ]
+    # Logged every 2 steps, at checkpoints and at the end; each value is that of the step just
+    # taken, or the mean over the steps since the previous log.
     client = MlflowClient(cfg.mlflow.tracking_uri)
 
     def history(key: str) -> list:
         return sorted(client.get_metric_history(outcome.run_id, key), key=lambda m: m.step)
 
-    assert [m.step for m in history("lr")] == [2, 4, 5]
-    assert [m.value for m in history("lr")] == pytest.approx(
-        [expected[1], expected[3], expected[4]]
-    )
+    assert [m.step for m in history("lr")] == [2, 3, 4, 5]
+    assert [m.value for m in history("lr")] == pytest.approx(expected[1:])
     for key in ("loss", "step_time_s", "iteration_time_s", "data_wait_fraction"):
-        assert [m.step for m in history(key)] == [2, 4, 5], key
+        assert [m.step for m in history(key)] == [2, 3, 4, 5], key
         assert all(m.value >= 0 for m in history(key)), key
 
 
