@@ -481,16 +481,16 @@ def _datasets(cfg: Config) -> tuple[Any, dict[str, np.ndarray], dict[str, Any]]:
     match the model being trained (the fingerprint is checked)."""
     from animatediff.training import BATCH_COLUMNS, OPTIONAL_BATCH_COLUMNS
     from pipelines.fingerprint import data_fingerprint
-    from pipelines.latents import find_shard_set, read_latent_dataset
+    from pipelines.latents import find_shard_set, shard_set_dataset
 
     if not cfg.train.data_uri:
         raise ValueError("train.data_uri: set it to the latent shards of the data pipeline")
     fingerprint = data_fingerprint(cfg)
-    train_ds = read_latent_dataset(cfg.train.data_uri, expected_fingerprint=fingerprint)
+    location, manifest = find_shard_set(cfg.train.data_uri, fingerprint)
+    train_ds = shard_set_dataset(location, manifest)
     names = set(train_ds.schema().names)
     columns = list(BATCH_COLUMNS) + [c for c in OPTIONAL_BATCH_COLUMNS if c in names]
     train_ds = train_ds.select_columns(columns)
-    _, manifest = find_shard_set(cfg.train.data_uri, fingerprint)
     if sum(entry["bytes"] for entry in manifest["shards"]) <= cfg.train.cache_data_max_gib * 2**30:
         # A streamed read restarts at every epoch (seconds on a small cluster: a stall that
         # dominates short epochs); a small shard set is read once, in file order (resumed runs

@@ -76,9 +76,14 @@ def read_latent_dataset(
     """A streaming ``ray.data.Dataset`` of the committed shards under ``uri`` (see
     ``pipelines.shards`` for the schema); refuses shards whose fingerprint differs from
     ``expected_fingerprint`` (``pipelines.fingerprint.data_fingerprint(cfg)``)."""
+    location, manifest = find_shard_set(uri, expected_fingerprint, data_cfg)
+    return shard_set_dataset(location, manifest)
+
+
+def shard_set_dataset(location: Location, manifest: dict):
+    """The streaming ``ray.data.Dataset`` of the shards a ``find_shard_set`` result lists."""
     import ray.data
 
-    location, manifest = find_shard_set(uri, expected_fingerprint, data_cfg)
     paths = [location.join(entry["path"]).path for entry in manifest["shards"]]
     if not paths:
         raise FileNotFoundError(f"{location.uri}: the manifest lists no shards")
