@@ -73,18 +73,20 @@ def test_deepspeed_config_follows_train_options() -> None:
     zero = ds["zero_optimization"]
     assert zero["reduce_bucket_size"] == zero["allgather_bucket_size"] == 20_000_000
     assert zero["stage3_prefetch_bucket_size"] == 2_000_000
-    assert zero["stage3_max_live_parameters"] == 40_000_000
+    assert zero["stage3_max_live_parameters"] == zero["stage3_max_reuse_distance"] == 40_000_000
     assert ds["train_batch_size"] == 24
     assert ds["gradient_accumulation_steps"] == 3
     assert ds["zero_optimization"]["stage"] == 3
     assert ds["gradient_clipping"] == 0.5
     assert ds["bf16"]["enabled"] is False
+    assert zero["contiguous_gradients"] is False  # only an extra copy on the CPU
     assert "optimizer" not in ds  # a torch AdamW over the motion parameters is passed instead
     offload = deepspeed_config(
         load_config(None, ["train.offload_optimizer=true", "train.use_gpu=true"]).train, 1
     )
     assert offload["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert offload["bf16"]["enabled"] is True
+    assert offload["zero_optimization"]["contiguous_gradients"] is True
 
 
 def test_step_generators_are_reproducible_and_distinct() -> None:
