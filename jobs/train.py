@@ -534,9 +534,7 @@ def run_training(cfg: Config) -> TrainOutcome:
         fault_marker = str(Path(tempfile.gettempdir()) / f"animatediff-fault-{uuid.uuid4().hex}")
     # Object-store credentials, the tracking server, and glibc malloc tuning (on CPU, e.g.
     # MALLOC_MMAP_THRESHOLD_ hands large freed buffers back to the OS) reach the workers.
-    env_vars = {
-        k: v for k, v in os.environ.items() if k.startswith(("AWS_", "MLFLOW_", "MALLOC_"))
-    }
+    env_vars = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "MLFLOW_", "MALLOC_"))}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
