@@ -280,9 +280,9 @@ def paired_overhead(cfg: Config, threads: int, cycles: int, warmup: int) -> dict
     """Plain PyTorch blocks and Ray Train logging windows, measured turn about during one run.
 
     The driver freezes the Ray Train worker (SIGSTOP), times ``train.log_every`` plain steps,
-    thaws the worker (SIGCONT) and lets it train for about 2.5 logging windows. A window whose
-    two ends (the MLflow timestamps of consecutive logs) both fall inside one running interval is
-    a clean Ray measurement (``iteration_time_s``: everything the loop does, logging included);
+    thaws the worker (SIGCONT) and lets it train for about 3.5 logging windows. A window that lies
+    inside one running interval (judged by the MLflow timestamps of the logs) is a clean Ray
+    measurement (``iteration_time_s``: everything the loop does, logging included);
     it is compared with the mean of the plain blocks just before and just after it, which ran
     seconds apart at the same machine speed (a speed change in between still makes outliers:
     the median ratio is the robust figure). Ray's daemons and idle actors keep running while the
@@ -326,7 +326,7 @@ def paired_overhead(cfg: Config, threads: int, cycles: int, warmup: int) -> dict
             plain_block()
             resumed = time.time()
             worker.send_signal(signal.SIGCONT)
-            time.sleep(2.5 * plain[-1] * block)
+            time.sleep(3.5 * plain[-1] * block)
             running.append((resumed, time.time()))
             if not fit.is_alive():
                 raise RuntimeError(f"the run ended after {len(running)} of {cycles} cycles")
@@ -345,10 +345,12 @@ def paired_overhead(cfg: Config, threads: int, cycles: int, warmup: int) -> dict
     waits = {m.step: m.value for m in history(run_id, "data_wait_fraction")}
     pairs, clean_waits = [], []
     for (begin, end), before, after in zip(running, plain, plain[1:]):
+        # iteration_time_s at log k covers the iterations from the start of log k-1's
+        # iteration, which began after log k-2: that one must fall inside the interval too.
         inside = [
             s
             for s in iterations
-            if s - block in ends and begin <= ends[s - block] and ends[s] + 0.001 <= end
+            if s - 2 * block in ends and begin <= ends[s - 2 * block] and ends[s] + 0.001 <= end
         ]
         if inside:
             ray_s = statistics.fmean(iterations[s] for s in inside)
@@ -439,8 +441,8 @@ def main() -> None:
                 "train.num_workers=1",
                 f"train.cpus_per_worker={args.threads}",
                 f"train.batch_size={args.batch_size}",
-                # Enough steps for every cycle (about 2.5 windows each) and the warm-up.
-                f"train.max_steps={args.warmup + (3 * args.cycles + 4) * log_every}",
+                # Enough steps for every cycle (about 3.5 windows each) and the warm-up.
+                f"train.max_steps={args.warmup + (4 * args.cycles + 4) * log_every}",
                 f"train.log_every={log_every}",
                 "train.run_name=overhead",
             )
