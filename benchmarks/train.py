@@ -194,9 +194,7 @@ def engine_overhead(cfg: Config, threads: int, blocks: int) -> None:
     # What a launcher sets and DeepSpeed checks for: a world of one process.
     launcher_env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
     os.environ.update(launcher_env)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
-    )
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
         variants = {
             "plain PyTorch": plain_step(cfg, batches),
@@ -225,30 +223,19 @@ def engine_overhead(cfg: Config, threads: int, blocks: int) -> None:
         )
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _metric(cfg: Config, run_id: str, key: str, first_step: int) -> list[float]:
-    from mlflow import MlflowClient
-
-    history = MlflowClient(cfg.mlflow.tracking_uri).get_metric_history(run_id, key)
-    return [m.value for m in sorted(history, key=lambda m: m.step) if m.step >= first_step]
-
-
 def memory_run(cfg: Config) -> dict[str, float]:
     """Peak RSS (max over workers) and rank 0's RSS after the last step, in GiB."""
+    from mlflow import MlflowClient
+
     from jobs.train import run_training
 
-    outcome = run_training(cfg)
-    return {
-        "peak_rss_gib": _metric(cfg, outcome.run_id, "peak_rss_gib_max_worker", 1)[-1],
-        "rss_gib": _metric(cfg, outcome.run_id, "rss_gib", 1)[-1],
+    history = MlflowClient(cfg.mlflow.tracking_uri).get_metric_history
+    run_id = run_training(cfg).run_id
+    last = {
+        key: max(history(run_id, key), key=lambda m: m.step).value
+        for key in ("peak_rss_gib_max_worker", "rss_gib")
     }
+    return {"peak_rss_gib": last["peak_rss_gib_max_worker"], "rss_gib": last["rss_gib"]}
 
 
 def _training_worker(cfg: Config, after_step: int, fit: Any) -> Any:

@@ -353,7 +353,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "rss_gib": _process_memory_gib(),
             "peak_rss_gib_max_worker": peak_rss,
             "epoch": float(position.epoch),
-            "torch_threads": float(torch.get_num_threads()),
         }
         if step > window.first_step:
             # Whole iterations since the last log (that log's own cost, checkpoints and
