@@ -2,7 +2,7 @@
 
 - **native**: a directory with ``motion_module.safetensors`` (original AnimateDiff key layout) and
   ``motion_module.json`` (every ``MotionModuleConfig`` field, the UNet layout, a format version).
-  Local paths or URIs that ``pyarrow.fs`` understands (``s3://``, ``gs://``, ``file://``).
+  Local paths, ``file://`` or ``s3://`` (``animatediff.storage``).
 - **original**: the released AnimateDiff files (``mm_sd_v15.ckpt``, ``mm_sd_v15_v2.ckpt``,
   ``v3_sd15_mm.ckpt``) or their ``.safetensors`` conversions. ``.ckpt`` is only ever read with
   ``torch.load(weights_only=True)``. These files carry no config: layout, ``num_layers``,
@@ -37,6 +37,7 @@ from typing import Any, Literal
 import torch
 
 from animatediff.config import ConfigError, MotionModuleConfig, from_dict
+from animatediff.storage import Location, exists, locate, read_bytes, write_atomic
 
 FORMAT_NAME = "animatediff-ray.motion-module"
 FORMAT_VERSION = 1
@@ -62,50 +63,35 @@ class UNetLayout:
 
 
 # ---------------------------------------------------------------------------------------------
-# Storage: local paths and pyarrow.fs URIs through one code path.
+# Storage: local paths and s3:// through animatediff.storage.
 # ---------------------------------------------------------------------------------------------
 
 
-def _filesystem(location: str | Path):
-    import pyarrow.fs as pafs
-
-    location = str(location)
-    if "://" in location:
-        return pafs.FileSystem.from_uri(location)
-    return pafs.LocalFileSystem(), str(Path(location).expanduser().resolve())
-
-
-def _join(base: str, name: str) -> str:
-    return f"{base.rstrip('/')}/{name}"
+def _at(location: str | Path, name: str | None = None) -> Location:
+    found = locate(location)
+    return found.join(name) if name else found
 
 
 def _read(location: str | Path, name: str | None = None) -> bytes:
-    fs, path = _filesystem(location)
-    path = _join(path, name) if name else path
+    target = _at(location, name)
     try:
-        with fs.open_input_stream(path) as stream:
-            return stream.readall()
+        return read_bytes(target)
     except (FileNotFoundError, OSError) as error:
-        raise CheckpointError(f"{path}: cannot read ({error})") from error
+        raise CheckpointError(f"{target.uri}: cannot read ({error})") from error
 
 
 def _write(location: str | Path, name: str, data: bytes) -> None:
-    fs, path = _filesystem(location)
-    fs.create_dir(path, recursive=True)
-    with fs.open_output_stream(_join(path, name)) as stream:
-        stream.write(data)
+    write_atomic(_at(location, name), data)
 
 
 def _file_info(location: str | Path, name: str | None = None):
     """``pyarrow.fs.FileInfo`` of ``location[/name]`` (type NotFound when absent)."""
-    fs, path = _filesystem(location)
-    return fs.get_file_info(_join(path, name) if name else path)
+    target = _at(location, name)
+    return target.fs.get_file_info(target.path)
 
 
 def _exists(location: str | Path, name: str | None = None) -> bool:
-    import pyarrow.fs as pafs
-
-    return _file_info(location, name).type != pafs.FileType.NotFound
+    return exists(_at(location, name))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,7 +338,7 @@ def save_motion_modules(
 
 
 def _native_meta(directory: str | Path) -> tuple[MotionModuleConfig, UNetLayout]:
-    source = _join(str(directory), NATIVE_CONFIG)
+    source = _at(directory, NATIVE_CONFIG).uri
     try:
         meta = json.loads(_read(directory, NATIVE_CONFIG))
     except json.JSONDecodeError as error:
@@ -377,7 +363,7 @@ def _native_meta(directory: str | Path) -> tuple[MotionModuleConfig, UNetLayout]
 def load_motion_modules(directory: str | Path):
     """``(MotionModules, MotionModuleConfig)`` from a native checkpoint directory (path or URI)."""
     cfg, layout = _native_meta(directory)
-    source = _join(str(directory), NATIVE_WEIGHTS)
+    source = _at(directory, NATIVE_WEIGHTS).uri
     state_dict, _ = _load_safetensors(_read(directory, NATIVE_WEIGHTS), source)
     return modules_from_state_dict(state_dict, cfg, layout, source), cfg
 
@@ -588,7 +574,7 @@ def load_diffusers(directory: str | Path, cross_frame_norm: bool | None = None):
 
     ``cross_frame_norm``: None keeps the setting our own exports recorded, else True (diffusers'
     semantics, see the module docstring)."""
-    source = _join(str(directory), DIFFUSERS_CONFIG)
+    source = _at(directory, DIFFUSERS_CONFIG).uri
     try:
         config = json.loads(_read(directory, DIFFUSERS_CONFIG))
     except json.JSONDecodeError as error:
@@ -649,7 +635,7 @@ def load_diffusers(directory: str | Path, cross_frame_norm: bool | None = None):
         tuple(int(c) for c in config.get("block_out_channels", (320, 640, 1280, 1280))),
         _uniform(config.get("motion_layers_per_block", 2), "motion_layers_per_block", source),
     )
-    weights_source = _join(str(directory), DIFFUSERS_WEIGHTS)
+    weights_source = _at(directory, DIFFUSERS_WEIGHTS).uri
     if not _exists(directory, DIFFUSERS_WEIGHTS):
         raise CheckpointError(
             f"{weights_source}: missing (only safetensors weights are read; .bin files are pickles)"

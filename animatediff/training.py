@@ -192,6 +192,13 @@ class TrainingModel:
     def motion_modules(self) -> MotionModules:
         return self.unet.motion_modules
 
+    def to(self, device: torch.device | str) -> TrainingModel:
+        """Move the UNet and the text conditioning to ``device`` (in place)."""
+        self.unet.to(device)
+        self.conditioner.text_encoder.to(device)
+        self.conditioner.empty = self.conditioner.empty.to(device)
+        return self
+
 
 def build_training_model(cfg: Config, seed: int | None = None) -> TrainingModel:
     """Load the frozen base and inflate its UNet with fresh motion modules (seeded, so every rank

@@ -190,20 +190,14 @@ def _time_steps(
     """``(median step seconds, model FLOPs of one step or 0, trainable parameters)`` of
     optimizer steps through a fresh DeepSpeed engine; the peak-memory counter starts after the
     warm-up."""
-    import deepspeed
     from torch.utils.flop_counter import FlopCounterMode
 
-    from animatediff.training import batch_loss, deepspeed_config, step_generator
-    from jobs.train import _optimizer
+    from animatediff.training import batch_loss, step_generator
+    from trainer.engine import setup_engine
 
     dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
     params = model.unet.trainable_parameters()
-    engine, _, _, _ = deepspeed.initialize(
-        model=model.unet,
-        optimizer=_optimizer(params, cfg.train),
-        config=deepspeed_config(cfg.train, 1),
-        dist_init_required=False,
-    )
+    engine = setup_engine(model, cfg.train, 1, args.device)
     steps = iter(range(10**9))
 
     def step() -> None:
@@ -229,9 +223,7 @@ def bench_train(args: argparse.Namespace, cfg: Config, components: dict) -> None
 
     from animatediff.tiny import write_byte_level_clip_tokenizer
     from animatediff.training import Batch
-    from jobs.train import _skip_shm_comm_build
 
-    _skip_shm_comm_build()
     created = _init_single_process_group(args.device)
     with tempfile.TemporaryDirectory() as directory:
         write_byte_level_clip_tokenizer(Path(directory))

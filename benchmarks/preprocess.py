@@ -185,7 +185,7 @@ def raw_decode(
     import av
     import decord
 
-    from pipelines import sampling
+    from pipelines import windows
     from pipelines.decode import resize_shape
 
     started = time.perf_counter()
@@ -197,7 +197,7 @@ def raw_decode(
                 width, height = resize_shape(context.width, context.height, resolution)
             size = {"width": width, "height": height}
         reader = decord.VideoReader(path, num_threads=1, **size)
-        (window,) = sampling.clip_windows(len(reader), num_frames, stride, 1, seed, path)
+        (window,) = windows.clip_windows(len(reader), num_frames, stride, 1, seed, path)
         reader.get_batch(window.tolist()).asnumpy()
         reader.seek(0)
         del reader
@@ -213,10 +213,10 @@ def bench_decode(source: Path, work: Path, args: argparse.Namespace) -> None:
     import numpy as np
     import ray
 
+    from animatediff.storage import locate
     from pipelines.decode import DecodeSpec
     from pipelines.preprocess import build_decode_pipeline
     from pipelines.sources import PlanSpec, check_input_columns
-    from pipelines.storage import locate
 
     sizes = (max(1, args.clips // 4), args.clips)
     tables = {n: replicate(source, n, work) for n in sizes}
@@ -229,8 +229,8 @@ def bench_decode(source: Path, work: Path, args: argparse.Namespace) -> None:
     try:
         cfgs = {n: config(work, table, "decode-out", args) for n, table in tables.items()}
         data = cfgs[args.clips].data
-        root = locate(data.video_root, data)
-        parts = locate(str(work / "decode-parts"), data)
+        root = locate(data.video_root)
+        parts = locate(str(work / "decode-parts"))
         spec = DecodeSpec(
             data.num_frames, data.stride, data.resolution, data.seed, 1, 1, root, parts
         )
@@ -239,7 +239,7 @@ def bench_decode(source: Path, work: Path, args: argparse.Namespace) -> None:
 
         def pipeline(n: int) -> float:
             cfg = cfgs[n]
-            input_location = locate(cfg.data.input, cfg.data)
+            input_location = locate(cfg.data.input, cfg.storage)
             columns = check_input_columns(cfg.data, input_location)
             plan = PlanSpec(
                 data.format,

@@ -30,6 +30,8 @@ from pathlib import Path
 import httpx
 import psutil
 
+from jobs.cluster import init_ray
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -49,8 +51,8 @@ def register_untrained(cfg, work: Path) -> str:
     from animatediff.base_model import load_base_model
     from animatediff.checkpoints import save_motion_modules
     from animatediff.motion_module import MotionModules
-    from animatediff.registry import register_motion_module
-    from animatediff.tracking import client, experiment_id, resolve_tracking_uri
+    from tracking.registry import register_motion_module
+    from tracking.runs import client, experiment_id, resolve_tracking_uri
 
     unet_config = load_base_model(cfg.model.base).unet.config
     modules = MotionModules(
@@ -81,9 +83,9 @@ def direct_pipeline(cfg, version: str):
 
     import torch
 
-    from animatediff.registry import load_registered_motion_module
     from animatediff.sampling import TextToVideo
-    from animatediff.tracking import resolve_tracking_uri
+    from tracking.registry import load_registered_motion_module
+    from tracking.runs import resolve_tracking_uri
 
     uri = f"models:/{cfg.mlflow.registered_model}/{version}"
     modules, motion_cfg, _ = load_registered_motion_module(uri, resolve_tracking_uri(cfg.mlflow))
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     from animatediff.config import load_config
-    from jobs.serve import deploy
+    from serving.deploy import deploy
 
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     base_overrides = [
@@ -164,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     cfg = load_config(ROOT / "configs/tiny.yaml", base_overrides)
     version = register_untrained(cfg, work)
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    init_ray(cfg, log_to_driver=False)
     body = {
         "prompt": "a red panda eating bamboo",
         "seed": 1,

@@ -68,13 +68,13 @@ def _config(tmp: Path, frames: int, resolution: int, *overrides: str) -> Config:
 
 
 def write_synthetic_shards(cfg: Config, clips: int, seed: int = 0) -> None:
+    from animatediff.storage import locate
     from pipelines.fingerprint import data_fingerprint, fingerprint_dir_name
     from pipelines.shards import ShardStore, shard_table
-    from pipelines.storage import locate
 
     fingerprint = data_fingerprint(cfg)
     store = ShardStore(
-        locate(cfg.train.data_uri, cfg.data).join(fingerprint_dir_name(fingerprint)), fingerprint
+        locate(cfg.train.data_uri, cfg.storage).join(fingerprint_dir_name(fingerprint)), fingerprint
     )
     store.open()
     if store.manifest["num_clips"] >= clips:
@@ -100,11 +100,13 @@ def write_synthetic_shards(cfg: Config, clips: int, seed: int = 0) -> None:
 def _batches(cfg: Config) -> list[Any]:
     """The shards' full batches, read into memory (the plain loops' data)."""
     from animatediff.training import BATCH_COLUMNS
-    from jobs.train import _read_clips, _validation_batches
     from pipelines.fingerprint import data_fingerprint
+    from pipelines.latents import find_shard_set
+    from trainer.data import read_clips, validation_batches
 
-    clips = _read_clips(cfg.train.data_uri, data_fingerprint(cfg), 10**9, list(BATCH_COLUMNS))
-    batches = _validation_batches(clips, cfg.train.batch_size)
+    location, manifest = find_shard_set(cfg.train.data_uri, data_fingerprint(cfg), cfg.storage)
+    clips = read_clips(location, manifest, 10**9, list(BATCH_COLUMNS))
+    batches = validation_batches(clips, cfg.train.batch_size)
     return [b for b in batches if len(b) == cfg.train.batch_size]
 
 
@@ -136,27 +138,11 @@ def plain_step(cfg: Config, batches: list[Any]) -> Callable[[int], None]:
 def engine_step(cfg: Config, batches: list[Any], **zero: Any) -> Callable[[int], None]:
     """The same step through the DeepSpeed engine ``jobs.train`` builds (world size 1; the
     process group must exist); ``zero`` overrides entries of its ``zero_optimization``."""
-    import deepspeed
+    from animatediff.training import batch_loss, build_training_model, step_generator
+    from trainer.engine import setup_engine
 
-    from animatediff.training import (
-        batch_loss,
-        build_training_model,
-        deepspeed_config,
-        step_generator,
-    )
-    from jobs.train import _optimizer, _skip_shm_comm_build
-
-    _skip_shm_comm_build()
     model = build_training_model(cfg)
-    params = [p for p in model.unet.parameters() if p.requires_grad]
-    config = deepspeed_config(cfg.train, world_size=1)
-    config["zero_optimization"].update(zero)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model.unet,
-        optimizer=_optimizer(params, cfg.train),
-        config=config,
-        dist_init_required=False,
-    )
+    engine = setup_engine(model, cfg.train, world_size=1, zero_overrides=zero)
 
     def step(index: int) -> None:
         batch = batches[index % len(batches)]
@@ -227,7 +213,7 @@ def memory_run(cfg: Config) -> dict[str, float]:
     """Peak RSS (max over workers) and rank 0's RSS after the last step, in GiB."""
     from mlflow import MlflowClient
 
-    from jobs.train import run_training
+    from trainer import run_training
 
     history = MlflowClient(cfg.mlflow.tracking_uri).get_metric_history
     run_id = run_training(cfg).run_id
@@ -281,7 +267,7 @@ def paired_overhead(cfg: Config, threads: int, cycles: int, warmup: int) -> dict
     import psutil
     from mlflow import MlflowClient
 
-    from jobs.train import run_training
+    from trainer import run_training
 
     # The plain loop runs in its own process: the driver's Ray threads stay out of its way.
     context = multiprocessing.get_context("spawn")

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from animatediff.config import Config, load_config
+from jobs.cluster import init_ray, local_cpus
 
 SHAPES = {"square": 0, "disc": 1}
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230)}
@@ -108,7 +109,7 @@ def _free_port() -> int:
 
 def watch_training(cfg: Config, stop: threading.Event, every_s: float = 10.0) -> None:
     """Print the step and loss of the running training run, read from MLflow (rank 0 logs them)."""
-    from animatediff.tracking import client, resolve_tracking_uri
+    from tracking.runs import client, resolve_tracking_uri
 
     mlflow_client = client(resolve_tracking_uri(cfg.mlflow))
     last = None
@@ -158,11 +159,11 @@ def run_demo(cfg: Config, work: Path, keep: bool = False, clips: int = 12) -> di
     import ray
     from ray import serve
 
-    from animatediff.registry import promote
-    from animatediff.tracking import resolve_tracking_uri
-    from jobs.serve import deploy
-    from jobs.train import run_training
     from pipelines.preprocess import format_summary, run_preprocess
+    from serving.deploy import deploy
+    from tracking.registry import promote
+    from tracking.runs import resolve_tracking_uri
+    from trainer import run_training
 
     progress = Progress(8)
     summary: dict[str, Any] = {}
@@ -170,15 +171,8 @@ def run_demo(cfg: Config, work: Path, keep: bool = False, clips: int = 12) -> di
     table = write_clips(work / "clips", clips, frames=cfg.data.num_frames * cfg.data.stride + 8)
     print(f"  {table} (e.g. '{table.read_text().splitlines()[1].split(',', 1)[1]}')")
 
-    progress("starting a local Ray (4 logical CPUs, dashboard on 127.0.0.1)")
-    context = ray.init(
-        address="local",
-        num_cpus=4,
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        log_to_driver=False,
-        runtime_env={"env_vars": {"CUDA_VISIBLE_DEVICES": "", "TOKENIZERS_PARALLELISM": "false"}},
-    )
+    progress(f"starting a local Ray ({local_cpus(cfg)} logical CPUs, dashboard on 127.0.0.1)")
+    context = init_ray(cfg, dashboard=True, hide_gpus=True, log_to_driver=False)
     summary["dashboard"] = f"http://{context.dashboard_url}" if context.dashboard_url else None
     print(f"  Ray dashboard: {summary['dashboard']}")
     try:
@@ -245,7 +239,7 @@ def run_demo(cfg: Config, work: Path, keep: bool = False, clips: int = 12) -> di
 
 
 def _print_summary(cfg: Config, summary: dict[str, Any]) -> None:
-    from animatediff.tracking import resolve_tracking_uri
+    from tracking.runs import resolve_tracking_uri
 
     uri = resolve_tracking_uri(cfg.mlflow)
     print(f"  latent shards   {summary['shards']}")

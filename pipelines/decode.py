@@ -23,9 +23,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipelines import sampling
+from animatediff.storage import Location, write_atomic
+from pipelines import windows
+from pipelines.paths import locate_path
 from pipelines.sources import STATUS_CACHED, STATUS_FAILED, STATUS_TODO
-from pipelines.storage import Location, locate_path, write_atomic
 
 # Reason categories of the errors table (see also pipelines.sources).
 MISSING_FILE = "missing_file"
@@ -201,14 +202,14 @@ def decode_clips(
         raise _explain(data, DECODE_ERROR, error) from error
     try:
         try:
-            windows = sampling.clip_windows(
+            frame_windows = windows.clip_windows(
                 len(reader), spec.num_frames, spec.stride, spec.clips_per_video, spec.seed, source
             )
-        except sampling.TooFewFramesError as error:
+        except windows.TooFewFramesError as error:
             raise DecodeFailure(TOO_FEW_FRAMES, str(error)) from error
         fps = float(reader.get_avg_fps())
         clips = []
-        for ordinal, indices in enumerate(windows):
+        for ordinal, indices in enumerate(frame_windows):
             if not (need_mask >> (2 * ordinal)) & 3:
                 continue
             try:

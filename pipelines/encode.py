@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from animatediff.config import BaseModelConfig
-from pipelines import sampling
+from pipelines import windows
 
 
 def to_model_input(frames: np.ndarray):
@@ -125,7 +125,7 @@ class EncodeClips:
         out = {
             "clip_id": np.array(
                 [
-                    sampling.clip_id(self.fingerprint_hash, str(s), self.seed, int(o), bool(f))
+                    windows.clip_id(self.fingerprint_hash, str(s), self.seed, int(o), bool(f))
                     for s, o, f in zip(sources, ordinals, flipped)
                 ],
                 dtype=object,

@@ -6,14 +6,14 @@ import posixpath
 
 import pyarrow.fs as pafs
 
-from animatediff.config import DataConfig
+from animatediff.config import StorageConfig
+from animatediff.storage import Location, locate
 from pipelines.fingerprint import (
     FingerprintMismatchError,
     fingerprint_differences,
     fingerprint_dir_name,
 )
 from pipelines.shards import load_manifest
-from pipelines.storage import Location, locate
 
 
 def _fingerprint_dirs(root: Location) -> list[Location]:
@@ -26,14 +26,14 @@ def _fingerprint_dirs(root: Location) -> list[Location]:
 
 
 def find_shard_set(
-    uri: str, expected_fingerprint: dict | None = None, data_cfg: DataConfig | None = None
+    uri: str, expected_fingerprint: dict | None = None, storage: StorageConfig | None = None
 ) -> tuple[Location, dict]:
     """The fingerprint directory to read and its manifest.
 
     ``uri`` is either a fingerprint directory (has ``manifest.json``) or the ``data.output`` root
     holding ``fp-<hash>`` directories. Raises ``FingerprintMismatchError`` naming the differences
     when the shards do not match ``expected_fingerprint``."""
-    location = locate(uri, data_cfg or DataConfig())
+    location = locate(uri, storage)
     manifest = load_manifest(location)
     if manifest is None:
         candidates = _fingerprint_dirs(location)
@@ -68,16 +68,6 @@ def find_shard_set(
             f"{location.uri}: latent shards do not match the model: " + "; ".join(differences)
         )
     return location, manifest
-
-
-def read_latent_dataset(
-    uri: str, expected_fingerprint: dict | None = None, data_cfg: DataConfig | None = None
-):
-    """A streaming ``ray.data.Dataset`` of the committed shards under ``uri`` (see
-    ``pipelines.shards`` for the schema); refuses shards whose fingerprint differs from
-    ``expected_fingerprint`` (``pipelines.fingerprint.data_fingerprint(cfg)``)."""
-    location, manifest = find_shard_set(uri, expected_fingerprint, data_cfg)
-    return shard_set_dataset(location, manifest)
 
 
 def shard_set_dataset(location: Location, manifest: dict):

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from animatediff.config import Config, ConfigError
+from animatediff.storage import Location, locate, write_atomic
 from pipelines.decode import DecodeSpec, decode_batch
 from pipelines.encode import EncodeClips
 from pipelines.fingerprint import data_fingerprint, fingerprint_dir_name, fingerprint_hash
 from pipelines.shards import ShardStore, ShardWriter
 from pipelines.sources import Columns, PlanSpec, check_input_columns, plan_batch, read_input
-from pipelines.storage import Location, locate, write_atomic
 
 if TYPE_CHECKING:
     import ray.data
@@ -105,13 +105,13 @@ def run_preprocess(cfg: Config, run_id: str | None = None) -> dict:
         raise ConfigError("data.input: required (a WebVid CSV or a CSV/JSONL/Parquet manifest)")
     started = time.perf_counter()
     run_id = run_id or time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
-    input_location = locate(data.input, data)
-    root = locate(data.video_root or posixpath.dirname(input_location.uri), data)
+    input_location = locate(data.input, cfg.storage)
+    root = locate(data.video_root or posixpath.dirname(input_location.uri), cfg.storage)
     columns = check_input_columns(data, input_location)
 
     fingerprint = data_fingerprint(cfg)  # hashes the VAE (and text encoder) once, on the driver
     fp_hash = fingerprint_hash(fingerprint)
-    output = locate(output_uri(cfg), data)
+    output = locate(output_uri(cfg), cfg.storage)
     provenance = {"base": cfg.model.base.pretrained, "single_file": cfg.model.base.single_file}
     store = ShardStore(output.join(fingerprint_dir_name(fingerprint)), fingerprint, provenance)
     cached = store.open()
@@ -158,7 +158,7 @@ def run_preprocess(cfg: Config, run_id: str | None = None) -> dict:
     store.write_manifest()
     write_atomic(writer.run_dir.join("summary.json"), _json(summary))
     if data.log_mlflow:
-        from pipelines.tracking import log_preprocess_run
+        from tracking.preprocess import log_preprocess_run
 
         summary["mlflow_run_id"] = log_preprocess_run(cfg, summary, fingerprint)
     return summary

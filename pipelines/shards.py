@@ -9,7 +9,7 @@ Layout of one fingerprint directory ``{data.output}/fp-<hash>/``::
     runs/<run>/summary.json         the run's counts
 
 Shard schema (one row per clip): ``clip_id: string`` (16 hex digits, see
-``pipelines.sampling.clip_id``), ``video_id: string``, ``caption: string``,
+``pipelines.windows.clip_id``), ``video_id: string``, ``caption: string``,
 ``frame_indices: list<int32>``, ``fps: float32`` (source frame rate), ``source: string`` (video
 URI), ``flipped: bool``, ``latent_mean``/``latent_std``: Ray tensor ``float16 (4, frames, H/8,
 W/8)`` (unscaled posterior; multiply samples by the fingerprint's ``scaling_factor``), and with
@@ -35,11 +35,11 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipelines import sampling
+from animatediff.storage import Location, atomic_output, read_bytes, write_atomic
+from pipelines import windows
 from pipelines.decode import OUTCOME_SCHEMA
 from pipelines.fingerprint import FingerprintMismatchError, fingerprint_differences
 from pipelines.sources import DUPLICATE, STATUS_CACHED, STATUS_FAILED
-from pipelines.storage import Location, atomic_output, read_bytes, write_atomic
 
 MANIFEST = "manifest.json"
 SHARDS = "shards"
@@ -152,7 +152,7 @@ class ShardStore:
         if not paths:
             return np.zeros((0,), np.uint64)
         ids = pq.ParquetDataset(paths, filesystem=self.directory.fs).read(columns=["clip_id"])
-        return np.sort(sampling.clip_id_to_int(ids.column("clip_id").to_pylist()))
+        return np.sort(windows.clip_id_to_int(ids.column("clip_id").to_pylist()))
 
     def commit(self, table: pa.Table, name: str) -> dict:
         """Write one shard atomically and list it (the manifest is written by ``write_manifest``)."""
@@ -192,7 +192,7 @@ class ShardWriter:
     def write(self, batch: dict[str, np.ndarray]) -> None:
         """Commit one shard of new clips; clips already written in this run (the same video
         listed twice in the input) are dropped and their row recorded as a duplicate."""
-        ids = sampling.clip_id_to_int(batch["clip_id"])
+        ids = windows.clip_id_to_int(batch["clip_id"])
         keep = np.zeros(len(ids), bool)
         for i, value in enumerate(ids.tolist()):
             keep[i] = value not in self._seen

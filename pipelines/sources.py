@@ -19,13 +19,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from animatediff.config import ConfigError, DataConfig
-from pipelines import sampling
-from pipelines.storage import (
-    Location,
-    UnsafePathError,
-    manifest_relative_path,
-    webvid_relative_path,
-)
+from animatediff.storage import Location
+from pipelines import windows
+from pipelines.paths import UnsafePathError, manifest_relative_path, webvid_relative_path
 
 STATUS_TODO = "todo"
 STATUS_CACHED = "cached"
@@ -154,7 +150,7 @@ def needed_mask(cached: np.ndarray, spec: PlanSpec, source: str) -> tuple[int, i
     mask, found = 0, 0
     for ordinal in range(spec.clips_per_video):
         for flipped in variants(spec.flip):
-            cid = sampling.clip_id(spec.fingerprint_hash, source, spec.seed, ordinal, flipped)
+            cid = windows.clip_id(spec.fingerprint_hash, source, spec.seed, ordinal, flipped)
             value = np.uint64(int(cid, 16))
             position = np.searchsorted(cached, value)
             if position < len(cached) and cached[position] == value:

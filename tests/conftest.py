@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+
 # DeepSpeed/torch print less and never look for a GPU in CI.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -24,18 +26,13 @@ def tiny_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def ray_cluster():
     """A local Ray cluster shared by every test that needs one.
 
-    2 physical cores: Ray gets 4 logical CPUs so that 2 Train workers do not starve Ray Data
-    (see docs in README, "Ray on small machines")."""
+    Sized like the jobs' own local clusters (``jobs.cluster.local_cpus``: 4 logical CPUs for the
+    tiny preset on 2 cores, so 2 Train workers do not starve Ray Data); GPUs hidden."""
     import ray
 
-    # address="local": always a fresh cluster, never one that `ray start` left on this machine.
-    ray.init(
-        address="local",
-        num_cpus=4,
-        include_dashboard=False,
-        log_to_driver=False,
-        ignore_reinit_error=True,
-        runtime_env={"env_vars": {"CUDA_VISIBLE_DEVICES": ""}},
-    )
+    from animatediff.config import load_config
+    from jobs.cluster import init_ray
+
+    init_ray(load_config(CONFIG), hide_gpus=True, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -37,8 +37,8 @@ def register_versions(cfg: Config, work: Path, seeds: list[int]) -> list[str]:
     """Register one motion module per seed through the training registry code (alias
     ``candidate`` on each); point ``champion`` at the first. Returns the versions."""
     from animatediff.checkpoints import save_motion_modules
-    from animatediff.registry import register_motion_module
-    from animatediff.tracking import client, experiment_id, resolve_tracking_uri
+    from tracking.registry import register_motion_module
+    from tracking.runs import client, experiment_id, resolve_tracking_uri
 
     uri = resolve_tracking_uri(cfg.mlflow)
     mlflow_client = client(uri)

@@ -22,7 +22,7 @@ from data_media import (
 )
 
 from animatediff.config import load_config
-from pipelines import sampling
+from pipelines import windows
 from pipelines.fingerprint import FingerprintMismatchError, data_fingerprint
 
 NUM_GOOD = 6
@@ -42,9 +42,13 @@ def _args(base: Path, csv: Path, root: Path, out: Path, *extra: str) -> list[str
 
 
 def _run(args: list[str]) -> dict:
-    from jobs.preprocess import main
+    """What ``python -m jobs.preprocess <args>`` does, returning its summary."""
+    from jobs import cli
+    from jobs.preprocess import JOB
+    from pipelines.preprocess import run_preprocess
 
-    return main(args)
+    cfg, _ = cli.parse(args, JOB)
+    return run_preprocess(cfg)
 
 
 @pytest.fixture(scope="module")
@@ -119,21 +123,21 @@ def test_shards_hold_every_window_and_flip_once(first):
         assert (
             source.endswith(f"/videos/{PAGE_DIR}/{videoid}.mp4") and mine[0]["caption"] == caption
         )
-        windows = sampling.clip_windows(FRAMES + int(videoid) % 7, 8, 2, 2, 0, source)
-        for ordinal, window in enumerate(windows):
+        drawn = windows.clip_windows(FRAMES + int(videoid) % 7, 8, 2, 2, 0, source)
+        for ordinal, window in enumerate(drawn):
             for flipped in (False, True):
-                cid = sampling.clip_id(fp, source, 0, ordinal, flipped)
+                cid = windows.clip_id(fp, source, 0, ordinal, flipped)
                 (row,) = [r for r in mine if r["clip_id"] == cid]
                 assert row["frame_indices"] == window.tolist()  # deterministic for the seed
                 assert row["fps"] == pytest.approx(10.0)
 
 
-def test_read_latent_dataset_checks_the_fingerprint(first, tiny_base_dir):
-    from pipelines.latents import read_latent_dataset
+def test_reading_shards_checks_the_fingerprint(first, tiny_base_dir):
+    from pipelines.latents import find_shard_set, shard_set_dataset
 
     cfg = load_config("configs/tiny.yaml", [f"model.base.pretrained={tiny_base_dir}"])
     expected = data_fingerprint(cfg)
-    ds = read_latent_dataset(str(first["out"]), expected_fingerprint=expected)
+    ds = shard_set_dataset(*find_shard_set(str(first["out"]), expected_fingerprint=expected))
     batch = ds.take_batch(3, batch_format="numpy")
     assert (
         batch["latent_mean"].shape == (3, 4, 8, 8, 8) and batch["latent_mean"].dtype == np.float16
@@ -145,9 +149,9 @@ def test_read_latent_dataset_checks_the_fingerprint(first, tiny_base_dir):
         )
     )
     with pytest.raises(FingerprintMismatchError, match="resolution: expected 128, found 64"):
-        read_latent_dataset(str(first["out"]), expected_fingerprint=other)
+        shard_set_dataset(*find_shard_set(str(first["out"]), expected_fingerprint=other))
     with pytest.raises(FingerprintMismatchError, match="resolution"):
-        read_latent_dataset(first["summary"]["output"], expected_fingerprint=other)
+        shard_set_dataset(*find_shard_set(first["summary"]["output"], expected_fingerprint=other))
 
 
 @pytest.fixture(scope="module")
@@ -217,9 +221,11 @@ def test_a_changed_fingerprint_never_mixes_with_old_shards(first, second, collec
     assert changed["output"] != first["summary"]["output"] and changed["clips_encoded"] == 4
     assert Path(changed["output"]).parent == directory.parent
     assert (directory / "manifest.json").read_bytes() == before
-    from pipelines.latents import read_latent_dataset
+    from pipelines.latents import find_shard_set, shard_set_dataset
 
     with pytest.raises(FileNotFoundError, match="expected one fingerprint directory"):
-        read_latent_dataset(str(first["out"]))
+        shard_set_dataset(*find_shard_set(str(first["out"])))
     manifest = json.loads((Path(changed["output"]) / "manifest.json").read_text())
-    assert read_latent_dataset(str(first["out"]), manifest["fingerprint"]).count() == 4
+    assert (
+        shard_set_dataset(*find_shard_set(str(first["out"]), manifest["fingerprint"])).count() == 4
+    )

@@ -70,8 +70,8 @@ def bucket_with_videos(s3_env, tmp_path_factory):
 
 
 def test_s3_videos_to_s3_shards(ray_cluster, tiny_base_dir, bucket_with_videos):
-    from jobs.preprocess import main
-    from pipelines.latents import read_latent_dataset
+    from pipelines.latents import find_shard_set, shard_set_dataset
+    from pipelines.preprocess import run_preprocess
 
     overrides = [
         f"model.base.pretrained={tiny_base_dir}",
@@ -80,7 +80,7 @@ def test_s3_videos_to_s3_shards(ray_cluster, tiny_base_dir, bucket_with_videos):
         "data.video_root=s3://videos/openvid",
         "data.output=s3://latents/run1",
     ]
-    summary = main(["--config", "configs/tiny.yaml", *overrides])
+    summary = run_preprocess(load_config("configs/tiny.yaml", overrides))
     assert summary["output"].startswith("s3://latents/run1/fp-")
     assert (summary["rows_read"], summary["rows_encoded"], summary["clips_encoded"]) == (8, 3, 3)
     assert summary["failed_by_reason"] == {
@@ -96,7 +96,9 @@ def test_s3_videos_to_s3_shards(ray_cluster, tiny_base_dir, bucket_with_videos):
     assert not [k for k in keys if "/parts/" in k], keys  # outcome parts merged and removed
 
     cfg = load_config("configs/tiny.yaml", overrides)
-    ds = read_latent_dataset("s3://latents/run1", expected_fingerprint=data_fingerprint(cfg))
+    ds = shard_set_dataset(
+        *find_shard_set("s3://latents/run1", expected_fingerprint=data_fingerprint(cfg))
+    )
     rows = ds.select_columns(["video_id", "source", "latent_mean"]).take_all()
     assert sorted(r["video_id"] for r in rows) == [
         "part0/clip0.mp4",
@@ -107,5 +109,5 @@ def test_s3_videos_to_s3_shards(ray_cluster, tiny_base_dir, bucket_with_videos):
     assert rows[0]["latent_mean"].shape == (4, 8, 8, 8)
 
     # The same manifest again: everything is cached, nothing is encoded.
-    again = main(["--config", "configs/tiny.yaml", *overrides])
+    again = run_preprocess(load_config("configs/tiny.yaml", overrides))
     assert (again["rows_cached"], again["clips_encoded"], again["rows_failed"]) == (3, 0, 5)

@@ -13,7 +13,8 @@ import pytest
 from data_media import BAD_KINDS, PAGE_DIR, write_bad_videos, write_video
 
 from animatediff.config import ConfigError, DataConfig, load_config
-from pipelines import sampling
+from animatediff.storage import Location, locate
+from pipelines import windows
 from pipelines.decode import (
     OUTCOME_SCHEMA,
     DecodeSpec,
@@ -28,15 +29,9 @@ from pipelines.fingerprint import (
     fingerprint_from_models,
     fingerprint_hash,
 )
+from pipelines.paths import UnsafePathError, manifest_relative_path, webvid_relative_path
 from pipelines.shards import ShardStore, load_manifest, shard_table
 from pipelines.sources import Columns, PlanSpec, plan_batch
-from pipelines.storage import (
-    Location,
-    UnsafePathError,
-    locate,
-    manifest_relative_path,
-    webvid_relative_path,
-)
 
 # --------------------------------------------------------------------------------------------
 # Window sampling (AnimateDiff's rule)
@@ -45,45 +40,44 @@ from pipelines.storage import (
 
 def test_window_rule_matches_animatediff():
     # Long video: window (16 - 1) * 4 + 1 = 61 frames, indices evenly spaced at stride 4.
-    windows = sampling.clip_windows(200, 16, 4, 1, seed=0, source="a.mp4")
-    (indices,) = windows
+    (indices,) = windows.clip_windows(200, 16, 4, 1, seed=0, source="a.mp4")
     assert indices.dtype == np.int32 and len(indices) == 16
     assert np.all(np.diff(indices) == 4)
     assert 0 <= indices[0] and indices[-1] < 200
     # Shorter video: the whole video, a smaller effective stride (linspace as the original).
-    (short,) = sampling.clip_windows(40, 16, 4, 1, seed=0, source="a.mp4")
+    (short,) = windows.clip_windows(40, 16, 4, 1, seed=0, source="a.mp4")
     np.testing.assert_array_equal(short, np.linspace(0, 39, 16, dtype=np.int64))
     # Exactly num_frames frames: every frame once.
-    (exact,) = sampling.clip_windows(16, 16, 4, 1, seed=0, source="a.mp4")
+    (exact,) = windows.clip_windows(16, 16, 4, 1, seed=0, source="a.mp4")
     np.testing.assert_array_equal(exact, np.arange(16))
-    with pytest.raises(sampling.TooFewFramesError, match="15 decodable frames"):
-        sampling.clip_windows(15, 16, 4, 1, seed=0, source="a.mp4")
+    with pytest.raises(windows.TooFewFramesError, match="15 decodable frames"):
+        windows.clip_windows(15, 16, 4, 1, seed=0, source="a.mp4")
 
 
 def test_windows_are_deterministic_distinct_and_prefix_stable():
-    a = sampling.clip_windows(300, 16, 4, 5, seed=7, source="s3://b/x.mp4")
-    b = sampling.clip_windows(300, 16, 4, 5, seed=7, source="s3://b/x.mp4")
+    a = windows.clip_windows(300, 16, 4, 5, seed=7, source="s3://b/x.mp4")
+    b = windows.clip_windows(300, 16, 4, 5, seed=7, source="s3://b/x.mp4")
     assert [w.tolist() for w in a] == [w.tolist() for w in b]
     assert len({int(w[0]) for w in a}) == 5  # distinct starts
     # Asking for fewer clips keeps the first ones (cache ids stay valid when clips grow).
-    fewer = sampling.clip_windows(300, 16, 4, 2, seed=7, source="s3://b/x.mp4")
+    fewer = windows.clip_windows(300, 16, 4, 2, seed=7, source="s3://b/x.mp4")
     assert [w.tolist() for w in fewer] == [w.tolist() for w in a[:2]]
-    other_seed = sampling.clip_windows(300, 16, 4, 5, seed=8, source="s3://b/x.mp4")
+    other_seed = windows.clip_windows(300, 16, 4, 5, seed=8, source="s3://b/x.mp4")
     assert [w.tolist() for w in other_seed] != [w.tolist() for w in a]
     # Fewer distinct starts than asked: as many as exist.
-    assert len(sampling.clip_windows(62, 16, 4, 5, seed=0, source="x")) == 2
+    assert len(windows.clip_windows(62, 16, 4, 5, seed=0, source="x")) == 2
 
 
 def test_clip_id_is_stable_and_separates_what_matters():
-    base = sampling.clip_id("fp1", "/v/a.mp4", 0, 0, False)
-    assert base == sampling.clip_id("fp1", "/v/a.mp4", 0, 0, False)
+    base = windows.clip_id("fp1", "/v/a.mp4", 0, 0, False)
+    assert base == windows.clip_id("fp1", "/v/a.mp4", 0, 0, False)
     assert len(base) == 16 and int(base, 16) >= 0
     others = {
-        sampling.clip_id("fp2", "/v/a.mp4", 0, 0, False),
-        sampling.clip_id("fp1", "/v/b.mp4", 0, 0, False),
-        sampling.clip_id("fp1", "/v/a.mp4", 1, 0, False),
-        sampling.clip_id("fp1", "/v/a.mp4", 0, 1, False),
-        sampling.clip_id("fp1", "/v/a.mp4", 0, 0, True),
+        windows.clip_id("fp2", "/v/a.mp4", 0, 0, False),
+        windows.clip_id("fp1", "/v/b.mp4", 0, 0, False),
+        windows.clip_id("fp1", "/v/a.mp4", 1, 0, False),
+        windows.clip_id("fp1", "/v/a.mp4", 0, 1, False),
+        windows.clip_id("fp1", "/v/a.mp4", 0, 0, True),
     }
     assert base not in others and len(others) == 5
 
@@ -112,7 +106,7 @@ def test_webvid_paths_and_traversal():
 
 
 def test_manifest_paths_stay_under_the_root(tmp_path):
-    root = locate(str(tmp_path), DataConfig())
+    root = locate(str(tmp_path))
     assert manifest_relative_path("a/b.mp4", root) == "a/b.mp4"
     assert manifest_relative_path(f"{tmp_path}/a/b.mp4", root) == "a/b.mp4"
     for path in [
@@ -127,7 +121,7 @@ def test_manifest_paths_stay_under_the_root(tmp_path):
     ]:
         with pytest.raises(UnsafePathError):
             manifest_relative_path(path, root)
-    s3_root = locate("s3://bucket/videos", DataConfig())
+    s3_root = locate("s3://bucket/videos")
     assert manifest_relative_path("s3://bucket/videos/x.mp4", s3_root) == "x.mp4"
     with pytest.raises(UnsafePathError):
         manifest_relative_path("s3://bucket/videos-other/x.mp4", s3_root)
@@ -191,13 +185,13 @@ def _outcomes(directory: Path) -> list[dict]:
 
 
 def test_every_bad_kind_is_recorded_with_its_reason(media, tmp_path):
-    root = locate(str(media), DataConfig())
+    root = locate(str(media))
     keys = [k for k in BAD_KINDS if not k.startswith(("../", "/", "s3"))] + ["1"]
     captions = [b"ok"] * len(keys)
     captions[keys.index("2000009")] = b"  "
     captions[keys.index("2000010")] = b"\xff\xfe"
     _, plan = _plan_rows(keys, root, captions=captions)
-    clips = decode_rows(plan, _decode_spec(root, locate(str(tmp_path / "out"), DataConfig())))
+    clips = decode_rows(plan, _decode_spec(root, locate(str(tmp_path / "out"))))
     assert list(clips["key"]) == ["1"]
     assert clips["pixels"].shape == (1, 8, 32, 32, 3) and clips["pixels"].dtype == np.uint8
     records = {r["key"]: r for r in _outcomes(tmp_path / "out")}
@@ -213,17 +207,17 @@ def test_every_bad_kind_is_recorded_with_its_reason(media, tmp_path):
 def test_decoded_frames_follow_the_windows(media, tmp_path):
     import decord
 
-    root = locate(str(media), DataConfig())
+    root = locate(str(media))
     spec, plan = _plan_rows(["1", "2"], root, {"clips_per_video": 2, "flip": True})
     assert plan["need_mask"].tolist() == [0b1111, 0b1111]
-    decode = _decode_spec(root, locate(str(tmp_path), DataConfig()), clips_per_video=2)
+    decode = _decode_spec(root, locate(str(tmp_path)), clips_per_video=2)
     clips = decode_rows(plan, decode)
     # Video 2 has 12 frames: window 15 > 12, one possible start, so one clip (two variants).
     assert list(clips["key"]) == ["1", "1", "2"]
     assert clips["row_first"].tolist() == [True, False, True]
     assert clips["row_clips"].tolist() == [4, 4, 2]
     source = str(clips["source"][0])
-    expected = sampling.clip_windows(30, 8, 2, 2, 0, source)
+    expected = windows.clip_windows(30, 8, 2, 2, 0, source)
     np.testing.assert_array_equal(clips["frame_indices"][:2], np.stack(expected))
     # Portrait 48x64 video: resized to 32x43 and centre-cropped, values match decord's own.
     reader = decord.VideoReader(str(media / PAGE_DIR / "2.mp4"), width=32, height=43)
@@ -235,16 +229,16 @@ def test_decoded_frames_follow_the_windows(media, tmp_path):
 
 
 def test_plan_skips_cached_clips_and_in_batch_duplicates(media):
-    root = locate(str(media), DataConfig())
+    root = locate(str(media))
     spec, plan = _plan_rows(["1", "1", "2"], root, {"flip": True})
     assert plan["status"].tolist() == ["todo", "failed", "todo"]
     assert plan["reason"][1] == "duplicate"
     source = str(plan["source"][0])
-    cached = np.sort(sampling.clip_id_to_int([sampling.clip_id("fp", source, 0, 0, False)]))
+    cached = np.sort(windows.clip_id_to_int([windows.clip_id("fp", source, 0, 0, False)]))
     _, plan = _plan_rows(["1", "2"], root, {"flip": True}, cached=cached)
     assert plan["need_mask"].tolist() == [0b10, 0b11]  # only the flipped clip of video 1
     assert plan["cached_clips"].tolist() == [1, 0]
-    both = sampling.clip_id_to_int([sampling.clip_id("fp", source, 0, 0, f) for f in (False, True)])
+    both = windows.clip_id_to_int([windows.clip_id("fp", source, 0, 0, f) for f in (False, True)])
     _, plan = _plan_rows(["1"], root, {"flip": True}, cached=np.sort(both))
     assert plan["status"].tolist() == ["cached"]
 
@@ -298,7 +292,7 @@ def test_encoder_stores_posterior_mean_std_and_flipped_rows(tiny_cfg, tiny_base_
     assert out["latent_mean"].shape == (3, 4, 8, 8, 8) and out["latent_mean"].dtype == np.float16
     assert out["latent_std"].shape == (3, 4, 8, 8, 8) and np.all(out["latent_std"] > 0)
     assert out["text_embedding"].shape == (3, 77, 32) and out["input_ids"].shape == (3, 77)
-    assert out["clip_id"][1] == sampling.clip_id("fp", "/v/a.mp4", 0, 0, True)
+    assert out["clip_id"][1] == windows.clip_id("fp", "/v/a.mp4", 0, 0, True)
     # The flipped row is the encoding of the mirrored frames, laid out (C, frames, h, w).
     x = to_model_input(pixels[1:2, :, :, ::-1])
     assert float(x.min()) >= -1 and float(x.max()) <= 1
@@ -324,11 +318,11 @@ def _latent_batch(ids, frames=8):
 
 
 def test_interrupted_commits_are_adopted_or_discarded(tmp_path):
-    directory = locate(str(tmp_path / "fp-x"), DataConfig())
+    directory = locate(str(tmp_path / "fp-x"))
     fingerprint = {"resolution": 64}
     store = ShardStore(directory, fingerprint)
     assert len(store.open()) == 0
-    ids = [sampling.clip_id("f", str(i), 0, 0, False) for i in range(3)]
+    ids = [windows.clip_id("f", str(i), 0, 0, False) for i in range(3)]
     store.commit(shard_table(_latent_batch(ids[:2])), "part-a.parquet")
     store.write_manifest()
     # A run killed after writing a shard but before listing it, and one killed mid-write.
@@ -339,7 +333,7 @@ def test_interrupted_commits_are_adopted_or_discarded(tmp_path):
 
     reopened = ShardStore(directory, fingerprint)
     index = reopened.open()
-    assert sorted(index.tolist()) == sorted(sampling.clip_id_to_int(ids).tolist())
+    assert sorted(index.tolist()) == sorted(windows.clip_id_to_int(ids).tolist())
     manifest = load_manifest(directory)
     assert [e["path"] for e in manifest["shards"]] == [
         "shards/part-a.parquet",
@@ -482,7 +476,7 @@ def test_unreadable_object_store_objects_are_recorded(media, tmp_path):
         "cached_clips": np.zeros(3, np.int32),
     }
     out = tmp_path / "out"
-    clips = decode_rows(plan, _decode_spec(root, locate(str(out), DataConfig())))
+    clips = decode_rows(plan, _decode_spec(root, locate(str(out))))
     assert clips["source"].tolist() == [f"s3://bucket/root/{PAGE_DIR}/ok/1.mp4"]  # bytes decode
     assert clips["pixels"].shape == (1, 8, 32, 32, 3)
     reasons = {r["source"].split("/")[-2]: r for r in _outcomes(out)}
@@ -498,24 +492,22 @@ def test_input_tables_must_have_the_mapped_columns(tmp_path):
     pq.write_table(pa.table({"video": ["a.mp4"], "caption": ["x"]}), tmp_path / "m.parquet")
     (tmp_path / "w.csv").write_text("videoid,page_dir,name\n1,p,x\n")
     ok = DataConfig(format="parquet")
-    assert check_input_columns(ok, locate(str(tmp_path / "m.parquet"), ok)).path == "video"
+    assert check_input_columns(ok, locate(str(tmp_path / "m.parquet"))).path == "video"
     jsonl = DataConfig(format="jsonl", caption_column="text")
-    assert check_input_columns(jsonl, locate(str(tmp_path / "m.jsonl"), jsonl)).caption == "text"
+    assert check_input_columns(jsonl, locate(str(tmp_path / "m.jsonl"))).caption == "text"
     with pytest.raises(ConfigError, match="data.caption_column: column 'caption' not in"):
-        check_input_columns(DataConfig(format="jsonl"), locate(str(tmp_path / "m.jsonl"), ok))
+        check_input_columns(DataConfig(format="jsonl"), locate(str(tmp_path / "m.jsonl")))
     webvid = DataConfig(format="webvid")
-    assert (
-        check_input_columns(webvid, locate(str(tmp_path / "w.csv"), webvid)).page_dir == "page_dir"
-    )
+    assert check_input_columns(webvid, locate(str(tmp_path / "w.csv"))).page_dir == "page_dir"
     with pytest.raises(ConfigError, match="data.id_column"):
         bad = DataConfig(format="webvid", id_column="video_id")
-        check_input_columns(bad, locate(str(tmp_path / "w.csv"), bad))
+        check_input_columns(bad, locate(str(tmp_path / "w.csv")))
 
 
 def test_mlflow_logging_records_counts_and_fingerprint(tmp_path):
     import mlflow
 
-    from pipelines.tracking import log_preprocess_run
+    from tracking.preprocess import log_preprocess_run
 
     cfg = load_config("configs/tiny.yaml", [f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db"])
     summary = {

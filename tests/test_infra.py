@@ -74,14 +74,14 @@ def test_every_yaml_in_the_repository_parses():
 def test_serve_configs_pass_rays_schema_and_build(name):
     from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
 
-    from animatediff.serving import app_builder
+    from serving.app import app_builder
 
     data = yaml.safe_load((INFRA / name).read_text())
     schema = ServeDeploySchema.model_validate(data)
     assert len(schema.applications) == 1
     app = schema.applications[0]
     ServeApplicationSchema.model_validate(data["applications"][0])
-    assert app.import_path == "animatediff.serving:app_builder"
+    assert app.import_path == "serving.app:app_builder"
     assert (ROOT / app.args["config"]).is_file()
     # The builder accepts these args and binds both deployments (nothing is deployed here).
     built = app_builder(dict(app.args))

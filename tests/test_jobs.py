@@ -22,7 +22,8 @@ import pytest
 from serve_helpers import free_port, random_motion_modules
 
 from animatediff.config import load_config
-from jobs.generate import read_prompts, resolve_model
+from pipelines.generate import read_prompts
+from tracking.registry import resolve_motion_source
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = load_config(ROOT / "configs/tiny.yaml")
@@ -53,10 +54,8 @@ def test_read_prompts_errors_name_the_line(text, words):
 
 
 def test_resolve_model_pins_a_local_directory(tmp_path):
-    from dataclasses import replace
-
-    cfg = replace(CFG, generate=replace(CFG.generate, model=str(tmp_path)))
-    assert resolve_model(cfg)["kind"] == "dir"
+    source = resolve_motion_source(str(tmp_path), CFG)
+    assert (source.uri, source.version) == (str(tmp_path), "local")
 
 
 class HeadNode:

@@ -37,8 +37,8 @@ def _register(work: Path, folder: str, seed: int, tracking_uri: str) -> torch.nn
     """Register one tiny motion module, logged from a folder called ``folder``, into
     ``tracking_uri``; returns the module."""
     from animatediff.checkpoints import save_motion_modules
-    from animatediff.registry import register_motion_module
-    from animatediff.tracking import client, experiment_id
+    from tracking.registry import register_motion_module
+    from tracking.runs import client, experiment_id
 
     modules = random_motion_modules(CFG, seed)
     directory = work / f"seed-{seed}" / folder
@@ -61,7 +61,7 @@ def test_loads_from_the_given_store_not_the_global_one(tmp_path, global_mlflow):
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from animatediff.registry import load_registered_motion_module
+    from tracking.registry import load_registered_motion_module
 
     store_a = f"sqlite:///{tmp_path}/a.db"
     store_b = f"sqlite:///{tmp_path}/b.db"
@@ -104,8 +104,8 @@ def test_registering_leaves_global_uris_and_env_alone(tmp_path, global_mlflow):
 def test_any_logged_folder_name_loads(tmp_path, global_mlflow):
     import mlflow
 
-    from animatediff.registry import load_registered_motion_module
-    from animatediff.tracking import scoped_mlflow_uris
+    from tracking.registry import load_registered_motion_module
+    from tracking.runs import scoped_mlflow_uris
 
     store = f"sqlite:///{tmp_path}/a.db"
     expected = _register(tmp_path, "weights", seed=5, tracking_uri=store)

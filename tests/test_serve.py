@@ -39,7 +39,7 @@ def server(ray_cluster, tmp_path_factory):
     """(base URL, config, versions) of the app deployed on a free loopback port."""
     from ray import serve
 
-    from jobs.serve import deploy
+    from serving.deploy import deploy
 
     work = tmp_path_factory.mktemp("serve")
     args = yaml.safe_load((ROOT / "infra/serve_config.yaml").read_text())["applications"][0]["args"]
@@ -180,8 +180,8 @@ def test_replica_keeps_the_least_recently_used_models_only(server):
 
 def test_alias_move_reaches_new_requests_without_restart(server):
     _, cfg, versions, client = server
-    from animatediff.tracking import client as mlflow_client
-    from animatediff.tracking import resolve_tracking_uri
+    from tracking.runs import client as mlflow_client
+    from tracking.runs import resolve_tracking_uri
 
     registry = mlflow_client(resolve_tracking_uri(cfg.mlflow))
     name = cfg.mlflow.registered_model
@@ -245,7 +245,7 @@ def test_bearer_token_auth_when_configured(ray_cluster, server):
     """A second app on the same Serve instance with a token: /v1/* need it, /healthz does not."""
     from ray import serve
 
-    from animatediff.serving import build_app
+    from serving.app import build_app
 
     url, cfg, _, _ = server
     token = "s3cret-token-for-tests"

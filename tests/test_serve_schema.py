@@ -7,12 +7,17 @@ import json
 import pytest
 
 from animatediff.config import load_config
-from animatediff.model_refs import ModelSnapshot, RegistryView, resolve_model_ref
-from animatediff.serve_schema import (
+from serving.schema import (
     GenerationParams,
     RequestError,
     parse_generate_body,
     response_headers,
+)
+from tracking.model_refs import (
+    ModelSnapshot,
+    RegistryView,
+    UnknownModelError,
+    resolve_model_ref,
 )
 
 CFG = load_config("configs/tiny.yaml", ["serve.bases.toon.pretrained=builtin:tiny"])
@@ -113,14 +118,14 @@ def test_model_refs_resolve_to_versions(ref, version):
 
 @pytest.mark.parametrize("ref", ["v9", "9", "staging", "x1"])
 def test_unknown_models_are_named_with_what_is_known(ref):
-    with pytest.raises(RequestError) as info:
+    with pytest.raises(UnknownModelError) as info:
         resolve_model_ref(ref, SNAPSHOT, "champion")
     assert info.value.field == "model"
     assert "aliases: candidate, champion; versions: 1, 2, 3" in info.value.reason
 
 
 def test_empty_registry_says_so():
-    with pytest.raises(RequestError, match="no version of 'mm' is registered"):
+    with pytest.raises(UnknownModelError, match="no version of 'mm' is registered"):
         resolve_model_ref(None, ModelSnapshot(name="mm"), "champion")
 
 
@@ -141,10 +146,10 @@ def test_registry_view_rereads_after_the_ttl_only():
     now[0] = 5.0
     assert view.resolve(None, "champion") == "2" and len(reads) == 2
     # A miss re-reads at most once a second.
-    with pytest.raises(RequestError):
+    with pytest.raises(UnknownModelError):
         view.resolve("v7", "champion")
     assert len(reads) == 2
     now[0] = 6.5
-    with pytest.raises(RequestError):
+    with pytest.raises(UnknownModelError):
         view.resolve("v7", "champion")
     assert len(reads) == 3

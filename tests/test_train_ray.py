@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_helpers import CONFIG, tiny_train_config, write_latent_shards
+from train_helpers import CONFIG, KillOnce, tiny_train_config, write_latent_shards
 
-from jobs.train import TrainOutcome, run_training
+from trainer import TrainOutcome, run_training
 
 STEPS = ["train.max_steps=6", "train.checkpoint_every=2", "train.keep_last=2"]
 
@@ -119,8 +119,8 @@ def test_registered_version_loads_and_predicts_and_promotes(reference, capsys) -
     import mlflow
     import pandas as pd
 
-    from animatediff.registry import load_registered_motion_module, register_motion_module
     from jobs import promote
+    from tracking.registry import load_registered_motion_module, register_motion_module
 
     outcome, cfg = reference
     uri, name = cfg.mlflow.tracking_uri, cfg.mlflow.registered_model
@@ -132,7 +132,7 @@ def test_registered_version_loads_and_predicts_and_promotes(reference, capsys) -
         {k: v.float() for k, v in modules.state_dict().items()}, _motion(outcome.motion_dir)
     )
 
-    from animatediff.tracking import scoped_mlflow_uris
+    from tracking.runs import scoped_mlflow_uris
 
     with scoped_mlflow_uris(uri):  # pyfunc.load_model resolves models:/ through the globals
         model = mlflow.pyfunc.load_model(f"models:/{name}/{outcome.model_version}")
@@ -159,7 +159,9 @@ def test_registered_version_loads_and_predicts_and_promotes(reference, capsys) -
     assert "promoted" in capsys.readouterr().out
 
 
-def test_killed_worker_restores_from_the_last_checkpoint_and_matches(reference, shards) -> None:
+def test_killed_worker_restores_from_the_last_checkpoint_and_matches(
+    reference, shards, tmp_path
+) -> None:
     from mlflow import MlflowClient
 
     outcome, _ = reference
@@ -167,12 +169,12 @@ def test_killed_worker_restores_from_the_last_checkpoint_and_matches(reference, 
         shards,
         *STEPS,
         "train.run_name=killed",
-        "train.fault_injection_step=3",  # SIGKILL of rank 1 after step 3; checkpoint at 2
         "train.max_failures=1",
         "train.validation_prompts=[]",
         "train.register=false",
     )
-    killed = run_training(cfg)
+    # SIGKILL of rank 1 after step 3 (checkpoint at 2), on the first attempt only.
+    killed = run_training(cfg, hooks=[KillOnce(step=3, marker=str(tmp_path / "killed"))])
     assert killed.step == 6
     _assert_same_weights(_motion(killed.motion_dir), _motion(outcome.motion_dir))
     assert killed.val_loss == pytest.approx(outcome.val_loss, rel=1e-6)
@@ -274,7 +276,7 @@ def mlflow_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 def test_zero3_run_tracked_on_a_tracking_server(reference, shards, mlflow_server) -> None:
     from mlflow import MlflowClient
 
-    from animatediff.registry import load_registered_motion_module
+    from tracking.registry import load_registered_motion_module
 
     outcome, ref_cfg = reference
     uri, artifacts = mlflow_server
@@ -322,12 +324,14 @@ def _plain_pytorch_reference(cfg) -> tuple[dict[str, torch.Tensor], dict[str, to
         learning_rate,
         step_generator,
     )
-    from jobs.train import _read_clips, _validation_batches
     from pipelines.fingerprint import data_fingerprint
+    from pipelines.latents import find_shard_set
+    from trainer.data import read_clips, validation_batches
 
     train = cfg.train
-    clips = _read_clips(train.data_uri, data_fingerprint(cfg), 10**9, list(BATCH_COLUMNS))
-    batches = _validation_batches(clips, train.batch_size)
+    location, manifest = find_shard_set(train.data_uri, data_fingerprint(cfg))
+    clips = read_clips(location, manifest, 10**9, list(BATCH_COLUMNS))
+    batches = validation_batches(clips, train.batch_size)
     model = build_training_model(cfg)
     initial = {k: v.detach().clone() for k, v in model.unet.motion_modules.state_dict().items()}
     params = [p for p in model.unet.parameters() if p.requires_grad]

@@ -9,8 +9,7 @@ import pytest
 import torch
 from train_helpers import tiny_train_config
 
-from animatediff.config import ConfigError, load_config
-from animatediff.registry import _requests, should_promote
+from animatediff.config import ConfigError, SampleConfig, load_config
 from animatediff.training import (
     Batch,
     batch_loss,
@@ -22,6 +21,7 @@ from animatediff.training import (
     step_generator,
     validation_loss,
 )
+from tracking.registry import _requests, should_promote
 
 
 @pytest.mark.parametrize(
@@ -182,13 +182,16 @@ def test_promotion_needs_a_loss_not_worse_than_the_champion() -> None:
 def test_predict_requests_accept_frames_lists_and_reject_bad_rows() -> None:
     import pandas as pd
 
-    rows = _requests(pd.DataFrame({"prompt": ["a", "b"], "seed": [1, None]}))
-    assert rows == [{"prompt": "a", "seed": 1}, {"prompt": "b"}]
-    assert _requests(["x"]) == [{"prompt": "x"}]
+    sample = SampleConfig(seed=40, num_frames=8)
+    rows = _requests(pd.DataFrame({"prompt": ["a", "b"], "seed": [1, None]}), sample)
+    # A row without a seed gets sample.seed + its row index, as in batch generation.
+    assert [(r.prompt, r.seed, r.num_frames) for r in rows] == [("a", 1, 8), ("b", 41, 8)]
+    (row,) = _requests(["x"], sample)
+    assert (row.prompt, row.seed, row.guidance_scale) == ("x", 40, sample.guidance_scale)
     with pytest.raises(ValueError, match="prompt"):
-        _requests([{"prompt": ""}])
+        _requests([{"prompt": ""}], sample)
     with pytest.raises(ValueError, match="unknown columns"):
-        _requests([{"prompt": "a", "steps": 3}])
+        _requests([{"prompt": "a", "steps": 3}], sample)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(model_and_cfg) -> None:

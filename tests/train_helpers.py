@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import ray.cloudpickle
 
 from animatediff.config import Config, load_config
+from trainer.loop import StepInfo
+
+# Ray workers cannot import this test module: hooks defined here travel by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
@@ -36,12 +46,12 @@ def tiny_train_config(tmp: Path, *overrides: str) -> Config:
 def write_latent_shards(cfg: Config, clips: int = 8, shards: int = 2, seed: int = 0) -> str:
     """Committed shards (manifest, fingerprint directory) of random posteriors shaped like what
     ``jobs.preprocess`` would write for ``cfg``; returns ``cfg.train.data_uri``."""
+    from animatediff.storage import locate
     from pipelines.fingerprint import data_fingerprint, fingerprint_dir_name
     from pipelines.shards import ShardStore, shard_table
-    from pipelines.storage import locate
 
     fingerprint = data_fingerprint(cfg)
-    root = locate(cfg.train.data_uri, cfg.data)
+    root = locate(cfg.train.data_uri, cfg.storage)
     store = ShardStore(root.join(fingerprint_dir_name(fingerprint)), fingerprint)
     store.open()
     rng = np.random.default_rng(seed)
@@ -68,3 +78,23 @@ def write_latent_shards(cfg: Config, clips: int = 8, shards: int = 2, seed: int 
         store.commit(shard_table(batch), f"part-test-{s:06d}.parquet")
     store.write_manifest()
     return cfg.train.data_uri
+
+
+@dataclass(frozen=True)
+class KillOnce:
+    """A step hook: the last rank SIGKILLs itself once ``step`` steps are done, on the first
+    attempt only (the marker file, on this machine's disk, remembers it)."""
+
+    step: int
+    marker: str
+
+    def __call__(self, info: StepInfo) -> None:
+        if info.step != self.step or info.rank != info.world_size - 1:
+            return
+        if Path(self.marker).exists():
+            return
+        Path(self.marker).touch()
+        # Ray Train collects reports every 2 s: let it register the last checkpoint first, so the
+        # restart point is deterministic. Then a real crash: no cleanup, no report.
+        time.sleep(5)
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -14,7 +14,7 @@ def log_preprocess_run(cfg: Config, summary: dict, fingerprint: dict) -> str:
     the run id. MLflow's process-wide settings are left alone."""
     from mlflow.entities import Metric
 
-    from animatediff.tracking import client, experiment_id, log_params, resolve_tracking_uri
+    from tracking.runs import client, experiment_id, log_params, resolve_tracking_uri
 
     tracking_uri = resolve_tracking_uri(cfg.mlflow)
     experiment = dataclasses.replace(cfg.mlflow, experiment=f"{cfg.mlflow.experiment}-preprocess")

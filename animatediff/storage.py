@@ -1,7 +1,10 @@
-"""Filesystems for local paths and ``s3://`` URIs, atomic writes, and safe source paths.
+"""Storage: local paths and ``s3://`` URIs through one code path, and atomic writes.
 
-Every stage gets a pickled ``pyarrow.fs.FileSystem`` built once on the driver, so workers never
-need their own credentials or endpoint settings (an S3 filesystem pickles its options).
+Every job, stage and checkpoint reads and writes through ``locate(uri, cfg.storage)``. The
+``pyarrow.fs.FileSystem`` it returns is built once on the driver and pickled to Ray workers, so they
+never need their own credentials or endpoint settings (an S3 filesystem pickles its options).
+The S3 endpoint comes from ``storage.s3_endpoint``, else ``$AWS_ENDPOINT_URL_S3``, else
+``$AWS_ENDPOINT_URL``, as the AWS SDKs resolve it; credentials from the ``AWS_*`` variables.
 """
 
 from __future__ import annotations
@@ -16,11 +19,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from animatediff.config import DataConfig
-
-
-class UnsafePathError(ValueError):
-    """A path from the input table would leave the video root (``..``, absolute, foreign URI)."""
+from animatediff.config import StorageConfig
 
 
 @dataclass(frozen=True)
@@ -41,8 +40,12 @@ def is_object_store(uri: str) -> bool:
     return uri.startswith("s3://")
 
 
-def _s3(cfg: DataConfig) -> pafs.S3FileSystem:
-    endpoint = cfg.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL", "")
+def _s3(cfg: StorageConfig) -> pafs.S3FileSystem:
+    endpoint = (
+        cfg.s3_endpoint
+        or os.environ.get("AWS_ENDPOINT_URL_S3", "")
+        or os.environ.get("AWS_ENDPOINT_URL", "")
+    )
     region = cfg.s3_region or os.environ.get("AWS_DEFAULT_REGION", "") or "us-east-1"
     kwargs: dict = {"region": region}
     if endpoint:
@@ -59,11 +62,14 @@ def _s3(cfg: DataConfig) -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**kwargs)
 
 
-def locate(uri: str, cfg: DataConfig) -> Location:
-    """``uri`` (local path, ``file://`` or ``s3://bucket/key``) as a filesystem + path."""
+def locate(uri: str | os.PathLike, cfg: StorageConfig | None = None) -> Location:
+    """``uri`` (local path, ``file://`` or ``s3://bucket/key``) as a filesystem + path.
+
+    Local paths are made absolute (``~`` expanded): Ray workers run in other directories."""
+    uri = os.fspath(uri)
     if is_object_store(uri):
         path = uri.removeprefix("s3://").rstrip("/")
-        return Location(_s3(cfg), path, "s3://" + path)
+        return Location(_s3(cfg or StorageConfig()), path, "s3://" + path)
     if "://" in uri and not uri.startswith("file://"):
         raise ValueError(f"{uri}: unsupported URI scheme (local paths and s3:// are supported)")
     path = os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
@@ -109,47 +115,15 @@ def exists(location: Location) -> bool:
     return location.fs.get_file_info(location.path).type != pafs.FileType.NotFound
 
 
-def _safe_component(value: str, what: str) -> str:
-    if not value or value in (".", "..") or "/" in value or "\\" in value or "\x00" in value:
-        raise UnsafePathError(f"{what} {value!r} is not a single file-name component")
-    if "://" in value or value.startswith("~"):
-        raise UnsafePathError(f"{what} {value!r} looks like a URI or home path")
-    return value
+def read_text(location: Location) -> str:
+    return read_bytes(location).decode("utf-8")
 
 
-def webvid_relative_path(videoid: str, page_dir: str | None, layout: str, ext: str) -> str:
-    """``{videoid}{ext}`` (flat) or ``{page_dir}/{videoid}{ext}``; each part a single safe name."""
-    name = _safe_component(videoid, "videoid") + ext
-    if layout == "flat":
-        return name
-    return posixpath.join(_safe_component(page_dir or "", "page_dir"), name)
-
-
-def manifest_relative_path(path: str, root: Location) -> str:
-    """A manifest's path column, relative to the root; absolute paths and URIs must lie inside it.
-
-    Any ``..`` component is refused outright (even one that would stay inside the root): a manifest
-    that needs it is suspicious and the rule stays simple to audit."""
-    if not path or "\x00" in path:
-        raise UnsafePathError(f"path {path!r} is empty or contains NUL")
-    if "\\" in path:
-        raise UnsafePathError(f"path {path!r} contains a backslash")
-    if "://" in path or path.startswith("/"):
-        absolute = path.removeprefix("file://")
-        prefix = root.uri.rstrip("/") + "/"
-        if not absolute.startswith(prefix):
-            raise UnsafePathError(f"path {path!r} lies outside the video root {root.uri}")
-        path = absolute[len(prefix) :]
-    parts = path.split("/")
-    if any(part == ".." for part in parts):
-        raise UnsafePathError(f"path {path!r} contains '..'")
-    relative = posixpath.normpath(path)
-    if relative.startswith("/") or relative in (".", ""):
-        raise UnsafePathError(f"path {path!r} does not name a file under the root")
-    return relative
-
-
-def locate_path(root: Location, uri: str) -> Location:
-    """A source ``uri`` built by ``root.join`` back as a location on the root's filesystem."""
-    path = uri.removeprefix("s3://") if is_object_store(root.uri) else uri
-    return Location(root.fs, path, uri)
+def ray_storage(uri: str, cfg: StorageConfig | None = None) -> tuple[str, pafs.FileSystem | None]:
+    """``(storage_path, storage_filesystem)`` for Ray Train's ``RunConfig``: an absolute local path
+    and no filesystem, or the bucket path with the configured S3 filesystem (which travels to the
+    Train controller and workers inside the run config)."""
+    location = locate(uri, cfg)
+    if is_object_store(location.uri):
+        return location.path, location.fs
+    return location.path, None

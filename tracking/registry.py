@@ -22,7 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from animatediff.config import Config, MotionModuleConfig, load_config, save_config, to_dict
+from animatediff.config import (
+    Config,
+    MotionModuleConfig,
+    SampleConfig,
+    load_config,
+    save_config,
+    to_dict,
+)
+from animatediff.generation import GenerationParams, generate_all
 
 MOTION_ARTIFACT = "motion_module"
 CONFIG_ARTIFACT = "config.yaml"
@@ -58,8 +66,7 @@ def _python_model_class():
 
             cfg = load_config(context.artifacts["config"])
             modules, motion_cfg = load_motion_modules(context.artifacts[MOTION_ARTIFACT])
-            cfg = _with_motion(cfg, motion_cfg)
-            self.pipe = TextToVideo(cfg, modules)
+            self.pipe = TextToVideo(cfg.with_motion(motion_cfg), modules)
 
         def predict(self, context, model_input, params=None):  # no hints: MLflow would parse them
             return predict_videos(self.pipe, model_input)
@@ -67,14 +74,9 @@ def _python_model_class():
     return MotionModuleTextToVideo
 
 
-def _with_motion(cfg: Config, motion_cfg: MotionModuleConfig) -> Config:
-    import dataclasses
-
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, motion=motion_cfg))
-
-
-def _requests(model_input: Any) -> list[dict[str, Any]]:
-    """DataFrame / list of dicts / list of prompt strings -> one dict per video."""
+def _requests(model_input: Any, sample: SampleConfig) -> list[GenerationParams]:
+    """DataFrame / dict of columns / list of dicts or prompt strings -> one request per video,
+    completed by ``GenerationParams.resolve`` (a row without a seed gets ``sample.seed + row``)."""
     import pandas as pd
 
     if isinstance(model_input, pd.DataFrame):
@@ -91,16 +93,15 @@ def _requests(model_input: Any) -> list[dict[str, Any]]:
         unknown = set(row) - {"prompt", *OPTIONAL_COLUMNS}
         if unknown:
             raise ValueError(f"row {index}: unknown columns {sorted(unknown)}")
-        request = {"prompt": prompt}
-        for name in OPTIONAL_COLUMNS:
+        fields: dict[str, Any] = {"prompt": prompt}
+        for name, kind in OPTIONAL_COLUMNS.items():
             value = row.get(name)
             if value is None or (isinstance(value, float) and math.isnan(value)):
                 continue  # missing in this row: the model's sampling default
-            kind = OPTIONAL_COLUMNS[name]
-            request[name] = (
+            fields[name] = (
                 int(value) if kind == "long" else float(value) if kind == "double" else str(value)
             )
-        requests.append(request)
+        requests.append(GenerationParams.resolve(fields, sample, default_seed=sample.seed + index))
     if not requests:
         raise ValueError("no prompts given")
     return requests
@@ -108,13 +109,13 @@ def _requests(model_input: Any) -> list[dict[str, Any]]:
 
 def predict_videos(pipe: Any, model_input: Any) -> np.ndarray:
     """Run ``pipe`` (a ``TextToVideo``) for each request: ``(rows, frames, height, width, 3)``."""
-    videos = [pipe(**request) for request in _requests(model_input)]
-    shapes = {video.shape for video in videos}
+    results = generate_all(pipe, _requests(model_input, pipe.cfg.sample))
+    shapes = {result.video.shape for result in results}
     if len(shapes) > 1:
         raise ValueError(
             f"rows asked for different video shapes {sorted(shapes)}: split the request"
         )
-    return np.stack(videos)
+    return np.stack([result.video for result in results])
 
 
 def _signature():
@@ -161,7 +162,7 @@ def register_motion_module(
     ``mlflow.registered_model`` with alias ``mlflow.candidate_alias``; returns the version."""
     import mlflow
 
-    from animatediff.tracking import client, scoped_mlflow_uris
+    from tracking.runs import client, scoped_mlflow_uris
 
     with tempfile.TemporaryDirectory() as directory, scoped_mlflow_uris(tracking_uri):
         config_path = Path(directory) / CONFIG_ARTIFACT
@@ -263,7 +264,7 @@ def load_registered_motion_module(
 
     from animatediff.checkpoints import load_motion_modules
     from animatediff.config import MlflowConfig
-    from animatediff.tracking import client, resolve_tracking_uri
+    from tracking.runs import client, resolve_tracking_uri
 
     # The same store as training: explicit, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db.
     tracking_uri = resolve_tracking_uri(MlflowConfig(tracking_uri=tracking_uri or ""))
@@ -309,6 +310,57 @@ def load_registered_motion_module(
     return modules, motion_cfg, metadata
 
 
+def registered_model_name(cfg: Config) -> str:
+    """The registered model that Serve and generation read: ``serve.model_name`` or
+    ``mlflow.registered_model``."""
+    return cfg.serve.model_name or cfg.mlflow.registered_model
+
+
+@dataclass(frozen=True)
+class MotionSource:
+    """A motion module pinned to concrete weights: a checkpoint, or one registered version (an
+    alias is resolved once, so every reader loads the same version even if the alias moves)."""
+
+    uri: str
+    """A checkpoint in any format ``checkpoints.load_any`` reads, or ``models:/<name>/<version>``."""
+    version: str
+    """The registered version, or ``local`` for a checkpoint."""
+    tracking_uri: str
+
+
+def resolve_motion_source(ref: str, cfg: Config) -> MotionSource:
+    """What ``ref`` names, pinned: an existing checkpoint path (native, original or diffusers
+    format), ``models:/<name>@<alias>`` / ``models:/<name>/<version>``, or an alias or version of
+    ``registered_model_name(cfg)``; empty: ``mlflow.champion_alias``."""
+    from tracking.model_refs import read_snapshot, resolve_model_ref
+    from tracking.runs import resolve_tracking_uri
+
+    tracking_uri = resolve_tracking_uri(cfg.mlflow)
+    if ref.startswith("s3://") or (ref and Path(ref).expanduser().exists()):
+        uri = ref if ref.startswith("s3://") else str(Path(ref).expanduser().resolve())
+        return MotionSource(uri, "local", tracking_uri)
+    name = registered_model_name(cfg)
+    if ref.startswith("models:/"):
+        name, version, alias = _parse_models_uri(ref)
+        ref = alias or version or ""
+    version = resolve_model_ref(
+        ref or None, read_snapshot(tracking_uri, name), cfg.mlflow.champion_alias
+    )
+    return MotionSource(f"models:/{name}/{version}", version, tracking_uri)
+
+
+def load_motion(source: MotionSource, cfg: Config) -> tuple[Any, Config]:
+    """``(MotionModules, cfg animating with them)``: the loaded weights and ``cfg`` with the
+    motion-module config they were saved with."""
+    from animatediff.checkpoints import load_any
+
+    if source.version == "local":
+        modules, motion_cfg = load_any(source.uri, defaults=cfg.model.motion)
+    else:
+        modules, motion_cfg, _ = load_registered_motion_module(source.uri, source.tracking_uri)
+    return modules, cfg.with_motion(motion_cfg)
+
+
 # ---------------------------------------------------------------------------------------------
 # Promotion
 # ---------------------------------------------------------------------------------------------
@@ -317,7 +369,10 @@ def load_registered_motion_module(
 @dataclass(frozen=True)
 class Decision:
     promote: bool
+    """The version is (now) the champion."""
     reason: str
+    changed: bool = True
+    """False when the version already was the champion: nothing moved."""
 
 
 def should_promote(candidate_loss: float | None, champion_loss: float | None) -> Decision:
@@ -351,7 +406,7 @@ def promote(
     ``should_promote`` (or ``force``); returns the decision and the version considered."""
     from mlflow.exceptions import MlflowException
 
-    from animatediff.tracking import client
+    from tracking.runs import client
 
     mlflow_client = client(tracking_uri)
     name = cfg.mlflow.registered_model
@@ -364,9 +419,8 @@ def promote(
     except MlflowException:
         champion = None
     if champion is not None and str(champion.version) == str(candidate.version):
-        return Decision(False, f"version {candidate.version} already is the champion"), str(
-            candidate.version
-        )
+        reason = f"version {candidate.version} already is the champion"
+        return Decision(True, reason, changed=False), str(candidate.version)
     decision = should_promote(
         _version_loss(mlflow_client, name, candidate),
         None if champion is None else _version_loss(mlflow_client, name, champion),

@@ -24,7 +24,6 @@ import asyncio
 import dataclasses
 import hmac
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +34,17 @@ from ray.serve.exceptions import BackPressureError
 
 from animatediff.config import Config, from_dict, load_config, to_dict
 from animatediff.export import MIME_TYPES, export_video
-from animatediff.model_refs import RegistryView
-from animatediff.serve_schema import (
+from animatediff.generation import SAMPLING_FIELDS, GenerationParams, generate_all
+from serving.schema import (
     GenerateRequest,
-    GenerationParams,
     RequestError,
     parse_generate_body,
     response_headers,
+    serve_defaults_caps,
 )
-from animatediff.tracking import resolve_tracking_uri
+from tracking.model_refs import RegistryView, UnknownModelError
+from tracking.registry import registered_model_name
+from tracking.runs import resolve_tracking_uri
 
 STATIC_DIR = Path(__file__).parent / "static"
 RETRY_AFTER_S = 1
@@ -60,10 +61,6 @@ async def _request_error(_: Request, error: RequestError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status)
 
 
-def model_name(cfg: Config) -> str:
-    return cfg.serve.model_name or cfg.mlflow.registered_model
-
-
 def multiplexed_id(version: str, base: str) -> str:
     return f"{version}/{base}"
 
@@ -73,14 +70,6 @@ def parse_multiplexed_id(model_id: str) -> tuple[str, str]:
     if not version.isdigit() or not base:
         raise ValueError(f"model id {model_id!r}: expected '<version>/<base>'")
     return version, base
-
-
-def group_by_shape(requests: list[GenerationParams]) -> list[list[int]]:
-    """Indices of ``requests`` grouped so that each group can be denoised as one batch."""
-    groups: dict[tuple, list[int]] = defaultdict(list)
-    for index, params in enumerate(requests):
-        groups[params.shape_key()].append(index)
-    return list(groups.values())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,7 +90,8 @@ class LoadedModel:
 class VideoGenerator:
     def __init__(self, config: dict[str, Any]) -> None:
         self.cfg = from_dict(Config, config)
-        self.name = model_name(self.cfg)
+        self.name = registered_model_name(self.cfg)
+        self.tracking_uri = resolve_tracking_uri(self.cfg.mlflow)
         self._bases: dict[str, Any] = {}
         self._base_lock = asyncio.Lock()
 
@@ -126,58 +116,39 @@ class VideoGenerator:
             return self._bases[name]
 
     async def _load(self, model_id: str) -> LoadedModel:
-        from animatediff.registry import load_registered_motion_module
         from animatediff.sampling import TextToVideo
         from animatediff.unet import VideoUNet
+        from tracking.registry import MotionSource, load_motion
 
         start = time.perf_counter()
         version, base_name = parse_multiplexed_id(model_id)
         base = await self._base(base_name)
-        uri = f"models:/{self.name}/{version}"
-        modules, motion_cfg, _ = await asyncio.to_thread(
-            load_registered_motion_module, uri, self.cfg.mlflow.tracking_uri
-        )
-        base_cfg = (
-            self.cfg.model.base if base_name == "default" else self.cfg.serve.bases[base_name]
-        )
-        cfg = dataclasses.replace(
-            self.cfg, model=dataclasses.replace(self.cfg.model, base=base_cfg, motion=motion_cfg)
-        )
-        unet = VideoUNet.from_unet2d(base.unet, motion_cfg, modules)
+        source = MotionSource(f"models:/{self.name}/{version}", version, self.tracking_uri)
+        modules, cfg = await asyncio.to_thread(load_motion, source, self.cfg)
+        if base_name != "default":
+            cfg = cfg.with_base(self.cfg.serve.bases[base_name])
+        unet = VideoUNet.from_unet2d(base.unet, cfg.model.motion, modules)
         pipeline = TextToVideo(cfg, base=base, unet=unet)
         return LoadedModel(pipeline, version, base_name, (time.perf_counter() - start) * 1000)
 
     def _run(self, model: LoadedModel, batch: list[GenerationParams]) -> list[dict[str, Any]]:
         """Denoise each shape group as one batch, then encode every video (runs in a thread)."""
-        results: list[dict[str, Any]] = [{} for _ in batch]
-        for group in group_by_shape(batch):
-            first = batch[group[0]]
+        results = []
+        for params, generated in zip(batch, generate_all(model.pipeline, batch)):
             start = time.perf_counter()
-            videos = model.pipeline.generate(
-                [batch[i].prompt for i in group],
-                [batch[i].negative_prompt for i in group],
-                [batch[i].seed for i in group],
-                num_frames=first.num_frames,
-                num_inference_steps=first.num_inference_steps,
-                guidance_scale=first.guidance_scale,
-                height=first.height,
-                width=first.width,
-            )
-            generate_ms = (time.perf_counter() - start) * 1000
-            for index, frames in zip(group, videos):
-                params = batch[index]
-                start = time.perf_counter()
-                data = export_video(frames, params.output_format, params.fps)
-                results[index] = {
+            data = export_video(generated.video, params.output_format, params.fps)
+            results.append(
+                {
                     "video": data,
                     "content_type": MIME_TYPES[params.output_format],
                     "version": model.version,
-                    "batch_size": len(group),
+                    "batch_size": generated.batch_size,
                     "timings_ms": {
-                        "generate": generate_ms,
+                        "generate": generated.seconds * 1000,
                         "encode": (time.perf_counter() - start) * 1000,
                     },
                 }
+            )
         return results
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)
@@ -225,7 +196,7 @@ class Ingress:
     def __init__(self, generator: Any, config: dict[str, Any]) -> None:
         self.cfg = from_dict(Config, config)
         self.generator = generator
-        self.name = model_name(self.cfg)
+        self.name = registered_model_name(self.cfg)
         self.registry = RegistryView(
             resolve_tracking_uri(self.cfg.mlflow), self.name, self.cfg.serve.alias_ttl_s
         )
@@ -248,27 +219,26 @@ class Ingress:
 
     @app.get("/healthz", summary="Liveness of the ingress")
     async def healthz(self) -> dict[str, str]:
-        return {"status": "ok", "model": self.name, "alias": self.cfg.serve.model_alias}
+        return {"status": "ok", "model": self.name, "alias": self.cfg.mlflow.champion_alias}
 
     @app.get("/v1/models", summary="Registered motion-module versions, aliases, bases, limits")
     async def models(self, request: Request) -> dict[str, Any]:
         self._authorize(request)
         snapshot = await asyncio.to_thread(self.registry.snapshot)
-        sample, limits = self.cfg.sample, self.cfg.serve.limits
+        limits = self.cfg.serve.limits
+        defaults = GenerationParams.resolve(
+            {"prompt": ""}, self.cfg.sample, default_seed=0, caps=serve_defaults_caps(self.cfg)
+        )
         return {
             "model_name": self.name,
-            "default_alias": self.cfg.serve.model_alias,
+            "default_alias": self.cfg.mlflow.champion_alias,
             "aliases": snapshot.aliases,
             "versions": list(snapshot.versions),
             "bases": ["default", *self.cfg.serve.bases],
             "limits": to_dict(limits),
             "defaults": {
-                "num_frames": min(sample.num_frames, limits.max_frames),
-                "num_inference_steps": min(sample.num_inference_steps, limits.max_steps),
-                "guidance_scale": sample.guidance_scale,
-                "height": min(sample.height, limits.max_height),
-                "width": min(sample.width, limits.max_width),
-                "fps": sample.fps,
+                name: getattr(defaults, name)
+                for name in (*SAMPLING_FIELDS, "fps", "negative_prompt", "output_format")
             },
         }
 
@@ -281,9 +251,12 @@ class Ingress:
         if declared.isdigit() and int(declared) > limit:  # refuse before reading it
             raise RequestError("body", f"is {declared} bytes, the limit is {limit}")
         params = parse_generate_body(await request.body(), self.cfg)
-        version = await asyncio.to_thread(
-            self.registry.resolve, params.model, self.cfg.serve.model_alias
-        )
+        try:
+            version = await asyncio.to_thread(
+                self.registry.resolve, params.model, self.cfg.mlflow.champion_alias
+            )
+        except UnknownModelError as error:
+            raise RequestError(error.field, error.reason) from error
         handle = self.generator.options(multiplexed_model_id=multiplexed_id(version, params.base))
         try:
             result = await handle.generate.remote(params.to_dict())
@@ -359,7 +332,7 @@ def build_app(cfg: Config) -> Any:
 
 
 def app_builder(args: dict[str, Any]) -> Any:
-    """``import_path: animatediff.serving:app_builder`` for ``serve run``/``serve deploy``;
+    """``import_path: serving.app:app_builder`` for ``serve run``/``serve deploy``;
     ``args: {config: configs/tiny.yaml, overrides: ["serve.alias_ttl_s=2"]}``."""
     unknown = sorted(set(args) - {"config", "overrides"})
     if unknown:

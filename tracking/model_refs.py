@@ -14,9 +14,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from animatediff.serve_schema import RequestError
-
 MISS_REFRESH_S = 1.0
+
+
+class UnknownModelError(ValueError):
+    """A model reference matches no alias or version of the registered model (Serve answers
+    422 naming the ``model`` field)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"model: {reason}")
+        self.field = "model"
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -35,7 +43,7 @@ class ModelSnapshot:
 def resolve_model_ref(ref: str | None, snapshot: ModelSnapshot, default_alias: str) -> str:
     """``None`` -> the default alias; an alias -> its version; "3"/"v3" -> "3" if registered.
 
-    Raises ``RequestError("model", ...)`` listing what is known when nothing matches."""
+    Raises ``UnknownModelError`` listing what is known when nothing matches."""
     ref = (ref or default_alias).strip()
     if ref in snapshot.aliases:
         return snapshot.aliases[ref]
@@ -51,7 +59,7 @@ def resolve_model_ref(ref: str | None, snapshot: ModelSnapshot, default_alias: s
             f"unknown model {ref!r} for {snapshot.name!r}; aliases: {known_aliases}; "
             f"versions: {known_versions}"
         )
-    raise RequestError("model", reason)
+    raise UnknownModelError(reason)
 
 
 def read_snapshot(tracking_uri: str, name: str) -> ModelSnapshot:
@@ -120,7 +128,7 @@ class RegistryView:
         snapshot = self.snapshot()
         try:
             return resolve_model_ref(ref, snapshot, default_alias)
-        except RequestError:
+        except UnknownModelError:
             if self._clock() - snapshot.taken_at < MISS_REFRESH_S:
                 raise
             with self._lock:

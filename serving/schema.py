@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from animatediff.config import Config
+from animatediff.generation import GenerationParams
 
 MAX_SEED = 2**32 - 1
 MAX_GUIDANCE = 30.0
@@ -72,37 +72,6 @@ class GenerateRequest(BaseModel):
     )
 
 
-@dataclass(frozen=True)
-class GenerationParams:
-    """A validated request with every default filled in; what a generator replica receives."""
-
-    prompt: str
-    negative_prompt: str
-    num_frames: int
-    num_inference_steps: int
-    guidance_scale: float
-    seed: int
-    height: int
-    width: int
-    fps: int
-    output_format: str
-    model: str | None
-    base: str
-
-    def shape_key(self) -> tuple:
-        """Requests with equal keys can be denoised together in one batch."""
-        return (
-            self.num_frames,
-            self.num_inference_steps,
-            self.guidance_scale,
-            self.height,
-            self.width,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def _pydantic_error(error: ValidationError) -> RequestError:
     first = error.errors()[0]
     field = ".".join(str(part) for part in first["loc"]) or "body"
@@ -114,9 +83,22 @@ def _in_range(field: str, value: float, low: float, high: float) -> None:
         raise RequestError(field, f"must be between {low} and {high}, got {value}")
 
 
+def serve_defaults_caps(cfg: Config) -> dict[str, int]:
+    """Limits that cap the ``sample:`` defaults a request leaves out (a server's defaults must
+    themselves be valid requests)."""
+    limits = cfg.serve.limits
+    return {
+        "num_frames": limits.max_frames,
+        "num_inference_steps": limits.max_steps,
+        "height": limits.max_height,
+        "width": limits.max_width,
+    }
+
+
 def check_params(request: GenerateRequest, cfg: Config) -> GenerationParams:
-    """Fill defaults from ``cfg.sample`` and check ``cfg.serve.limits``; raise ``RequestError``."""
-    limits, sample = cfg.serve.limits, cfg.sample
+    """Fill defaults (``GenerationParams.resolve``) and check ``cfg.serve.limits``; raise
+    ``RequestError`` naming the field."""
+    limits = cfg.serve.limits
     if not request.prompt.strip():
         raise RequestError("prompt", "must not be empty")
     for field in ("prompt", "negative_prompt"):
@@ -125,52 +107,32 @@ def check_params(request: GenerateRequest, cfg: Config) -> GenerationParams:
             raise RequestError(
                 field, f"is {length} characters, the limit is {limits.max_prompt_chars}"
             )
-
-    def pick(name: str, default: Any) -> Any:
-        value = getattr(request, name)
-        return default if value is None else value
-
-    num_frames = pick("num_frames", min(sample.num_frames, limits.max_frames))
-    steps = pick("num_inference_steps", min(sample.num_inference_steps, limits.max_steps))
-    guidance = pick("guidance_scale", sample.guidance_scale)
-    height = pick("height", min(sample.height, limits.max_height))
-    width = pick("width", min(sample.width, limits.max_width))
-    fps = pick("fps", sample.fps)
-    seed = pick("seed", None)
-    _in_range("num_frames", num_frames, 1, limits.max_frames)
-    _in_range("num_inference_steps", steps, 1, limits.max_steps)
-    _in_range("guidance_scale", guidance, 1.0, MAX_GUIDANCE)
-    _in_range("fps", fps, 1, MAX_FPS)
-    for field, value, high in (
-        ("height", height, limits.max_height),
-        ("width", width, limits.max_width),
-    ):
-        if value % 8:
-            raise RequestError(field, f"must be a multiple of 8, got {value}")
-        _in_range(field, value, 8, high)
-    if seed is None:
-        seed = secrets.randbelow(MAX_SEED + 1)
-    _in_range("seed", seed, 0, MAX_SEED)
     known_bases = ("default", *cfg.serve.bases)
     if request.base not in known_bases:
         raise RequestError(
             "base", f"unknown base {request.base!r}; known: {', '.join(known_bases)}"
         )
-    model = request.model.strip() if request.model else None
-    return GenerationParams(
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt,
-        num_frames=int(num_frames),
-        num_inference_steps=int(steps),
-        guidance_scale=float(guidance),
-        seed=int(seed),
-        height=int(height),
-        width=int(width),
-        fps=int(fps),
-        output_format=request.output_format,
-        model=model or None,
-        base=request.base,
+    fields = request.model_dump()
+    fields["model"] = (request.model or "").strip() or None
+    params = GenerationParams.resolve(
+        fields,
+        cfg.sample,
+        default_seed=secrets.randbelow(MAX_SEED + 1),
+        caps=serve_defaults_caps(cfg),
     )
+    _in_range("num_frames", params.num_frames, 1, limits.max_frames)
+    _in_range("num_inference_steps", params.num_inference_steps, 1, limits.max_steps)
+    _in_range("guidance_scale", params.guidance_scale, 1.0, MAX_GUIDANCE)
+    _in_range("fps", params.fps, 1, MAX_FPS)
+    for field, value, high in (
+        ("height", params.height, limits.max_height),
+        ("width", params.width, limits.max_width),
+    ):
+        if value % 8:
+            raise RequestError(field, f"must be a multiple of 8, got {value}")
+        _in_range(field, value, 8, high)
+    _in_range("seed", params.seed, 0, MAX_SEED)
+    return params
 
 
 def parse_generate_body(body: bytes, cfg: Config) -> GenerationParams:

@@ -1,0 +1,90 @@
+"""``data:``: video preprocessing into cached latent shards (``jobs.preprocess``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from animatediff.config.errors import check
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    input: str = ""
+    """Input table: a WebVid metadata CSV or a CSV/JSONL/Parquet manifest (local path or
+    ``s3://``). Required by ``jobs.preprocess``."""
+    format: Literal["webvid", "csv", "jsonl", "parquet"] = "webvid"
+    """``webvid``: WebVid-10M CSV (id + page_dir name the file); ``csv``/``jsonl``/``parquet``: a
+    generic manifest whose path column names the file relative to ``data.video_root``."""
+    video_root: str = ""
+    """Directory (or ``s3://`` prefix) holding the videos; empty: the input table's directory.
+    Sources resolving outside it are rejected as ``unsafe_path``."""
+    layout: Literal["flat", "page_dir"] = "page_dir"
+    """WebVid file layout: ``flat`` = ``{root}/{videoid}{ext}`` (AnimateDiff's loader),
+    ``page_dir`` = ``{root}/{page_dir}/{videoid}{ext}`` (WebVid's download script)."""
+    video_ext: str = ".mp4"
+    """File extension appended to WebVid video ids."""
+    id_column: str = ""
+    """Column with the video id; empty: ``videoid`` for WebVid, the path column for manifests."""
+    caption_column: str = ""
+    """Column with the caption; empty: ``name`` for WebVid, ``caption`` for manifests."""
+    path_column: str = "video"
+    """Manifest column with the video path (relative to ``data.video_root``; OpenVid: ``video``)."""
+    page_dir_column: str = "page_dir"
+    """WebVid column with the page directory (``layout: page_dir``)."""
+    output: str = ""
+    """Where shards go (local path or ``s3://``); empty: ``{output_dir}/latents``. Each
+    fingerprint gets its own subdirectory ``fp-<hash>``."""
+    num_frames: int = 16
+    """Frames per clip."""
+    stride: int = 4
+    """Frame stride inside the sampling window ``(num_frames - 1) * stride + 1``; shorter videos
+    get a smaller effective stride."""
+    resolution: int = 256
+    """Square clip size: short side resized to it, then centre-cropped (multiple of 8)."""
+    clips_per_video: int = 1
+    """Distinct windows drawn per video (fewer when the video has fewer distinct starts)."""
+    flip: bool = False
+    """Also store each clip horizontally flipped, as its own row with ``flipped=True``."""
+    seed: int = 0
+    """Seed of the window draws; the same seed and inputs give the same clips."""
+    shard_size: int = 256
+    """Clips per Parquet shard."""
+    cache_text_embeddings: bool = False
+    """Also store the frozen CLIP text encoder's embeddings and token ids of each caption."""
+    encode_batch_size: int = 4
+    """Clips per VAE-encode batch."""
+    num_encode_actors: int = 1
+    """Size of the VAE-encode actor pool (one GPU each when the cluster has GPUs)."""
+    encode_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """VAE compute dtype; ``auto``: bfloat16 on GPU, float32 on CPU. Latents are stored as float16."""
+    encode_num_cpus: float = 1.0
+    """Logical CPUs per encode actor (also its torch thread count on CPU)."""
+    decode_num_cpus: float = 1.0
+    """Logical CPUs per decode task."""
+    decode_threads: int = 1
+    """Decoder threads per video (decord ``num_threads``)."""
+    decode_rows_per_task: int = 4
+    """Input rows per decode block: small blocks spread decoding over the cluster."""
+    manifest_flush_shards: int = 10
+    """Rewrite ``manifest.json`` after this many committed shards (and at the end); shards not yet
+    listed are adopted on the next run."""
+    log_mlflow: bool = False
+    """Log counts, throughput and the fingerprint to MLflow (``mlflow.*`` settings)."""
+
+    def __post_init__(self) -> None:
+        for name in ("num_frames", "stride", "clips_per_video", "shard_size", "encode_batch_size"):
+            check(getattr(self, name) >= 1, f"data.{name}", "must be >= 1")
+        for name in ("num_encode_actors", "decode_threads", "decode_rows_per_task"):
+            check(getattr(self, name) >= 1, f"data.{name}", "must be >= 1")
+        check(self.manifest_flush_shards >= 1, "data.manifest_flush_shards", "must be >= 1")
+        check(
+            self.resolution > 0 and self.resolution % 8 == 0,
+            "data.resolution",
+            f"must be a positive multiple of 8, got {self.resolution}",
+        )
+        check(self.clips_per_video <= 32, "data.clips_per_video", "must be <= 32")
+        for name in ("encode_num_cpus", "decode_num_cpus"):
+            check(getattr(self, name) > 0, f"data.{name}", "must be > 0")
+        check(self.video_ext.startswith("."), "data.video_ext", "must start with '.'")
+        check(bool(self.path_column), "data.path_column", "must not be empty")

@@ -1,0 +1,124 @@
+"""``train:``: motion-module training on Ray Train + DeepSpeed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from animatediff.config.errors import check
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data_uri: str = ""
+    """Latent shards (Parquet directory, local path or ``s3://``) written by the data pipeline."""
+    val_data_uri: str | None = None
+    """Shards for the validation loss; None reuses ``train.data_uri``."""
+    val_max_clips: int = 8
+    """Clips of the validation set used for the validation loss (fixed noise, fixed timesteps)."""
+    num_workers: int = 2
+    """Ray Train workers (data-parallel ranks)."""
+    use_gpu: bool = False
+    """One GPU per worker (NCCL); False trains on CPU with the gloo backend."""
+    cpus_per_worker: float = 1.0
+    """Logical CPUs reserved per worker; keep some free for Ray Data on small machines."""
+    max_steps: int = 1000
+    """Optimizer steps to train (the run ends there; resumed runs count from their checkpoint)."""
+    batch_size: int = 1
+    """Clips per worker per micro-batch."""
+    grad_accum_steps: int = 1
+    """Micro-batches accumulated per optimizer step (global batch = workers * batch * accum)."""
+    lr: float = 1e-4
+    """Peak AdamW learning rate."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    weight_decay: float = 1e-2
+    """AdamW decoupled weight decay."""
+    warmup_steps: int = 0
+    """Linear warm-up from 0 to ``train.lr`` over these optimizer steps."""
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """After warm-up: ``constant`` or ``cosine`` decay to 0 at ``train.max_steps``."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clipping threshold; 0 disables."""
+    zero_stage: Literal[0, 2, 3] = 2
+    """DeepSpeed ZeRO stage: 0 (plain data parallel), 2 (shard optimizer state and gradients) or
+    3 (also parameters)."""
+    offload_optimizer: bool = False
+    """ZeRO optimizer state offload to CPU memory (stage 2/3; compiles DeepSpeed's CPUAdam)."""
+    zero_bucket_size: int = 500_000_000
+    """Elements per ZeRO communication bucket (``reduce_bucket_size``, ``allgather_bucket_size``;
+    stage 3's prefetch, live-parameter and reuse-distance limits scale with it as in DeepSpeed's
+    defaults). On a GPU gradient buckets are allocated at this size: smaller ones lower peak
+    memory, larger ones overlap communication better. DeepSpeed's default is 5e8."""
+    mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """``auto``: bf16 on GPU, fp32 on CPU. bf16 also runs on CPU (slowly on most CPUs; the tests
+    use it to exercise the GPU recipe's bf16 path)."""
+    seed: int = 0
+    """Seeds model init, data shuffling and per-step noise: a run is reproducible."""
+    shuffle_buffer: int = 0
+    """Rows of the local shuffle buffer per worker (seeded per epoch); 0 keeps the shard order."""
+    prefetch_batches: int = 2
+    """Batches Ray Data prepares ahead of the training step."""
+    cache_data_max_gib: float = 1.0
+    """Latent shard sets of at most this many GiB (Parquet bytes in the manifest) are read once
+    into Ray's object store and served from there every epoch; larger ones stream, and pay a
+    restart of the read (seconds) at each epoch boundary. 0 always streams."""
+    checkpoint_every: int = 100
+    """Save a checkpoint every this many optimizer steps (and at the end); 0: only at the end."""
+    keep_last: int = 3
+    """Checkpoints kept in storage (older ones are deleted)."""
+    storage_path: str = "outputs/ray_results"
+    """Where Ray Train keeps runs and checkpoints: a local path or ``s3://bucket/prefix``."""
+    run_name: str = "animatediff-motion"
+    """Ray Train run name; re-running with the same name and storage resumes from the latest
+    checkpoint."""
+    max_failures: int = 2
+    """Worker-group restarts (from the latest checkpoint) before the run fails; -1: unlimited."""
+    log_every: int = 1
+    """Log metrics every this many optimizer steps."""
+    validate_every: int = 0
+    """Validation loss and sample GIFs every this many steps (and at the end); 0: only at the end."""
+    validation_prompts: tuple[str, ...] = ("a corgi running on the beach",)
+    """Fixed prompts rendered to GIFs at each validation (empty: no samples)."""
+    validation_seed: int = 1234
+    """Seed of validation noise, timesteps and samples."""
+    validation_steps: int = 0
+    """Denoising steps of validation samples; 0 uses ``sample.num_inference_steps``."""
+    register: bool = True
+    """Register the final motion module in the MLflow model registry (alias ``candidate``)."""
+
+    def __post_init__(self) -> None:
+        for name in ("num_workers", "max_steps", "batch_size", "grad_accum_steps", "keep_last"):
+            check(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
+        for name in ("warmup_steps", "checkpoint_every", "validate_every", "prefetch_batches"):
+            check(getattr(self, name) >= 0, f"train.{name}", "must be >= 0")
+        check(self.val_max_clips >= 1, "train.val_max_clips", "must be >= 1")
+        check(self.shuffle_buffer >= 0, "train.shuffle_buffer", "must be >= 0")
+        check(self.cache_data_max_gib >= 0, "train.cache_data_max_gib", "must be >= 0")
+        check(self.validation_steps >= 0, "train.validation_steps", "must be >= 0")
+        check(self.log_every >= 1, "train.log_every", "must be >= 1")
+        check(self.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0")
+        check(self.lr > 0, "train.lr", "must be > 0")
+        check(
+            all(0 <= b < 1 for b in self.betas),
+            "train.betas",
+            f"must be in [0, 1), got {self.betas}",
+        )
+        check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables)")
+        check(self.zero_bucket_size >= 1, "train.zero_bucket_size", "must be >= 1")
+        check(
+            not (self.offload_optimizer and self.zero_stage == 0),
+            "train.offload_optimizer",
+            "needs train.zero_stage 2 or 3",
+        )
+        check(self.max_failures >= -1, "train.max_failures", "must be >= -1")
+        check(bool(self.run_name), "train.run_name", "must not be empty")
+        check(bool(self.storage_path), "train.storage_path", "must not be empty")
+
+    @property
+    def precision(self) -> str:
+        """The resolved precision: ``bf16`` or ``fp32``."""
+        if self.mixed_precision == "auto":
+            return "bf16" if self.use_gpu else "fp32"
+        return self.mixed_precision

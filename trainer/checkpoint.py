@@ -1,0 +1,140 @@
+"""A training checkpoint: what a resumed run needs to continue exactly where the last one stopped.
+
+A checkpoint directory holds
+
+- ``deepspeed/``: ``engine.save_checkpoint`` of every rank (ZeRO shards; the frozen base excluded);
+- ``trainer_state.json``: the ``Position`` (step, data position), world size, config, last
+  validation loss and the MLflow run id (rank 0);
+- ``rng/rank{r}.json``: each rank's Python, numpy and torch RNG states;
+- ``motion_module/``: the native export, loadable without DeepSpeed (rank 0).
+
+Ray Train merges the ranks' files into one checkpoint once every rank has reported.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from animatediff.checkpoints import save_motion_modules
+from animatediff.config import MotionModuleConfig
+from animatediff.training import new_motion_modules
+
+DS_TAG = "ds"
+STATE_FILE = "trainer_state.json"
+MOTION_DIR = "motion_module"
+
+
+@dataclass
+class Position:
+    """Where training stands: optimizer steps done and the next micro-batch of the data stream."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+
+
+@dataclass
+class TrainerState:
+    """``trainer_state.json``."""
+
+    position: Position
+    world_size: int
+    val_loss: float | None
+    config: dict[str, Any]
+    mlflow_run_id: str | None
+
+    @classmethod
+    def read(cls, directory: str | Path) -> TrainerState:
+        state = json.loads((Path(directory) / STATE_FILE).read_text())
+        return cls(
+            position=Position(**state["position"]),
+            world_size=state["world_size"],
+            val_loss=state.get("val_loss"),
+            config=state["config"],
+            mlflow_run_id=state.get("mlflow_run_id"),
+        )
+
+    def write(self, directory: str | Path) -> None:
+        (Path(directory) / STATE_FILE).write_text(json.dumps(asdict(self), indent=2))
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's Python, numpy and torch RNG states as JSON-able data."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state()
+    return {
+        "python": [version, list(internal), gauss],
+        "numpy": [np_state[0], np_state[1].tolist(), *[float(x) for x in np_state[2:]]],
+        "torch": torch.get_rng_state().tolist(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+
+
+def save(
+    directory: Path,
+    engine: Any,
+    rank: int,
+    state: TrainerState,
+    motion_modules: torch.nn.Module,
+    motion_cfg: MotionModuleConfig,
+) -> None:
+    """Write this rank's part of a checkpoint into ``directory`` (rank 0 adds the shared files)."""
+    engine.save_checkpoint(str(directory / "deepspeed"), tag=DS_TAG, exclude_frozen_parameters=True)
+    (directory / "rng").mkdir()
+    (directory / "rng" / f"rank{rank}.json").write_text(json.dumps(rng_state()))
+    if rank == 0:
+        save_motion_modules(motion_modules, motion_cfg, directory / MOTION_DIR)
+        state.write(directory)
+
+
+def restore(directory: Path, engine: Any, rank: int, world_size: int) -> TrainerState:
+    """Load a checkpoint into ``engine`` and this process's RNGs; returns the saved state."""
+    state = TrainerState.read(directory)
+    if state.world_size != world_size:
+        raise ValueError(
+            f"train.num_workers: the checkpoint was written by {state.world_size} "
+            f"workers, this run has {world_size} (ZeRO state is sharded per rank)"
+        )
+    engine.load_checkpoint(
+        str(directory / "deepspeed"),
+        tag=DS_TAG,
+        load_module_strict=False,  # frozen base weights are not in checkpoints
+        load_lr_scheduler_states=False,  # the lr is a pure function of the step
+    )
+    set_rng_state(json.loads((directory / "rng" / f"rank{rank}.json").read_text()))
+    return state
+
+
+def full_motion_state(engine: Any) -> dict[str, torch.Tensor]:
+    """fp32 motion-module weights on the CPU. Under ZeRO-3 this gathers: every rank must call it."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    modules = engine.module.motion_modules
+    state = {}
+    for name, param in modules.named_parameters():
+        full = safe_get_full_fp32_param(param)  # the fp32 master copy (None without ZeRO/bf16)
+        state[name] = (param.detach() if full is None else full).float().cpu().clone()
+    for name, buffer in modules.named_buffers():
+        state[name] = buffer.detach().float().cpu().clone()
+    return state
+
+
+def export_motion_modules(engine: Any, motion_cfg: MotionModuleConfig) -> torch.nn.Module:
+    """A CPU copy of the engine's motion modules (collective under ZeRO-3)."""
+    modules = new_motion_modules(engine.module, motion_cfg)
+    modules.load_state_dict(full_motion_state(engine))
+    return modules

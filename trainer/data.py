@@ -1,0 +1,130 @@
+"""What the workers read: the training dataset, its deterministic stream, the validation clips.
+
+The shard set is found once on the driver (``pipelines.latents.find_shard_set`` checks the
+fingerprint against the model being trained); the training rows go to Ray Train as a Ray Dataset
+split across workers, the few validation clips travel to the workers with the loop config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from animatediff.config import Config
+from animatediff.storage import Location
+from animatediff.training import BATCH_COLUMNS, OPTIONAL_BATCH_COLUMNS, Batch, collate
+from trainer.checkpoint import Position
+
+
+@dataclass
+class TrainingData:
+    """The driver's view of the data of a run."""
+
+    dataset: Any
+    """``ray.data.Dataset`` of the training rows (only the columns training reads)."""
+    val_clips: dict[str, np.ndarray]
+    """The validation clips as numpy columns (shipped to every worker)."""
+    fingerprint: dict[str, Any]
+    """The latent fingerprint the shards were checked against."""
+    location: Location
+    """The fingerprint directory of the shard set."""
+
+
+def read_clips(
+    location: Location, manifest: dict, limit: int, columns: list[str]
+) -> dict[str, np.ndarray]:
+    """The first ``limit`` clips of a shard set as numpy columns, read with pyarrow directly (a
+    Ray Data job costs seconds of start-up for a handful of rows)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from ray.data.extensions import ArrowTensorType  # noqa: F401 - registers the tensor type
+
+    tables, rows = [], 0
+    for entry in manifest["shards"]:
+        table = pq.read_table(
+            location.join(entry["path"]).path, columns=columns, filesystem=location.fs
+        )
+        tables.append(table.slice(0, limit - rows))
+        rows += tables[-1].num_rows
+        if rows >= limit:
+            break
+    if rows == 0:
+        raise ValueError(f"{location.uri}: the shard set holds no clips")
+    table = pa.concat_tables(tables)
+    return {
+        name: table.column(name).combine_chunks().to_numpy(zero_copy_only=False) for name in columns
+    }
+
+
+def load_training_data(cfg: Config) -> TrainingData:
+    """The training dataset and the validation clips; the shards must match the model being
+    trained (the fingerprint is checked)."""
+    from pipelines.fingerprint import data_fingerprint
+    from pipelines.latents import find_shard_set, shard_set_dataset
+
+    train = cfg.train
+    if not train.data_uri:
+        raise ValueError("train.data_uri: set it to the latent shards of the data pipeline")
+    fingerprint = data_fingerprint(cfg)
+    location, manifest = find_shard_set(train.data_uri, fingerprint, cfg.storage)
+    dataset = shard_set_dataset(location, manifest)
+    names = set(dataset.schema().names)
+    columns = list(BATCH_COLUMNS) + [c for c in OPTIONAL_BATCH_COLUMNS if c in names]
+    dataset = dataset.select_columns(columns)
+    if sum(entry["bytes"] for entry in manifest["shards"]) <= train.cache_data_max_gib * 2**30:
+        # A streamed read restarts at every epoch (seconds on a small cluster: a stall that
+        # dominates short epochs); a small shard set is read once, in file order (resumed runs
+        # must see the same order), and each epoch is served from Ray's object store.
+        dataset.context.execution_options.preserve_order = True
+        dataset = dataset.materialize()
+    if train.val_data_uri:
+        val_location, val_manifest = find_shard_set(train.val_data_uri, fingerprint, cfg.storage)
+    else:
+        val_location, val_manifest = location, manifest
+    val_clips = read_clips(val_location, val_manifest, train.val_max_clips, columns)
+    return TrainingData(dataset, val_clips, fingerprint, location)
+
+
+def validation_batches(clips: dict[str, np.ndarray], batch_size: int) -> list[Batch]:
+    """Fixed micro-batches of the validation clips, in order."""
+    count = len(clips["caption"])
+    return [
+        collate({name: column[start : start + batch_size] for name, column in clips.items()})
+        for start in range(0, count, batch_size)
+    ]
+
+
+def batch_stream(shard: Any, cfg: Config, position: Position) -> Iterator[tuple[int, int, Batch]]:
+    """``(epoch, index_in_epoch, Batch)`` forever from a worker's dataset shard, starting at
+    ``position``.
+
+    Each epoch re-reads the shard in the same order (the split runs with ``preserve_order``), and
+    the local shuffle is seeded by ``(seed, epoch)``, so skipping the consumed batches puts a
+    resumed run exactly where the interrupted one stopped."""
+    train = cfg.train
+    epoch, skip = position.epoch, position.batch_in_epoch
+    shuffle = train.shuffle_buffer or None
+    while True:
+        count = 0
+        for index, batch in enumerate(
+            shard.iter_torch_batches(
+                batch_size=train.batch_size,
+                drop_last=True,
+                prefetch_batches=train.prefetch_batches,
+                local_shuffle_buffer_size=shuffle,
+                local_shuffle_seed=train.seed * 100_003 + epoch if shuffle else None,
+                collate_fn=collate,
+            )
+        ):
+            count += 1
+            if index >= skip:
+                yield epoch, index, batch
+        if count == 0:
+            raise ValueError(
+                f"train.data_uri: a worker's shard holds fewer than train.batch_size="
+                f"{train.batch_size} clips; use fewer workers or more data"
+            )
+        epoch, skip = epoch + 1, 0

@@ -1,0 +1,147 @@
+"""The driver side of a training run: data, MLflow run, ``TorchTrainer.fit``, registration.
+
+Re-running with the same ``train.run_name`` and ``train.storage_path`` resumes from the latest
+checkpoint (DeepSpeed state of every rank, step, data position, RNG states) and logs to the same
+MLflow run. Worker failures restart the group from the latest checkpoint (``train.max_failures``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from animatediff.base_model import resolve_pretrained
+from animatediff.config import Config, save_config, to_dict
+from animatediff.storage import ray_storage
+from trainer.checkpoint import MOTION_DIR, TrainerState
+from trainer.data import load_training_data
+from trainer.loop import StepHook, train_loop_per_worker
+
+
+@dataclass
+class TrainOutcome:
+    """What ``run_training`` returns."""
+
+    run_id: str | None
+    """The MLflow run id (None with ``mlflow.enabled: false``)."""
+    checkpoint_path: str
+    """The latest checkpoint (local path or URI)."""
+    step: int
+    val_loss: float | None
+    motion_dir: Path
+    """A local copy of the final native motion module."""
+    model_version: str | None
+    """The registered model version (None without registration)."""
+
+
+def _worker_env() -> dict[str, str]:
+    """Object-store credentials, the tracking server, and glibc malloc tuning (on CPU, e.g.
+    ``MALLOC_MMAP_THRESHOLD_`` hands large freed buffers back to the OS) reach the workers."""
+    return {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "MLFLOW_", "MALLOC_"))}
+
+
+def _start_tracking(cfg: Config, fingerprint: dict[str, Any]) -> tuple[str | None, str | None]:
+    """``(run_id, tracking_uri)`` of the run's MLflow run (created, or found again on resume)."""
+    from tracking import runs
+
+    if not cfg.mlflow.enabled:
+        return None, None
+    tracking_uri = runs.resolve_tracking_uri(cfg.mlflow)
+    params = {f"data.fingerprint.{k}": v for k, v in fingerprint.items()}
+    run_key = f"{cfg.train.storage_path.rstrip('/')}/{cfg.train.run_name}"
+    run_id, _ = runs.start_or_resume_run(cfg, run_key, tracking_uri, params)
+    with tempfile.TemporaryDirectory() as directory:
+        save_config(cfg, Path(directory) / "config.yaml")
+        runs.RunLogger(tracking_uri, run_id).log_artifact(Path(directory) / "config.yaml")
+    return run_id, tracking_uri
+
+
+def run_training(cfg: Config, hooks: Sequence[StepHook] = ()) -> TrainOutcome:
+    """Fit (or resume) the run named by ``cfg.train``, then log and register the motion module.
+
+    ``hooks`` run on every rank before each optimizer step (they are pickled to the workers)."""
+    from ray.data import ExecutionOptions
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from tracking.runs import RunLogger
+
+    train = cfg.train
+    # Materialise a built-in base here, outside torch.distributed: transformers' save_pretrained
+    # writes nothing on a non-zero rank, so racing workers could publish an empty copy.
+    resolve_pretrained(cfg.model.base)
+    data = load_training_data(cfg)
+    run_id, tracking_uri = _start_tracking(cfg, data.fingerprint)
+    storage_path, filesystem = ray_storage(train.storage_path, cfg.storage)
+    env_vars = _worker_env()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": to_dict(cfg),
+            "run_id": run_id,
+            "tracking_uri": tracking_uri,
+            "val_clips": data.val_clips,
+            "hooks": list(hooks),
+        },
+        scaling_config=ScalingConfig(
+            num_workers=train.num_workers,
+            use_gpu=train.use_gpu,
+            resources_per_worker={"CPU": train.cpus_per_worker},
+        ),
+        torch_config=TorchConfig(backend="nccl" if train.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=train.run_name,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            failure_config=FailureConfig(max_failures=train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=train.keep_last),
+            worker_runtime_env={"env_vars": env_vars} if env_vars else None,
+        ),
+        datasets={"train": data.dataset},
+        # A deterministic split: a resumed run re-reads each epoch in the same order.
+        dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
+    )
+    try:
+        result = trainer.fit()
+    except Exception:
+        if run_id is not None:
+            RunLogger(tracking_uri, run_id).set_terminated("FAILED")
+        raise
+    if result.checkpoint is None:
+        raise RuntimeError(f"run {train.run_name!r} finished without a checkpoint")
+    return _finish(cfg, result.checkpoint, run_id, tracking_uri)
+
+
+def _finish(
+    cfg: Config, checkpoint: Any, run_id: str | None, tracking_uri: str | None
+) -> TrainOutcome:
+    """Copy the final motion module out of the checkpoint, log it, register it."""
+    from tracking.registry import register_motion_module
+    from tracking.runs import RunLogger
+
+    motion_dir = Path(tempfile.mkdtemp(prefix="animatediff-train-")) / MOTION_DIR
+    with checkpoint.as_directory() as directory:
+        state = TrainerState.read(directory)
+        shutil.copytree(Path(directory) / MOTION_DIR, motion_dir)
+    version = None
+    if run_id is not None:
+        logger = RunLogger(tracking_uri, run_id)
+        logger.log_artifacts(motion_dir, MOTION_DIR)
+        if cfg.train.register:
+            version = register_motion_module(
+                cfg, motion_dir, run_id, tracking_uri, val_loss=state.val_loss
+            )
+        logger.set_terminated("FINISHED")
+    return TrainOutcome(
+        run_id=run_id,
+        checkpoint_path=checkpoint.path,
+        step=state.position.step,
+        val_loss=state.val_loss,
+        motion_dir=motion_dir,
+        model_version=version,
+    )
