@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo test test-all lint format clean
+.PHONY: install browser demo test test-unit test-all lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ demo: install
 
 test: install browser
 	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+
+# The fast loop: no Ray, Serve or other servers (1-2 minutes).
+test-unit: install
+	$(PY) -m pytest -m "not slow and not gpu and not integration" $(PYTEST_ARGS)
 
 test-all: install browser
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -20,10 +20,12 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import json
 import socket
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +157,6 @@ def demo_config(config: str, work: Path, overrides: list[str]) -> Config:
 
 
 def run_demo(cfg: Config, work: Path, keep: bool = False, clips: int = 12) -> dict[str, Any]:
-    import httpx
     import ray
     from ray import serve
 
@@ -212,15 +213,22 @@ def run_demo(cfg: Config, work: Path, keep: bool = False, clips: int = 12) -> di
         progress(f"serving on 127.0.0.1:{port} (Ray Serve, FastAPI) and sending one request")
         url = deploy(serve_cfg)
         body = {"prompt": "a red square moving right", "seed": 7, "model": str(version)}
-        response = httpx.post(url + "/v1/generate", json=body, timeout=300)
-        response.raise_for_status()
+        request = urllib.request.Request(
+            url + "/v1/generate",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=300) as response:
+            content, status, headers = response.read(), response.status, response.headers
         video = work / "demo.gif"
-        video.write_bytes(response.content)
-        summary.update(url=url, video=str(video), headers=dict(response.headers))
+        video.write_bytes(content)
+        summary.update(
+            url=url, video=str(video), headers={k.lower(): v for k, v in headers.items()}
+        )
         print(
-            f"  POST /v1/generate -> {response.status_code} {response.headers['content-type']} "
-            f"{len(response.content)} bytes, model v{response.headers['x-model-version']}, "
-            f"seed {response.headers['x-seed']}, {response.headers['server-timing']}"
+            f"  POST /v1/generate -> {status} {headers['content-type']} "
+            f"{len(content)} bytes, model v{headers['x-model-version']}, "
+            f"seed {headers['x-seed']}, {headers['server-timing']}"
         )
         progress("summary")
         _print_summary(cfg, summary)

@@ -45,37 +45,48 @@ MANIFEST = "manifest.json"
 SHARDS = "shards"
 RUNS = "runs"
 STATUS_ENCODED = "encoded"
-SHARD_COLUMNS = ("clip_id", "video_id", "caption", "frame_indices", "fps", "source", "flipped")
-TENSOR_COLUMNS = ("latent_mean", "latent_std", "text_embedding")
+
+
+def _strings(values: np.ndarray) -> pa.Array:
+    return pa.array([str(v) for v in values], pa.string())
+
+
+def _int_lists(values: np.ndarray) -> pa.Array:
+    """``(rows, length)`` ints -> a list<int32> column (frame indices, token ids)."""
+    values = np.asarray(values, np.int32)
+    length = values.shape[1] if values.ndim == 2 else 0
+    offsets = np.arange(len(values) + 1, dtype=np.int32) * length
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.reshape(-1)))
+
+
+def _tensors(values: np.ndarray) -> pa.Array:
+    """``(rows, ...)`` -> a Ray tensor column of float16 (latents and text embeddings)."""
+    from ray.data.extensions import ArrowTensorArray
+
+    return ArrowTensorArray.from_numpy(np.asarray(values, np.float16))
+
+
+SHARD_COLUMNS = {
+    "clip_id": _strings,
+    "video_id": _strings,
+    "caption": _strings,
+    "frame_indices": _int_lists,
+    "fps": lambda values: pa.array(np.asarray(values, np.float32)),
+    "source": _strings,
+    "flipped": lambda values: pa.array(np.asarray(values, bool)),
+    "latent_mean": _tensors,
+    "latent_std": _tensors,
+}
+"""Every shard's columns and how a numpy batch column becomes an Arrow column."""
+TEXT_COLUMNS = {"text_embedding": _tensors, "input_ids": _int_lists}
+"""Present when ``data.cache_text_embeddings`` is on."""
 
 
 def shard_table(batch: dict[str, np.ndarray]) -> pa.Table:
-    """Latent rows (numpy batch) -> the shard schema."""
-    from ray.data.extensions import ArrowTensorArray
-
-    indices = np.asarray(batch["frame_indices"], np.int32)
-    num_frames = indices.shape[1] if indices.ndim == 2 else 0
-    offsets = np.arange(len(indices) + 1, dtype=np.int32) * num_frames
-    columns = {
-        "clip_id": pa.array([str(v) for v in batch["clip_id"]], pa.string()),
-        "video_id": pa.array([str(v) for v in batch["video_id"]], pa.string()),
-        "caption": pa.array([str(v) for v in batch["caption"]], pa.string()),
-        "frame_indices": pa.ListArray.from_arrays(pa.array(offsets), pa.array(indices.reshape(-1))),
-        "fps": pa.array(np.asarray(batch["fps"], np.float32)),
-        "source": pa.array([str(v) for v in batch["source"]], pa.string()),
-        "flipped": pa.array(np.asarray(batch["flipped"], bool)),
-        "latent_mean": ArrowTensorArray.from_numpy(np.asarray(batch["latent_mean"], np.float16)),
-        "latent_std": ArrowTensorArray.from_numpy(np.asarray(batch["latent_std"], np.float16)),
-    }
+    """Latent rows (numpy batch) -> the shard schema (``SHARD_COLUMNS`` [+ ``TEXT_COLUMNS``])."""
+    columns = {name: convert(batch[name]) for name, convert in SHARD_COLUMNS.items()}
     if "text_embedding" in batch:
-        columns["text_embedding"] = ArrowTensorArray.from_numpy(
-            np.asarray(batch["text_embedding"], np.float16)
-        )
-        ids = np.asarray(batch["input_ids"], np.int32)
-        id_offsets = np.arange(len(ids) + 1, dtype=np.int32) * ids.shape[1]
-        columns["input_ids"] = pa.ListArray.from_arrays(
-            pa.array(id_offsets), pa.array(ids.reshape(-1))
-        )
+        columns |= {name: convert(batch[name]) for name, convert in TEXT_COLUMNS.items()}
     return pa.table(columns)
 
 
@@ -216,11 +227,7 @@ class ShardWriter:
                 record |= {"clips": 0, "cached_clips": 0}
             records.append(record)
         if keep.any():
-            rows = {
-                k: v[keep]
-                for k, v in batch.items()
-                if k in SHARD_COLUMNS + TENSOR_COLUMNS + ("input_ids",)
-            }
+            rows = {k: v[keep] for k, v in batch.items() if k in SHARD_COLUMNS or k in TEXT_COLUMNS}
             self.store.commit(
                 shard_table(rows), f"part-{self.run_id}-{self.shards_written:06d}.parquet"
             )

@@ -36,3 +36,21 @@ def ray_cluster():
     init_ray(load_config(CONFIG), hide_gpus=True, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+# Fixtures that start a cluster or a server: tests using them (directly or through another
+# fixture) are `integration`; `make test-unit` runs the rest in a minute or two.
+SERVER_FIXTURES = {
+    "ray_cluster",
+    "head_node",
+    "s3_bucket",
+    "s3_endpoint",
+    "s3_server",
+    "mlflow_server",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)

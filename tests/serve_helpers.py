@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -54,3 +57,32 @@ def register_versions(cfg: Config, work: Path, seeds: list[int]) -> list[str]:
         cfg.mlflow.registered_model, cfg.mlflow.champion_alias, versions[0]
     )
     return versions
+
+
+@contextmanager
+def scoped_mlflow_uris(tracking_uri: str) -> Iterator[None]:
+    """MLflow's process-wide tracking and registry URIs set to ``tracking_uri`` inside the block
+    only, for the fluent calls that read them (``mlflow.pyfunc.load_model("models:/...")``): the
+    project itself never sets them.
+
+    Both URIs, and the ``MLFLOW_*_URI`` environment variables that ``mlflow.set_*_uri`` also
+    writes, are put back afterwards: a caller's own MLflow settings survive registering a model."""
+    import mlflow
+    import mlflow.tracking._model_registry.utils as registry_utils
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved_env = {name: os.environ.get(name) for name in names}
+    saved = tracking_utils._tracking_uri, registry_utils._registry_uri
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved[0])  # also resets MLflow's tracer to the restored URI
+        registry_utils._registry_uri = saved[1]
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

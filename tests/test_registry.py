@@ -103,9 +103,9 @@ def test_registering_leaves_global_uris_and_env_alone(tmp_path, global_mlflow):
 
 def test_any_logged_folder_name_loads(tmp_path, global_mlflow):
     import mlflow
+    from serve_helpers import scoped_mlflow_uris
 
     from tracking.registry import load_registered_motion_module
-    from tracking.runs import scoped_mlflow_uris
 
     store = f"sqlite:///{tmp_path}/a.db"
     expected = _register(tmp_path, "weights", seed=5, tracking_uri=store)

@@ -132,7 +132,7 @@ def test_registered_version_loads_and_predicts_and_promotes(reference, capsys) -
         {k: v.float() for k, v in modules.state_dict().items()}, _motion(outcome.motion_dir)
     )
 
-    from tracking.runs import scoped_mlflow_uris
+    from serve_helpers import scoped_mlflow_uris
 
     with scoped_mlflow_uris(uri):  # pyfunc.load_model resolves models:/ through the globals
         model = mlflow.pyfunc.load_model(f"models:/{name}/{outcome.model_version}")

@@ -22,8 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from animatediff.checkpoints import NATIVE_CONFIG, load_any, load_motion_modules
 from animatediff.config import (
     Config,
+    MlflowConfig,
     MotionModuleConfig,
     SampleConfig,
     load_config,
@@ -31,6 +33,8 @@ from animatediff.config import (
     to_dict,
 )
 from animatediff.generation import GenerationParams, generate_all
+from tracking.model_refs import read_snapshot, resolve_model_ref
+from tracking.runs import client, resolve_tracking_uri
 
 MOTION_ARTIFACT = "motion_module"
 CONFIG_ARTIFACT = "config.yaml"
@@ -158,39 +162,53 @@ def register_motion_module(
     tracking_uri: str,
     val_loss: float | None = None,
 ) -> str:
-    """Log the motion module as a pyfunc model in ``run_id``, register it under
-    ``mlflow.registered_model`` with alias ``mlflow.candidate_alias``; returns the version."""
-    import mlflow
+    """Log the motion module as a pyfunc model of ``run_id`` (an MLflow logged model), register
+    it under ``mlflow.registered_model`` with alias ``mlflow.candidate_alias``; returns the
+    version. Only client calls on ``tracking_uri``: MLflow's process-wide settings are untouched."""
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
 
-    from tracking.runs import client, scoped_mlflow_uris
-
-    with tempfile.TemporaryDirectory() as directory, scoped_mlflow_uris(tracking_uri):
+    mlflow_client = client(tracking_uri)
+    name = cfg.mlflow.registered_model
+    experiment = mlflow_client.get_run(run_id).info.experiment_id
+    logged = mlflow_client.create_logged_model(
+        experiment, name=MOTION_ARTIFACT, source_run_id=run_id, model_type="motion-module"
+    )
+    with tempfile.TemporaryDirectory() as directory:
         config_path = Path(directory) / CONFIG_ARTIFACT
         save_config(cfg, config_path)
         base_path = Path(directory) / BASE_ARTIFACT
         base_path.write_text(json.dumps(to_dict(cfg.model.base), indent=2))
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=_python_model_class()(),
-                artifacts={
-                    MOTION_ARTIFACT: str(motion_dir),
-                    "config": str(config_path),
-                    "base": str(base_path),
-                },
-                signature=_signature(),
-                input_example=_input_example(cfg),
-                registered_model_name=cfg.mlflow.registered_model,
-                pip_requirements=["animatediff-ray"],
-            )
-    mlflow_client = client(tracking_uri)
-    version = str(info.registered_model_version)
-    name = cfg.mlflow.registered_model
+        model_dir = Path(directory) / "model"
+        mlflow.pyfunc.save_model(
+            model_dir,
+            python_model=_python_model_class()(),
+            artifacts={
+                MOTION_ARTIFACT: str(motion_dir),
+                "config": str(config_path),
+                "base": str(base_path),
+            },
+            signature=_signature(),
+            input_example=_input_example(cfg),
+            pip_requirements=["animatediff-ray"],
+        )
+        mlflow_client.log_model_artifacts(logged.model_id, str(model_dir))
+    mlflow_client.finalize_logged_model(logged.model_id, "READY")
+    try:
+        mlflow_client.create_registered_model(name)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    tags = {"base": cfg.model.base.pretrained}
     if val_loss is not None:
-        mlflow_client.set_model_version_tag(name, version, VAL_LOSS_TAG, repr(float(val_loss)))
-    mlflow_client.set_model_version_tag(name, version, "base", cfg.model.base.pretrained)
-    mlflow_client.set_registered_model_alias(name, cfg.mlflow.candidate_alias, version)
-    return version
+        tags[VAL_LOSS_TAG] = repr(float(val_loss))
+    # The logged model's artifact location as the source, not ``models:/<id>``: MLflow's SQL
+    # registry would look that id up through the process-wide tracking URI.
+    version = mlflow_client.create_model_version(
+        name, logged.artifact_location, run_id=run_id, tags=tags, model_id=logged.model_id
+    ).version
+    mlflow_client.set_registered_model_alias(name, cfg.mlflow.candidate_alias, str(version))
+    return str(version)
 
 
 def _parse_models_uri(model_uri: str) -> tuple[str, str | None, str | None]:
@@ -209,12 +227,12 @@ def _find_artifact(root: Path, key: str, filename: str | None = None) -> Path:
     Found through the pyfunc's artifacts mapping in ``MLmodel`` (key -> stored path), so the
     name of the folder the trainer logged does not matter; the motion module is otherwise found
     by its content (the one folder holding ``motion_module.json``)."""
-    import yaml
+    from mlflow.models import Model
 
     mlmodel = root / "MLmodel"
     if mlmodel.is_file():
-        flavors = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors") or {}
-        artifacts = (flavors.get("python_function") or {}).get("artifacts") or {}
+        pyfunc = Model.load(str(mlmodel)).flavors.get("python_function") or {}
+        artifacts = pyfunc.get("artifacts") or {}
         if key in artifacts:
             path = root / artifacts[key]["path"]
             if path.exists():
@@ -223,8 +241,6 @@ def _find_artifact(root: Path, key: str, filename: str | None = None) -> Path:
         if candidate.exists():
             return candidate
     if key == MOTION_ARTIFACT:
-        from animatediff.checkpoints import NATIVE_CONFIG
-
         found = sorted({meta.parent for meta in root.rglob(NATIVE_CONFIG)})
         if len(found) == 1:
             return found[0]
@@ -261,10 +277,6 @@ def load_registered_motion_module(
     the frozen base it animates) and ``config`` (the full training config dict, for sampling
     defaults)."""
     import mlflow
-
-    from animatediff.checkpoints import load_motion_modules
-    from animatediff.config import MlflowConfig
-    from tracking.runs import client, resolve_tracking_uri
 
     # The same store as training: explicit, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db.
     tracking_uri = resolve_tracking_uri(MlflowConfig(tracking_uri=tracking_uri or ""))
@@ -332,8 +344,6 @@ def resolve_motion_source(ref: str, cfg: Config) -> MotionSource:
     """What ``ref`` names, pinned: an existing checkpoint path (native, original or diffusers
     format), ``models:/<name>@<alias>`` / ``models:/<name>/<version>``, or an alias or version of
     ``registered_model_name(cfg)``; empty: ``mlflow.champion_alias``."""
-    from tracking.model_refs import read_snapshot, resolve_model_ref
-    from tracking.runs import resolve_tracking_uri
 
     tracking_uri = resolve_tracking_uri(cfg.mlflow)
     if ref.startswith("s3://") or (ref and Path(ref).expanduser().exists()):
@@ -352,8 +362,6 @@ def resolve_motion_source(ref: str, cfg: Config) -> MotionSource:
 def load_motion(source: MotionSource, cfg: Config) -> tuple[Any, Config]:
     """``(MotionModules, cfg animating with them)``: the loaded weights and ``cfg`` with the
     motion-module config they were saved with."""
-    from animatediff.checkpoints import load_any
-
     if source.version == "local":
         modules, motion_cfg = load_any(source.uri, defaults=cfg.model.motion)
     else:
@@ -405,8 +413,6 @@ def promote(
     """Move ``mlflow.champion_alias`` to ``version`` (default: the ``candidate``) if it passes
     ``should_promote`` (or ``force``); returns the decision and the version considered."""
     from mlflow.exceptions import MlflowException
-
-    from tracking.runs import client
 
     mlflow_client = client(tracking_uri)
     name = cfg.mlflow.registered_model

@@ -8,8 +8,6 @@ run id through ``RunLogger`` (only rank 0 constructs one).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,34 +46,6 @@ def client(tracking_uri: str):
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
-
-@contextmanager
-def scoped_mlflow_uris(tracking_uri: str) -> Iterator[None]:
-    """MLflow's process-wide tracking and registry URIs set to ``tracking_uri`` inside the block
-    only, for the fluent calls that read them (``mlflow.pyfunc.log_model``, ``start_run``).
-
-    Both URIs, and the ``MLFLOW_*_URI`` environment variables that ``mlflow.set_*_uri`` also
-    writes, are put back afterwards: a caller's own MLflow settings survive registering a model."""
-    import mlflow
-    import mlflow.tracking._model_registry.utils as registry_utils
-    import mlflow.tracking._tracking_service.utils as tracking_utils
-
-    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    saved_env = {name: os.environ.get(name) for name in names}
-    saved = tracking_utils._tracking_uri, registry_utils._registry_uri
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(saved[0])  # also resets MLflow's tracer to the restored URI
-        registry_utils._registry_uri = saved[1]
-        for name, value in saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def experiment_id(cfg: MlflowConfig, tracking_uri: str) -> str:
