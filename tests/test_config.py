@@ -3,7 +3,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from animatediff.config import Config, ConfigError, flatten, from_dict, load_config, to_dict
+from animatediff.config import (
+    Config,
+    ConfigError,
+    flatten,
+    from_dict,
+    load_config,
+    option_docs,
+    to_dict,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,3 +59,53 @@ def test_overrides_are_typed_and_nested():
 def test_invalid_values_name_the_option(override, option):
     with pytest.raises(ConfigError, match=option.replace(".", r"\.")):
         load_config(REPO / "configs/tiny.yaml", [override])
+
+
+@pytest.mark.parametrize("written", ["1e-4", "1E-4", "1.0e-4", "0.0001", ".0001", "+1e-4"])
+def test_numbers_are_read_as_a_python_user_writes_them(written):
+    assert load_config(None, [f"train.lr={written}"]).train.lr == pytest.approx(1e-4)
+    # Strings that only look numeric elsewhere stay strings.
+    assert load_config(None, [f"train.run_name=run-{written}"]).train.run_name == f"run-{written}"
+
+
+def test_literal_options_take_their_own_type_only():
+    assert load_config(None, ["train.zero_stage=3"]).train.zero_stage == 3
+    for wrong in ("1", "3.0", "true", "'3'"):
+        with pytest.raises(ConfigError, match="train.zero_stage: must be one of"):
+            load_config(None, [f"train.zero_stage={wrong}"])
+
+
+def test_every_config_field_is_documented():
+    options = option_docs(Config)
+    assert len(options) > 100
+    undocumented = [option.name for option in options if not option.doc.strip()]
+    assert not undocumented
+    (lr,) = [option for option in options if option.name == "train.lr"]
+    assert (lr.type, lr.default) == ("float", 1e-4) and "learning rate" in lr.doc
+
+
+@pytest.mark.parametrize("job", ["train", "preprocess", "generate", "serve", "promote"])
+def test_help_lists_the_jobs_own_options_and_examples(job, capsys):
+    import importlib
+
+    module = importlib.import_module(f"jobs.{job}")
+    with pytest.raises(SystemExit) as exited:
+        module.main(["--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    assert f"usage: python -m jobs.{job}" in text
+    assert f"python -m jobs.{job} --config" in text  # its own examples
+    for section in module.JOB.sections:
+        assert f"  {section}." in text or f"  {section} (" in text, section
+    if job != "train":
+        assert "  train.max_steps" not in text
+
+
+def test_user_errors_print_one_line_and_exit_2(capsys):
+    from jobs import cli, train
+
+    assert cli.run(train.main, ["--config", str(REPO / "configs/tiny.yaml"), "train.lr=x"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: train.lr: expected a number, got 'x'\n"
+    with pytest.raises(ConfigError):
+        cli.run(train.main, ["--debug", "train.lr=x"])
