@@ -531,7 +531,7 @@ def _closed(schema):
 
 
 @functools.cache
-def _crd_validator(kind: str) -> jsonschema.Validator:
+def _crd_validator(kind: str) -> jsonschema.protocols.Validator:
     return jsonschema.Draft202012Validator(_closed(KUBERAY["schemas"][kind]))
 
 
