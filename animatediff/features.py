@@ -12,6 +12,7 @@ CPU. Some can do more: ``ClassifierFeatures.classify`` (the ``Classifier`` proto
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -194,3 +195,82 @@ class ClipFeatures:
         images = self(frames)  # (n, dim)
         text = self.text_features(prompt)  # (dim,)
         return F.cosine_similarity(images, text[None], dim=1)
+
+
+class FrameClassifier(torch.nn.Module):
+    """A small CNN frame classifier with the ``features``/``head`` interface of
+    ``ClassifierFeatures``: what an experiment trains itself where no pretrained network can be
+    downloaded (the Moving Digits scorer). Saved as ``config.json`` + ``model.safetensors``.
+
+    ``features(x: (n, channels, size, size) in [0, 1]) -> (n, width * 2)``;
+    ``head(features) -> (n, classes)``."""
+
+    def __init__(self, classes: int, channels: int = 1, size: int = 32, width: int = 32) -> None:
+        super().__init__()
+        self.config = {"classes": classes, "channels": channels, "size": size, "width": width}
+        conv = torch.nn.Conv2d
+        self.body = torch.nn.Sequential(
+            conv(channels, width, 3, padding=1),
+            torch.nn.GELU(),
+            torch.nn.MaxPool2d(2),
+            conv(width, width * 2, 3, padding=1),
+            torch.nn.GELU(),
+            torch.nn.MaxPool2d(2),
+            conv(width * 2, width * 2, 3, padding=1),
+            torch.nn.GELU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+        )
+        self.classifier = torch.nn.Linear(width * 2, classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x * 2 - 1)
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def save(self, directory: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.json").write_text(json.dumps(self.config))
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, directory / MODEL_FILE)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> FrameClassifier:
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        model = cls(**json.loads((directory / "config.json").read_text()))
+        model.load_state_dict(load_file(str(directory / MODEL_FILE)))
+        return model.eval()
+
+    def extractor(self) -> ClassifierFeatures:
+        """This classifier as a feature extractor (frames resized to its input size)."""
+        size = self.config["size"]
+        return ClassifierFeatures(self, (size, size), grayscale=self.config["channels"] == 1)
+
+
+MODEL_FILE = "model.safetensors"
+
+
+def load_extractor(spec: str) -> FeatureExtractor:
+    """A feature extractor by name: ``pixels``, ``clip:<directory or hub id>`` (a CLIP model:
+    image features and text alignment) or ``classifier:<directory>`` (a saved
+    ``FrameClassifier``: features and labels)."""
+    kind, _, where = spec.partition(":")
+    if kind == "pixels" and not where:
+        return PixelFeatures()
+    if kind == "clip" and where:
+        return ClipFeatures(where)
+    if kind == "classifier" and where:
+        return FrameClassifier.load(where).extractor()
+    raise ValueError(
+        f"evaluate.features: {spec!r} is not 'pixels', 'clip:<path or hub id>' or "
+        "'classifier:<directory>'"
+    )

@@ -1,4 +1,10 @@
-"""Merge LoRA files into frozen base weights: ``W += scale * alpha / rank * up @ down``.
+"""LoRA: trainable low-rank adapters, their kohya export, and merging LoRA files into weights.
+
+Training (``add_lora``) wraps target ``nn.Linear`` layers in ``LoraLinear``: the frozen layer plus
+``alpha / rank * up(down(x))``, with ``up`` zero-initialised so a fresh adapter changes nothing.
+``kohya_state_dict`` exports the adapters in the kohya/A1111 layout that community tools and
+``model.base.loras`` read. Merging a file into frozen base weights:
+``W += scale * alpha / rank * up @ down``.
 
 Two key styles are read, both from ``.safetensors`` only:
 
@@ -18,6 +24,7 @@ SD 1.5 base, LyCORIS variants, a typo) is an error naming the key, never silentl
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,12 +97,17 @@ def read_lora(path: str | Path) -> list[LoraPair]:
         tensors = load_file(str(path))
     except Exception as error:  # safetensors raises several kinds for corrupt files
         raise LoraError(f"{path}: not a readable safetensors file ({error})") from error
+    return lora_pairs(tensors, str(path))
+
+
+def lora_pairs(tensors: Mapping[str, torch.Tensor], source: str = "LoRA") -> list[LoraPair]:
+    """The low-rank pairs of a LoRA state dict (any supported key style)."""
     pairs: dict[tuple[str, str], LoraPair] = {}
     for key, tensor in tensors.items():
         try:
             component, module, part = _parse_key(key)
         except LoraError as error:
-            raise LoraError(f"{path}: {error}") from error
+            raise LoraError(f"{source}: {error}") from error
         pair = pairs.setdefault((component, module), LoraPair(component, module, key=key))
         if part == "alpha":
             pair.alpha = float(tensor.float().item())
@@ -103,10 +115,10 @@ def read_lora(path: str | Path) -> list[LoraPair]:
             setattr(pair, part, tensor)
     for pair in pairs.values():
         if pair.down is None or pair.up is None:
-            raise LoraError(f"{path}: {pair.key!r} has no matching lora up/down weight")
+            raise LoraError(f"{source}: {pair.key!r} has no matching lora up/down weight")
         if pair.down.shape[0] != pair.up.shape[1]:
             raise LoraError(
-                f"{path}: {pair.key!r}: down {tuple(pair.down.shape)} and up "
+                f"{source}: {pair.key!r}: down {tuple(pair.down.shape)} and up "
                 f"{tuple(pair.up.shape)} disagree on the rank"
             )
     return list(pairs.values())
@@ -151,7 +163,14 @@ def merge_lora(models: dict[str, nn.Module], path: str | Path, scale: float = 1.
 
     Every pair is resolved before any weight changes, so a bad file leaves the models untouched.
     Returns the merged ``component.module`` names."""
-    pairs = read_lora(path)
+    return merge_pairs(models, read_lora(path), str(path), scale)
+
+
+@torch.no_grad()
+def merge_pairs(
+    models: dict[str, nn.Module], pairs: list[LoraPair], source: str, scale: float = 1.0
+) -> list[str]:
+    """``merge_lora`` for pairs already read (``lora_pairs``)."""
     indexes = {name: _module_index(name, model) for name, model in models.items()}
     updates = []
     for pair in pairs:
@@ -160,7 +179,7 @@ def merge_lora(models: dict[str, nn.Module], path: str | Path, scale: float = 1.
         module = indexes[pair.component].get(pair.module)
         if module is None:
             raise LoraError(
-                f"{path}: {pair.key!r} matches no module of the {pair.component} "
+                f"{source}: {pair.key!r} matches no module of the {pair.component} "
                 f"(looked for {pair.module!r}; is this LoRA for another base architecture?)"
             )
         updates.append((pair, module, lora_delta(pair, module.weight.shape)))
@@ -168,3 +187,82 @@ def merge_lora(models: dict[str, nn.Module], path: str | Path, scale: float = 1.
         weight = module.weight
         weight.copy_((weight.float() + scale * delta).to(weight.dtype))
     return [f"{pair.component}.{pair.module}" for pair, _, _ in updates]
+
+
+# ---------------------------------------------------------------------------------------------
+# Training adapters
+# ---------------------------------------------------------------------------------------------
+
+
+class LoraLinear(nn.Module):
+    """``base(x) + alpha / rank * up(down(x))`` around a frozen ``nn.Linear``.
+
+    ``down``: (rank, in) Kaiming-uniform as in the LoRA paper's reference code; ``up``: (out, rank)
+    zeros, so training starts from the base model exactly."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float) -> None:
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+        base.requires_grad_(False)
+        self.base = base
+        self.rank, self.alpha = rank, float(alpha)
+        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
+        self.down = nn.Linear(base.in_features, rank, bias=False, **factory)
+        self.up = nn.Linear(rank, base.out_features, bias=False, **factory)
+        nn.init.kaiming_uniform_(self.down.weight, a=5**0.5)
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.up(self.down(x)) * (self.alpha / self.rank)
+
+
+def add_lora(
+    model: nn.Module, targets: tuple[str, ...], rank: int, alpha: float
+) -> dict[str, LoraLinear]:
+    """Wrap every ``nn.Linear`` of ``model`` whose dotted name ends with one of ``targets`` (e.g.
+    ``to_q``, ``to_out.0``) in a ``LoraLinear``; returns them by module name. Every other
+    parameter of ``model`` is frozen, so the adapters are all that trains."""
+    model.requires_grad_(False)
+    names = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and any(name.endswith(t) for t in targets)
+    ]
+    if not names:
+        raise LoraError(f"train.lora.target_modules: {list(targets)} match no linear layer")
+    adapters = {}
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        adapters[name] = LoraLinear(getattr(parent, child), rank, alpha)
+        setattr(parent, child, adapters[name])
+    return adapters
+
+
+def kohya_state_dict(
+    model: nn.Module,
+    component: str = "unet",
+    state: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """The ``LoraLinear`` adapters of ``model`` as kohya keys
+    (``lora_unet_<module_with_underscores>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``),
+    float32 on the CPU.
+
+    Module names are relative to ``model`` and name the wrapped layer (``...attn1.to_q``), which
+    is what ``merge_lora`` resolves against the plain base. ``state`` (names relative to
+    ``model``, e.g. gathered fp32 master weights) overrides the modules' own tensors."""
+    prefix = {"unet": "lora_unet", "text_encoder": "lora_te"}[component]
+    state = state or {}
+    exported = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, LoraLinear):
+            continue
+        key = f"{prefix}_{name.replace('.', '_')}"
+        for part, layer in (("lora_down", module.down), ("lora_up", module.up)):
+            tensor = state.get(f"{name}.{part.removeprefix('lora_')}.weight", layer.weight)
+            exported[f"{key}.{part}.weight"] = tensor.detach().float().cpu().contiguous()
+        exported[f"{key}.alpha"] = torch.tensor(module.alpha)
+    if not exported:
+        raise LoraError("the model has no LoRA adapters to export")
+    return exported

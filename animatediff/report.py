@@ -19,7 +19,7 @@ GAP = 2  # white pixels between frames and between rows
 _WHITE, _BLACK = 255, (0, 0, 0)
 
 
-def _pick_frames(video: np.ndarray, max_frames: int | None) -> np.ndarray:
+def pick_frames(video: np.ndarray, max_frames: int | None) -> np.ndarray:
     """All frames, or ``max_frames`` evenly spaced ones including the first and the last (the
     whole motion stays visible, at a coarser step)."""
     if max_frames is None or video.shape[0] <= max_frames:
@@ -52,7 +52,7 @@ def contact_sheet(
         video = np.asarray(video)
         if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8:
             raise ValueError(f"video: expected (frames, h, w, 3) uint8, got {video.shape}")
-        rows.append(_pick_frames(video, max_frames))
+        rows.append(pick_frames(video, max_frames))
     widths = [f * (w + GAP) - GAP for f, _, w, _ in (row.shape for row in rows)]
     height = sum(LABEL_HEIGHT + row.shape[1] + GAP for row in rows) - GAP
     sheet = np.full((height, max(widths), 3), _WHITE, dtype=np.uint8)
@@ -73,16 +73,26 @@ def contact_sheet(
     return np.asarray(image)
 
 
-def save_png(image: np.ndarray, path: str | Path) -> Path:
-    """Write an ``(H, W, 3)`` uint8 image as PNG, creating parent folders; returns the path."""
+def png_bytes(image: np.ndarray) -> bytes:
+    """An ``(H, W, 3)`` uint8 image encoded as PNG."""
+    import io
+
     from PIL import Image
 
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image: expected (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save_png(image: np.ndarray, path: str | Path) -> Path:
+    """Write an ``(H, W, 3)`` uint8 image as PNG, creating parent folders; returns the path."""
     path = Path(path)
+    data = png_bytes(image)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path, format="PNG")
+    path.write_bytes(data)
     return path
 
 

@@ -250,16 +250,18 @@ class TextToVideo:
         self, seeds: Sequence[int], num_frames: int, height: int, width: int
     ) -> torch.Tensor:
         """Unit Gaussian ``(len(seeds), channels, frames, height/8, width/8)`` float32, one CPU
-        generator per sample: a seed gives the same video on any device and in any batch."""
+        generator per sample: a seed gives the same video on any device and in any batch. With
+        ``sample.shared_noise`` every frame starts from the same noise."""
+        shared = self.cfg.sample.shared_noise
         shape = (
             1,
             self.latent_channels,
-            num_frames,
+            1 if shared else num_frames,
             height // self.vae_scale,
             width // self.vae_scale,
         )
         noise = [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
-        return torch.cat(noise).to(self.device)
+        return torch.cat(noise).expand(-1, -1, num_frames, -1, -1).contiguous().to(self.device)
 
     @torch.no_grad()
     def predict_noise(

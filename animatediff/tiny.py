@@ -34,14 +34,33 @@ def _bytes_to_unicode() -> dict[int, str]:
     return {b: chr(c) for b, c in zip(printable, codes)}
 
 
+def write_clip_bpe_tokenizer(directory: Path, bpe_path: str | Path) -> None:
+    """Write the real CLIP tokenizer (vocab.json, merges.txt, configs) from OpenAI's BPE merges
+    file ``bpe_simple_vocab_16e6.txt.gz`` (shipped inside the ``open_clip_torch`` wheel): the
+    49,408-token vocabulary of SD 1.5's text encoder, built as OpenAI's ``SimpleTokenizer``
+    builds it (bytes, bytes + ``</w>``, the first 48,894 merges, then the two special tokens)."""
+    import gzip
+
+    merges = gzip.open(bpe_path).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    symbols = list(_bytes_to_unicode().values())
+    vocab_list = symbols + [s + "</w>" for s in symbols]
+    vocab_list += ["".join(merge.split()) for merge in merges]
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    write_clip_tokenizer_files(directory, {t: i for i, t in enumerate(vocab_list)}, merges)
+
+
 def write_byte_level_clip_tokenizer(directory: Path) -> None:
     """Write a CLIPTokenizer (vocab.json, merges.txt, configs) whose tokens are single bytes."""
-    directory.mkdir(parents=True, exist_ok=True)
     symbols = list(_bytes_to_unicode().values())
     vocab_list = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {token: index for index, token in enumerate(vocab_list)}
+    write_clip_tokenizer_files(directory, {t: i for i, t in enumerate(vocab_list)}, [])
+
+
+def write_clip_tokenizer_files(directory: Path, vocab: dict[str, int], merges: list[str]) -> None:
+    """A CLIPTokenizer directory from a vocabulary and BPE merges (``"a b"`` lines)."""
+    directory.mkdir(parents=True, exist_ok=True)
     (directory / "vocab.json").write_text(json.dumps(vocab))
-    (directory / "merges.txt").write_text("#version: 0.2\n")
+    (directory / "merges.txt").write_text("\n".join(["#version: 0.2", *merges]) + "\n")
     (directory / "special_tokens_map.json").write_text(
         json.dumps(
             {

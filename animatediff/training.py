@@ -176,10 +176,11 @@ class TextConditioner:
 
 @dataclass
 class TrainingModel:
-    """What a training process holds: the inflated UNet (only motion modules trainable), the frozen
-    text conditioning and the diffusion constants."""
+    """What a training process holds: the UNet to train (a ``VideoUNet`` whose motion modules
+    train, or a ``FrameUNet`` over the base's 2D UNet for the image stage), the frozen text
+    conditioning and the diffusion constants."""
 
-    unet: torch.nn.Module  # animatediff.unet.VideoUNet
+    unet: torch.nn.Module
     conditioner: TextConditioner
     alphas_cumprod: torch.Tensor
     """``(T,)`` float64."""
@@ -187,10 +188,15 @@ class TrainingModel:
     """VAE latent scaling factor (0.18215 for SD 1.5)."""
     base_source: str
     """The resolved base model path or hub id."""
+    stage: str = "motion"
+    """``train.stage``: ``image`` trains on one frame drawn per clip."""
 
     @property
     def motion_modules(self) -> MotionModules:
         return self.unet.motion_modules
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.unet.parameters() if p.requires_grad]
 
     def to(self, device: torch.device | str) -> TrainingModel:
         """Move the UNet and the text conditioning to ``device`` (in place)."""
@@ -200,27 +206,48 @@ class TrainingModel:
         return self
 
 
+def _image_stage_unet(unet2d: torch.nn.Module, cfg: Config) -> torch.nn.Module:
+    """The base's 2D UNet, trainable in full or through LoRA adapters (``train.lora``)."""
+    from animatediff.lora import add_lora
+    from animatediff.unet import FrameUNet
+
+    lora = cfg.train.lora
+    if lora.rank:
+        add_lora(unet2d, lora.target_modules, lora.rank, lora.scale_alpha)
+    else:
+        unet2d.requires_grad_(True)
+    if cfg.model.motion.gradient_checkpointing:
+        unet2d.enable_gradient_checkpointing()
+    return FrameUNet(unet2d.train())
+
+
 def build_training_model(cfg: Config, seed: int | None = None) -> TrainingModel:
-    """Load the frozen base and inflate its UNet with fresh motion modules (seeded, so every rank
-    builds identical weights); gradient checkpointing per ``model.motion.gradient_checkpointing``."""
+    """Load the frozen base and make the stage's trainable UNet (seeded, so every rank builds
+    identical weights): ``motion`` inflates the base UNet with fresh motion modules, ``image``
+    trains the base UNet itself (or LoRA adapters on it). Gradient checkpointing per
+    ``model.motion.gradient_checkpointing``."""
     from animatediff.base_model import load_base_model
     from animatediff.unet import VideoUNet
 
     base = load_base_model(cfg.model.base)
     torch.manual_seed(cfg.train.seed if seed is None else seed)
-    unet = VideoUNet.from_unet2d(base.unet, cfg.model.motion)
-    if cfg.model.motion.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    trainable = {id(p) for p in unet.trainable_parameters()}
-    motion = {id(p) for p in unet.motion_modules.parameters()}
-    if trainable != motion:
-        raise RuntimeError("only motion-module parameters may be trainable in the VideoUNet")
+    if cfg.train.stage == "image":
+        unet = _image_stage_unet(base.unet, cfg)
+    else:
+        unet = VideoUNet.from_unet2d(base.unet, cfg.model.motion)
+        if cfg.model.motion.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        trainable = {id(p) for p in unet.trainable_parameters()}
+        motion = {id(p) for p in unet.motion_modules.parameters()}
+        if trainable != motion:
+            raise RuntimeError("only motion-module parameters may be trainable in the VideoUNet")
     return TrainingModel(
         unet=unet,
         conditioner=TextConditioner(base.tokenizer, base.text_encoder),
         alphas_cumprod=alphas_cumprod(make_betas(cfg.model.diffusion)),
         scaling_factor=float(base.vae.config.scaling_factor),
         base_source=base.source,
+        stage=cfg.train.stage,
     )
 
 
@@ -228,6 +255,20 @@ def new_motion_modules(unet: torch.nn.Module, motion_cfg: MotionModuleConfig) ->
     """An empty CPU ``MotionModules`` shaped like ``unet``'s (target of the native export)."""
     mm = unet.motion_modules
     return MotionModules(mm.block_out_channels, mm.layers_per_block, motion_cfg)
+
+
+def one_frame_per_clip(batch: Batch, generator: torch.Generator) -> Batch:
+    """The image stage's batch: one uniformly drawn frame of each clip, shaped
+    ``(batch, channels, 1, height, width)``."""
+    frames = batch.latent_mean.shape[2]
+    index = torch.randint(0, frames, (len(batch),), generator=generator)
+    rows = torch.arange(len(batch))
+    return Batch(
+        captions=batch.captions,
+        latent_mean=batch.latent_mean[rows, :, index].unsqueeze(2),
+        latent_std=batch.latent_std[rows, :, index].unsqueeze(2),
+        text_embedding=batch.text_embedding,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,9 +288,12 @@ def batch_loss(
     """The epsilon (or v) L2 loss of one micro-batch.
 
     ``unet`` is the module to call: ``model.unet`` itself or a DeepSpeed engine wrapping it.
-    A fresh latent is drawn from the stored posterior ``N(mean, std^2)`` each time; then uniform
-    timesteps, Gaussian noise and caption dropout, all from ``generator`` in that order."""
+    The image stage first draws one frame per clip. A fresh latent is drawn from the stored
+    posterior ``N(mean, std^2)`` each time; then uniform timesteps, Gaussian noise and caption
+    dropout, all from ``generator`` in that order."""
     device = next(model.unet.parameters()).device
+    if model.stage == "image":
+        batch = one_frame_per_clip(batch, generator)
     dropout = cfg.model.diffusion.caption_dropout if caption_dropout is None else caption_dropout
     latents = sample_latents(batch.latent_mean, batch.latent_std, generator, model.scaling_factor)
     timesteps = sample_timesteps(

@@ -268,3 +268,35 @@ class VideoUNet(nn.Module):
         if unet.conv_norm_out is not None:
             hidden = unet.conv_act(unet.conv_norm_out(hidden))
         return unet.conv_out(hidden)
+
+
+class FrameUNet(nn.Module):
+    """A 2D ``UNet2DConditionModel`` over video-shaped input, each frame on its own (the image
+    stage trains the base this way on frames drawn from clips).
+
+    ``forward(sample: (batch, channels, frames, height, width), timestep: () or (batch,),
+    encoder_hidden_states: (batch, tokens, dim)) -> (batch, out_channels, frames, height, width)``.
+    """
+
+    def __init__(self, unet2d: nn.Module) -> None:
+        super().__init__()
+        self.unet2d = unet2d
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        encoder_hidden_states: torch.Tensor,
+    ) -> torch.Tensor:
+        batch, channels, frames, height, width = sample.shape
+        # (batch, channels, frames, h, w) -> (batch*frames, channels, h, w)
+        images = sample.transpose(1, 2).reshape(batch * frames, channels, height, width)
+        timestep = torch.as_tensor(timestep, device=sample.device)
+        if timestep.ndim == 1:
+            timestep = timestep.repeat_interleave(frames)
+        text = encoder_hidden_states.repeat_interleave(frames, dim=0)
+        out = self.unet2d(images, timestep, encoder_hidden_states=text, return_dict=False)[0]
+        return out.reshape(batch, frames, -1, height, width).transpose(1, 2)

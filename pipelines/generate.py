@@ -35,9 +35,10 @@ ROW_KEYS = (
 """Settings a JSON line of the prompts file may set (the others come from ``sample:``)."""
 
 
-def read_prompts(text: str, cfg: Config) -> list[dict[str, Any]]:
+def read_prompts(text: str, cfg: Config, extra_keys: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Rows (``index`` + ``GenerationParams`` fields) with every setting resolved; a line without
-    a seed gets ``sample.seed + index``. A bad line raises naming its line number."""
+    a seed gets ``sample.seed + index``. ``extra_keys`` may also appear in JSON lines and are
+    passed through (``expect`` for evaluation). A bad line raises naming its line number."""
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
@@ -48,7 +49,7 @@ def read_prompts(text: str, cfg: Config) -> list[dict[str, Any]]:
                 item = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"prompts line {number}: invalid JSON ({error})") from error
-            unknown = sorted(set(item) - {"prompt", *ROW_KEYS})
+            unknown = sorted(set(item) - {"prompt", *ROW_KEYS, *extra_keys})
             if unknown:
                 raise ValueError(f"prompts line {number}: unknown keys {unknown}")
         else:
@@ -56,13 +57,14 @@ def read_prompts(text: str, cfg: Config) -> list[dict[str, Any]]:
         if not isinstance(item.get("prompt"), str) or not item["prompt"].strip():
             raise ValueError(f"prompts line {number}: needs a non-empty 'prompt'")
         index = len(rows)
+        extras = {key: item.pop(key) for key in extra_keys if key in item}
         params = GenerationParams.resolve(
             item,
             cfg.sample,
             default_seed=cfg.sample.seed + index,
             output_format=cfg.generate.output_format,
         )
-        row = {"index": index, **params.to_dict()}
+        row = {"index": index, **params.to_dict(), **extras}
         del row["model"], row["base"]  # one model and base for the whole run
         rows.append(row)
     if not rows:

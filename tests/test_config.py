@@ -84,7 +84,7 @@ def test_every_config_field_is_documented():
     assert (lr.type, lr.default) == ("float", 1e-4) and "learning rate" in lr.doc
 
 
-@pytest.mark.parametrize("job", ["train", "preprocess", "generate", "serve", "promote"])
+@pytest.mark.parametrize("job", ["train", "preprocess", "generate", "serve", "promote", "evaluate"])
 def test_help_lists_the_jobs_own_options_and_examples(job, capsys):
     import importlib
 

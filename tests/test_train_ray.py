@@ -315,7 +315,8 @@ def test_zero3_run_tracked_on_a_tracking_server(reference, shards, mlflow_server
 
 def _plain_pytorch_reference(cfg) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """What ``jobs.train`` must compute on one worker, written as a plain PyTorch loop: the
-    shards in manifest order, micro-batches cycling through them, loss / accumulation steps,
+    shards in manifest order without the held-out validation videos, micro-batches cycling
+    through them, loss / accumulation steps,
     clipping at the optimizer step, AdamW with the scheduled lr. ``(initial, final)`` weights."""
     from animatediff.training import (
         BATCH_COLUMNS,
@@ -326,12 +327,15 @@ def _plain_pytorch_reference(cfg) -> tuple[dict[str, torch.Tensor], dict[str, to
     )
     from pipelines.fingerprint import data_fingerprint
     from pipelines.latents import find_shard_set
-    from trainer.data import read_clips, validation_batches
+    from trainer.data import held_out_clips, read_clips, validation_batches
 
     train = cfg.train
     location, manifest = find_shard_set(train.data_uri, data_fingerprint(cfg))
-    clips = read_clips(location, manifest, 10**9, list(BATCH_COLUMNS))
-    batches = validation_batches(clips, train.batch_size)
+    clips = read_clips(location, manifest, 10**9, ["clip_id", *BATCH_COLUMNS])
+    held_out, _ = held_out_clips(location, manifest, train.val_max_clips)
+    keep = [cid not in held_out for cid in clips.pop("clip_id")]
+    assert 0 < sum(keep) < len(keep)  # the validation videos are not trained on
+    batches = validation_batches({k: v[keep] for k, v in clips.items()}, train.batch_size)
     model = build_training_model(cfg)
     initial = {k: v.detach().clone() for k, v in model.unet.motion_modules.state_dict().items()}
     params = [p for p in model.unet.parameters() if p.requires_grad]
@@ -357,7 +361,7 @@ def _plain_pytorch_reference(cfg) -> tuple[dict[str, torch.Tensor], dict[str, to
 
 def test_accumulation_and_cosine_schedule_match_a_plain_pytorch_loop(ray_cluster, shards) -> None:
     """One Ray Train worker, ZeRO-2, 2 accumulated micro-batches per step, warm-up then cosine,
-    5 steps (10 micro-batches over 8 clips: the second epoch starts mid-run)."""
+    5 steps (10 micro-batches over the 6 training clips: the second epoch starts mid-run)."""
     from mlflow import MlflowClient
 
     from animatediff.training import learning_rate
@@ -379,7 +383,8 @@ def test_accumulation_and_cosine_schedule_match_a_plain_pytorch_loop(ray_cluster
     outcome = run_training(cfg)
     assert outcome.step == 5
     state = json.loads((Path(outcome.checkpoint_path) / "trainer_state.json").read_text())
-    assert state["position"] == {"step": 5, "epoch": 1, "batch_in_epoch": 2}
+    # 10 micro-batches over 6 training clips (2 of the 8 are held out for validation).
+    assert state["position"] == {"step": 5, "epoch": 1, "batch_in_epoch": 4}
     initial, want = _plain_pytorch_reference(cfg)
     got = _motion(outcome.motion_dir)
     assert got.keys() == want.keys()
@@ -462,3 +467,67 @@ def test_bf16_zero2_run_trains_and_exports_fp32(reference, shards) -> None:
     for key in proj_out:  # zero-initialised: what each run holds is how far it moved them
         moved_bf16, moved_fp32 = weights[key].flatten(), fp32[key].flatten()
         assert torch.cosine_similarity(moved_bf16, moved_fp32, dim=0) > 0.9, key
+
+
+def test_image_stage_exports_a_pipeline_that_loads_as_the_base(ray_cluster, shards) -> None:
+    """Full fine-tuning of the 2D UNet on frames, through the same loop, checkpoints and
+    registry; the export is a StableDiffusion directory that `model.base.pretrained` loads."""
+    from mlflow import MlflowClient
+
+    from animatediff.base_model import load_base_model
+
+    cfg = tiny_train_config(
+        shards,
+        "train.stage=image",
+        "train.max_steps=3",
+        "train.checkpoint_every=2",
+        "train.run_name=image-full",
+        "train.validation_prompts=['a red ball']",
+    )
+    outcome = run_training(cfg)
+    assert outcome.step == 3 and outcome.val_loss is not None
+    pipeline = outcome.export_path
+    assert (pipeline / "model_index.json").is_file() and (pipeline / "unet").is_dir()
+    last = Path(outcome.checkpoint_path)
+    trained = load_base_model(dataclasses.replace(cfg.model.base, pretrained=str(pipeline))).unet
+    original = load_base_model(cfg.model.base).unet
+    from_checkpoint = load_file(str(last / "unet" / "diffusion_pytorch_model.safetensors"))
+    moved = 0
+    for name, tensor in trained.state_dict().items():
+        assert torch.equal(tensor, from_checkpoint[name]), name
+        moved += not torch.equal(tensor, original.state_dict()[name])
+    assert moved > len(from_checkpoint) // 2  # full fine-tuning moved most tensors
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    name = f"{cfg.mlflow.registered_model}-image"
+    version = client.get_model_version_by_alias(name, "candidate")
+    assert str(version.version) == outcome.model_version and version.tags["stage"] == "image"
+    assert {a.path for a in client.list_artifacts(outcome.run_id)} >= {"pipeline", "samples"}
+
+
+def test_lora_image_stage_exports_a_kohya_file_for_model_base_loras(ray_cluster, shards) -> None:
+    from animatediff.base_model import load_base_model
+    from animatediff.config import LoraConfig
+
+    cfg = tiny_train_config(
+        shards,
+        "train.stage=image",
+        "train.lora.rank=2",
+        "train.lr=0.01",
+        "train.max_steps=2",
+        "train.run_name=image-lora",
+        "train.validation_prompts=[]",
+    )
+    outcome = run_training(cfg)
+    assert outcome.export_path.name == "lora.safetensors"
+    lora = load_file(str(outcome.export_path))
+    assert lora and all(k.startswith("lora_unet_") for k in lora)
+    assert any(k.endswith("attn1_to_q.lora_up.weight") for k in lora)
+    base = cfg.model.base
+    personalized = dataclasses.replace(base, loras=(LoraConfig(str(outcome.export_path)),))
+    merged = load_base_model(personalized).unet.state_dict()
+    original = load_base_model(base).unet.state_dict()
+    changed = {k for k in merged if not torch.equal(merged[k], original[k])}
+    assert changed and all(
+        k.endswith(("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight"))
+        for k in changed
+    )

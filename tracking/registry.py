@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ import numpy as np
 from animatediff.checkpoints import NATIVE_CONFIG, load_any, load_motion_modules
 from animatediff.config import (
     Config,
+    ConfigError,
     MlflowConfig,
     MotionModuleConfig,
     SampleConfig,
@@ -155,6 +157,53 @@ def _input_example(cfg: Config):
 # ---------------------------------------------------------------------------------------------
 
 
+def registered_name(cfg: Config) -> str:
+    """Where a training run registers its result: ``mlflow.registered_model`` for motion modules,
+    ``<mlflow.registered_model>-<stage>`` for other stages (an image-stage UNet or LoRA must never
+    become a version that Serve loads as a motion module)."""
+    if cfg.train.stage == "motion":
+        return cfg.mlflow.registered_model
+    return f"{cfg.mlflow.registered_model}-{cfg.train.stage}"
+
+
+def _register(
+    cfg: Config,
+    model_dir: Path,
+    run_id: str,
+    tracking_uri: str,
+    val_loss: float | None,
+    model_type: str,
+) -> str:
+    """Log ``model_dir`` as an MLflow logged model of ``run_id``, register it under
+    ``registered_name(cfg)`` with alias ``mlflow.candidate_alias``; returns the version. Only
+    client calls on ``tracking_uri``: MLflow's process-wide settings are untouched."""
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = client(tracking_uri)
+    name = registered_name(cfg)
+    experiment = mlflow_client.get_run(run_id).info.experiment_id
+    logged = mlflow_client.create_logged_model(
+        experiment, name=model_type, source_run_id=run_id, model_type=model_type
+    )
+    mlflow_client.log_model_artifacts(logged.model_id, str(model_dir))
+    mlflow_client.finalize_logged_model(logged.model_id, "READY")
+    try:
+        mlflow_client.create_registered_model(name)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    tags = {"base": cfg.model.base.pretrained, "stage": cfg.train.stage}
+    if val_loss is not None:
+        tags[VAL_LOSS_TAG] = repr(float(val_loss))
+    # The logged model's artifact location as the source, not ``models:/<id>``: MLflow's SQL
+    # registry would look that id up through the process-wide tracking URI.
+    version = mlflow_client.create_model_version(
+        name, logged.artifact_location, run_id=run_id, tags=tags, model_id=logged.model_id
+    ).version
+    mlflow_client.set_registered_model_alias(name, cfg.mlflow.candidate_alias, str(version))
+    return str(version)
+
+
 def register_motion_module(
     cfg: Config,
     motion_dir: str | Path,
@@ -162,18 +211,10 @@ def register_motion_module(
     tracking_uri: str,
     val_loss: float | None = None,
 ) -> str:
-    """Log the motion module as a pyfunc model of ``run_id`` (an MLflow logged model), register
-    it under ``mlflow.registered_model`` with alias ``mlflow.candidate_alias``; returns the
-    version. Only client calls on ``tracking_uri``: MLflow's process-wide settings are untouched."""
+    """Register a native motion-module directory as a text-to-video pyfunc model (see
+    ``_register``); returns the version."""
     import mlflow.pyfunc
-    from mlflow.exceptions import MlflowException
 
-    mlflow_client = client(tracking_uri)
-    name = cfg.mlflow.registered_model
-    experiment = mlflow_client.get_run(run_id).info.experiment_id
-    logged = mlflow_client.create_logged_model(
-        experiment, name=MOTION_ARTIFACT, source_run_id=run_id, model_type="motion-module"
-    )
     with tempfile.TemporaryDirectory() as directory:
         config_path = Path(directory) / CONFIG_ARTIFACT
         save_config(cfg, config_path)
@@ -192,23 +233,24 @@ def register_motion_module(
             input_example=_input_example(cfg),
             pip_requirements=["animatediff-ray"],
         )
-        mlflow_client.log_model_artifacts(logged.model_id, str(model_dir))
-    mlflow_client.finalize_logged_model(logged.model_id, "READY")
-    try:
-        mlflow_client.create_registered_model(name)
-    except MlflowException as error:
-        if error.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-    tags = {"base": cfg.model.base.pretrained}
-    if val_loss is not None:
-        tags[VAL_LOSS_TAG] = repr(float(val_loss))
-    # The logged model's artifact location as the source, not ``models:/<id>``: MLflow's SQL
-    # registry would look that id up through the process-wide tracking URI.
-    version = mlflow_client.create_model_version(
-        name, logged.artifact_location, run_id=run_id, tags=tags, model_id=logged.model_id
-    ).version
-    mlflow_client.set_registered_model_alias(name, cfg.mlflow.candidate_alias, str(version))
-    return str(version)
+        return _register(cfg, model_dir, run_id, tracking_uri, val_loss, "motion-module")
+
+
+def register_export(
+    cfg: Config, export_path: Path, run_id: str, tracking_uri: str, val_loss: float | None = None
+) -> str:
+    """Register what a training run exported: a motion module as a pyfunc model, an image-stage
+    StableDiffusion directory or LoRA file as plain artifacts (with the training config)."""
+    if cfg.train.stage == "motion":
+        return register_motion_module(cfg, export_path, run_id, tracking_uri, val_loss)
+    with tempfile.TemporaryDirectory() as directory:
+        model_dir = Path(directory)
+        save_config(cfg, model_dir / CONFIG_ARTIFACT)
+        if export_path.is_dir():
+            shutil.copytree(export_path, model_dir / export_path.name)
+        else:
+            shutil.copyfile(export_path, model_dir / export_path.name)
+        return _register(cfg, model_dir, run_id, tracking_uri, val_loss, f"{cfg.train.stage}-model")
 
 
 def _parse_models_uri(model_uri: str) -> tuple[str, str | None, str | None]:
@@ -407,11 +449,69 @@ def _version_loss(mlflow_client: Any, name: str, version: Any) -> float | None:
     return None
 
 
+_OPS = {
+    "<=": lambda a, b: a <= b,
+    ">=": lambda a, b: a >= b,
+    "<": lambda a, b: a < b,
+    ">": lambda a, b: a > b,
+}
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """One ``mlflow.promote_require`` condition: ``<metric> <op> <number|champion>`` on the
+    ``eval/<metric>`` value that ``jobs.evaluate`` logged to the version's run."""
+
+    metric: str
+    op: str
+    threshold: float | None
+    """None: the champion's own value (a candidate must not be worse than it)."""
+
+    @classmethod
+    def parse(cls, text: str) -> Requirement:
+        parts = text.split()
+        if len(parts) != 3 or parts[1] not in _OPS:
+            raise ConfigError(
+                f"mlflow.promote_require: {text!r} is not '<metric> <op> <number|champion>' "
+                f"(ops: {', '.join(_OPS)})"
+            )
+        metric, op, value = parts
+        if value == "champion":
+            return cls(metric, op, None)
+        try:
+            return cls(metric, op, float(value))
+        except ValueError as error:
+            raise ConfigError(
+                f"mlflow.promote_require: {text!r}: {value!r} is neither a number nor 'champion'"
+            ) from error
+
+    def failure(self, candidate: float | None, champion: float | None) -> str | None:
+        """Why the candidate fails this requirement, or None when it passes."""
+        if candidate is None or math.isnan(candidate):
+            return f"the candidate has no eval/{self.metric} (run jobs.evaluate on it first)"
+        threshold = champion if self.threshold is None else self.threshold
+        if threshold is None:  # no champion yet to compare with
+            return None
+        if not _OPS[self.op](candidate, threshold):
+            source = "the champion's" if self.threshold is None else "required"
+            return f"{self.metric} {candidate:.6g} is not {self.op} {source} {threshold:.6g}"
+        return None
+
+
+def _eval_metric(mlflow_client: Any, version: Any, metric: str) -> float | None:
+    """``eval/<metric>`` of a version's run, as ``jobs.evaluate`` logs it."""
+    if version is None or not version.run_id:
+        return None
+    value = mlflow_client.get_run(version.run_id).data.metrics.get(f"eval/{metric}")
+    return None if value is None else float(value)
+
+
 def promote(
     cfg: Config, tracking_uri: str, version: str | None = None, force: bool = False
 ) -> tuple[Decision, str]:
     """Move ``mlflow.champion_alias`` to ``version`` (default: the ``candidate``) if it passes
-    ``should_promote`` (or ``force``); returns the decision and the version considered."""
+    ``should_promote`` and every ``mlflow.promote_require`` (or ``force``); returns the decision
+    and the version considered."""
     from mlflow.exceptions import MlflowException
 
     mlflow_client = client(tracking_uri)
@@ -431,6 +531,13 @@ def promote(
         _version_loss(mlflow_client, name, candidate),
         None if champion is None else _version_loss(mlflow_client, name, champion),
     )
+    for requirement in map(Requirement.parse, cfg.mlflow.promote_require):
+        failure = requirement.failure(
+            _eval_metric(mlflow_client, candidate, requirement.metric),
+            _eval_metric(mlflow_client, champion, requirement.metric),
+        )
+        if decision.promote and failure:
+            decision = Decision(False, failure)
     if force and not decision.promote:
         decision = Decision(True, f"forced ({decision.reason})")
     if decision.promote:

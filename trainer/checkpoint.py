@@ -6,7 +6,8 @@ A checkpoint directory holds
 - ``trainer_state.json``: the ``Position`` (step, data position), world size, config, last
   validation loss and the MLflow run id (rank 0);
 - ``rng/rank{r}.json``: each rank's Python, numpy and torch RNG states;
-- ``motion_module/``: the native export, loadable without DeepSpeed (rank 0).
+- the stage's export (``trainer.export``: ``motion_module/``, ``unet/`` or ``lora.safetensors``),
+  loadable without DeepSpeed (rank 0).
 
 Ray Train merges the ranks' files into one checkpoint once every rank has reported.
 """
@@ -22,13 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from animatediff.checkpoints import save_motion_modules
-from animatediff.config import MotionModuleConfig
-from animatediff.training import new_motion_modules
+from trainer.export import Export
 
 DS_TAG = "ds"
 STATE_FILE = "trainer_state.json"
-MOTION_DIR = "motion_module"
 
 
 @dataclass
@@ -84,20 +82,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
 
 
-def save(
-    directory: Path,
-    engine: Any,
-    rank: int,
-    state: TrainerState,
-    motion_modules: torch.nn.Module,
-    motion_cfg: MotionModuleConfig,
-) -> None:
-    """Write this rank's part of a checkpoint into ``directory`` (rank 0 adds the shared files)."""
+def save(directory: Path, engine: Any, rank: int, state: TrainerState, export: Export) -> None:
+    """Write this rank's part of a checkpoint into ``directory`` (rank 0 adds the shared files:
+    the trainer state and the stage's export)."""
     engine.save_checkpoint(str(directory / "deepspeed"), tag=DS_TAG, exclude_frozen_parameters=True)
     (directory / "rng").mkdir()
     (directory / "rng" / f"rank{rank}.json").write_text(json.dumps(rng_state()))
     if rank == 0:
-        save_motion_modules(motion_modules, motion_cfg, directory / MOTION_DIR)
+        export.write(directory)
         state.write(directory)
 
 
@@ -117,24 +109,3 @@ def restore(directory: Path, engine: Any, rank: int, world_size: int) -> Trainer
     )
     set_rng_state(json.loads((directory / "rng" / f"rank{rank}.json").read_text()))
     return state
-
-
-def full_motion_state(engine: Any) -> dict[str, torch.Tensor]:
-    """fp32 motion-module weights on the CPU. Under ZeRO-3 this gathers: every rank must call it."""
-    from deepspeed.utils import safe_get_full_fp32_param
-
-    modules = engine.module.motion_modules
-    state = {}
-    for name, param in modules.named_parameters():
-        full = safe_get_full_fp32_param(param)  # the fp32 master copy (None without ZeRO/bf16)
-        state[name] = (param.detach() if full is None else full).float().cpu().clone()
-    for name, buffer in modules.named_buffers():
-        state[name] = buffer.detach().float().cpu().clone()
-    return state
-
-
-def export_motion_modules(engine: Any, motion_cfg: MotionModuleConfig) -> torch.nn.Module:
-    """A CPU copy of the engine's motion modules (collective under ZeRO-3)."""
-    modules = new_motion_modules(engine.module, motion_cfg)
-    modules.load_state_dict(full_motion_state(engine))
-    return modules

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from animatediff.base_model import resolve_pretrained
-from animatediff.config import Config, save_config, to_dict
+from animatediff.config import BaseModelConfig, Config, save_config, to_dict
 from animatediff.storage import ray_storage
-from trainer.checkpoint import MOTION_DIR, TrainerState
-from trainer.data import load_training_data
+from trainer.checkpoint import TrainerState
+from trainer.data import TrainingData, load_training_data
+from trainer.export import UNET_EXPORT, export_name
 from trainer.loop import StepHook, train_loop_per_worker
 
 
@@ -33,10 +34,16 @@ class TrainOutcome:
     """The latest checkpoint (local path or URI)."""
     step: int
     val_loss: float | None
-    motion_dir: Path
-    """A local copy of the final native motion module."""
+    export_path: Path
+    """A local copy of the final export: ``motion_module/``, a StableDiffusion directory
+    (``image`` stage) or ``lora.safetensors``."""
     model_version: str | None
     """The registered model version (None without registration)."""
+
+    @property
+    def motion_dir(self) -> Path:
+        """The native motion module (``motion`` stage)."""
+        return self.export_path
 
 
 def _worker_env() -> dict[str, str]:
@@ -45,14 +52,15 @@ def _worker_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "MLFLOW_", "MALLOC_"))}
 
 
-def _start_tracking(cfg: Config, fingerprint: dict[str, Any]) -> tuple[str | None, str | None]:
+def _start_tracking(cfg: Config, data: TrainingData) -> tuple[str | None, str | None]:
     """``(run_id, tracking_uri)`` of the run's MLflow run (created, or found again on resume)."""
     from tracking import runs
 
     if not cfg.mlflow.enabled:
         return None, None
     tracking_uri = runs.resolve_tracking_uri(cfg.mlflow)
-    params = {f"data.fingerprint.{k}": v for k, v in fingerprint.items()}
+    params = {f"data.fingerprint.{k}": v for k, v in data.fingerprint.items()}
+    params["train.validation_set"] = data.validation
     run_key = f"{cfg.train.storage_path.rstrip('/')}/{cfg.train.run_name}"
     run_id, _ = runs.start_or_resume_run(cfg, run_key, tracking_uri, params)
     with tempfile.TemporaryDirectory() as directory:
@@ -76,7 +84,7 @@ def run_training(cfg: Config, hooks: Sequence[StepHook] = ()) -> TrainOutcome:
     # writes nothing on a non-zero rank, so racing workers could publish an empty copy.
     resolve_pretrained(cfg.model.base)
     data = load_training_data(cfg)
-    run_id, tracking_uri = _start_tracking(cfg, data.fingerprint)
+    run_id, tracking_uri = _start_tracking(cfg, data)
     storage_path, filesystem = ray_storage(train.storage_path, cfg.storage)
     env_vars = _worker_env()
     trainer = TorchTrainer(
@@ -120,21 +128,35 @@ def run_training(cfg: Config, hooks: Sequence[StepHook] = ()) -> TrainOutcome:
 def _finish(
     cfg: Config, checkpoint: Any, run_id: str | None, tracking_uri: str | None
 ) -> TrainOutcome:
-    """Copy the final motion module out of the checkpoint, log it, register it."""
-    from tracking.registry import register_motion_module
+    """Copy the final export out of the checkpoint (an ``image``-stage UNet becomes a whole
+    StableDiffusion directory), log it, register it."""
+    from tracking.registry import register_export
     from tracking.runs import RunLogger
 
-    motion_dir = Path(tempfile.mkdtemp(prefix="animatediff-train-")) / MOTION_DIR
+    name = export_name(cfg.train)
+    local = Path(tempfile.mkdtemp(prefix="animatediff-train-"))
     with checkpoint.as_directory() as directory:
         state = TrainerState.read(directory)
-        shutil.copytree(Path(directory) / MOTION_DIR, motion_dir)
+        source = Path(directory) / name
+        if source.is_file():
+            export_path = local / name
+            shutil.copyfile(source, export_path)
+        elif name == UNET_EXPORT:
+            export_path = local / "pipeline"
+            assemble_pipeline(cfg.model.base, source, export_path)
+        else:
+            export_path = local / name
+            shutil.copytree(source, export_path)
     version = None
     if run_id is not None:
         logger = RunLogger(tracking_uri, run_id)
-        logger.log_artifacts(motion_dir, MOTION_DIR)
+        if export_path.is_dir():
+            logger.log_artifacts(export_path, export_path.name)
+        else:
+            logger.log_artifact(export_path)
         if cfg.train.register:
-            version = register_motion_module(
-                cfg, motion_dir, run_id, tracking_uri, val_loss=state.val_loss
+            version = register_export(
+                cfg, export_path, run_id, tracking_uri, val_loss=state.val_loss
             )
         logger.set_terminated("FINISHED")
     return TrainOutcome(
@@ -142,6 +164,24 @@ def _finish(
         checkpoint_path=checkpoint.path,
         step=state.position.step,
         val_loss=state.val_loss,
-        motion_dir=motion_dir,
+        export_path=export_path,
         model_version=version,
     )
+
+
+def assemble_pipeline(base: BaseModelConfig, unet_dir: Path, target: Path) -> Path:
+    """A StableDiffusion directory: the frozen base's components with the trained ``unet/``
+    (``model.base.pretrained=<target>`` loads it). A personalized base's single file and LoRAs
+    are baked into its components first, so the directory stands on its own."""
+    from animatediff.base_model import load_base_model, resolve_pretrained
+
+    source = Path(resolve_pretrained(base))
+    if not source.is_dir():
+        raise ValueError(f"model.base.pretrained: {source} is not a local directory to copy from")
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("unet"))
+    if base.single_file or base.loras:
+        components = load_base_model(base)
+        components.vae.save_pretrained(target / "vae")
+        components.text_encoder.save_pretrained(target / "text_encoder")
+    shutil.copytree(unet_dir, target / "unet")
+    return target

@@ -35,6 +35,7 @@ from trainer import checkpoint
 from trainer.checkpoint import Position, TrainerState
 from trainer.data import batch_stream, validation_batches
 from trainer.engine import setup_engine
+from trainer.export import Export
 
 
 @dataclass(frozen=True)
@@ -97,12 +98,11 @@ def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def render_samples(cfg: Config, modules: torch.nn.Module, directory: Path, step: int) -> list[Path]:
+def render_samples(cfg: Config, export: Export, directory: Path, step: int) -> list[Path]:
     """Validation GIFs: fixed prompts and seed, so steps are comparable by eye."""
     from animatediff.export import save_video
-    from animatediff.sampling import TextToVideo
 
-    pipe = TextToVideo(cfg, modules, device="cpu" if not cfg.train.use_gpu else None)
+    pipe = export.sampler(device="cpu" if not cfg.train.use_gpu else None)
     paths = []
     for index, prompt in enumerate(cfg.train.validation_prompts):
         frames = pipe(
@@ -235,14 +235,14 @@ class Worker:
         self.window = LogWindow(step, top)
         return metrics
 
-    def validate(self) -> tuple[float, torch.nn.Module]:
-        """The fixed-noise validation loss and a CPU copy of the motion modules."""
+    def validate(self) -> tuple[float, Export]:
+        """The fixed-noise validation loss and the gathered export (collective under ZeRO-3)."""
         self.engine.eval()
         loss = validation_loss(self.model, self.engine, self.val_batches, self.cfg, self.dtype)
         self.engine.train()
-        return loss, checkpoint.export_motion_modules(self.engine, self.cfg.model.motion)
+        return loss, Export.of(self.engine, self.cfg)
 
-    def log(self, metrics: dict[str, float], samples_from: torch.nn.Module | None) -> None:
+    def log(self, metrics: dict[str, float], samples_from: Export | None) -> None:
         if self.logger is None:
             return
         done = self.position.step
@@ -252,7 +252,7 @@ class Worker:
                 render_samples(self.cfg, samples_from, Path(directory), done)
                 self.logger.log_artifacts(directory, "samples")
 
-    def checkpoint(self, metrics: dict[str, float], exported: torch.nn.Module | None) -> None:
+    def checkpoint(self, metrics: dict[str, float], exported: Export | None) -> None:
         """Every rank writes its part; Ray registers the checkpoint once all have reported."""
         import ray.train
         from ray.train import Checkpoint
@@ -260,7 +260,7 @@ class Worker:
         from animatediff.config import to_dict
 
         if exported is None:
-            exported = checkpoint.export_motion_modules(self.engine, self.cfg.model.motion)
+            exported = Export.of(self.engine, self.cfg)
         done = self.position.step
         state = TrainerState(
             position=self.position,
@@ -270,9 +270,7 @@ class Worker:
             mlflow_run_id=self.run_id,
         )
         with tempfile.TemporaryDirectory() as directory:
-            checkpoint.save(
-                Path(directory), self.engine, self.rank, state, exported, self.cfg.model.motion
-            )
+            checkpoint.save(Path(directory), self.engine, self.rank, state, exported)
             ray.train.report(
                 {**metrics, "step": done},
                 checkpoint=Checkpoint.from_directory(directory),

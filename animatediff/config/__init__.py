@@ -11,6 +11,7 @@ is a frozen dataclass; every field carries a docstring (the string literal under
 
 from animatediff.config.data import DataConfig
 from animatediff.config.errors import ConfigError
+from animatediff.config.evaluate import EvaluateConfig
 from animatediff.config.loader import (
     OptionDoc,
     apply_overrides,
@@ -39,7 +40,7 @@ from animatediff.config.serve import (
     ServeLimitsConfig,
 )
 from animatediff.config.tracking import MlflowConfig
-from animatediff.config.train import TrainConfig
+from animatediff.config.train import LoraTrainConfig, TrainConfig
 
 __all__ = [
     "BaseModelConfig",
@@ -47,8 +48,10 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "DiffusionConfig",
+    "EvaluateConfig",
     "GenerateConfig",
     "LoraConfig",
+    "LoraTrainConfig",
     "MlflowConfig",
     "ModelConfig",
     "MotionModuleConfig",

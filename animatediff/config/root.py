@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from animatediff.config.data import DataConfig
+from animatediff.config.evaluate import EvaluateConfig
 from animatediff.config.model import BaseModelConfig, ModelConfig, MotionModuleConfig
 from animatediff.config.sample import SampleConfig
 from animatediff.config.serve import GenerateConfig, ServeConfig
@@ -42,6 +43,8 @@ class Config:
     """Experiment tracking and the model registry."""
     data: DataConfig = field(default_factory=DataConfig)
     """Video preprocessing into cached latent shards (``python -m jobs.preprocess``)."""
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    """Scoring a motion module: held-out loss, generated videos' metrics (``jobs.evaluate``)."""
 
     def with_motion(self, motion: MotionModuleConfig) -> Config:
         """This config animating with ``motion`` (e.g. the config a checkpoint was saved with)."""

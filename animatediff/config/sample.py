@@ -31,6 +31,9 @@ class SampleConfig:
     """Frame rate of exported videos."""
     negative_prompt: str = ""
     """Default negative prompt."""
+    shared_noise: bool = False
+    """Start every frame from the same noise (a baseline: with a deterministic scheduler and no
+    motion module the frames stay identical)."""
     seed: int = 42
     """Default seed; the same seed and inputs give the same video. A batch of prompts without
     their own seeds uses ``seed``, ``seed + 1``, ... in order."""

@@ -25,6 +25,10 @@ class MlflowConfig:
     champion_alias: str = "champion"
     """Alias that ``jobs.promote`` moves to a version that passes the check; what ``jobs.serve``
     and ``jobs.generate`` use when a request or ``generate.model`` names no model."""
+    promote_require: tuple[str, ...] = ()
+    """Conditions ``jobs.promote`` also checks on the candidate's evaluation metrics
+    (``jobs.evaluate``), each ``<metric> <op> <number|champion>``, e.g.
+    ``held_out_loss <= champion``, ``frame_consistency >= 0.9``."""
 
     def __post_init__(self) -> None:
         for name in ("experiment", "registered_model", "candidate_alias", "champion_alias"):

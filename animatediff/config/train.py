@@ -2,18 +2,47 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from animatediff.config.errors import check
 
 
 @dataclass(frozen=True)
+class LoraTrainConfig:
+    rank: int = 0
+    """Rank of the LoRA adapters; 0 trains the stage's parameters in full instead."""
+    alpha: float = 0.0
+    """LoRA scale numerator (the update is ``alpha / rank * up @ down``); 0 means ``rank``."""
+    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    """Linear layers that get adapters, by the end of their module name (attention projections
+    by default)."""
+
+    def __post_init__(self) -> None:
+        check(self.rank >= 0, "train.lora.rank", "must be >= 0 (0: no LoRA)")
+        check(self.alpha >= 0, "train.lora.alpha", "must be >= 0 (0: the rank)")
+        check(bool(self.target_modules), "train.lora.target_modules", "must not be empty")
+
+    @property
+    def scale_alpha(self) -> float:
+        """The alpha in effect."""
+        return self.alpha or float(self.rank)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
+    stage: Literal["motion", "image"] = "motion"
+    """What trains. ``motion``: the motion modules on clips, the base frozen (AnimateDiff).
+    ``image``: the base's 2D UNet on single frames drawn from the same clips (the original's
+    ``image_finetune``; with ``train.lora.rank`` a LoRA of it), exported as a diffusers SD
+    directory or a kohya LoRA file."""
+    lora: LoraTrainConfig = field(default_factory=LoraTrainConfig)
+    """LoRA adapters instead of full training (``image`` stage)."""
     data_uri: str = ""
     """Latent shards (Parquet directory, local path or ``s3://``) written by the data pipeline."""
     val_data_uri: str | None = None
-    """Shards for the validation loss; None reuses ``train.data_uri``."""
+    """Shards for the validation loss. None: hold out the ``train.val_max_clips`` clips of
+    ``train.data_uri`` with the lowest clip-id hash; training never reads them."""
     val_max_clips: int = 8
     """Clips of the validation set used for the validation loss (fixed noise, fixed timesteps)."""
     num_workers: int = 2
@@ -115,6 +144,11 @@ class TrainConfig:
         check(self.max_failures >= -1, "train.max_failures", "must be >= -1")
         check(bool(self.run_name), "train.run_name", "must not be empty")
         check(bool(self.storage_path), "train.storage_path", "must not be empty")
+        check(
+            self.lora.rank == 0 or self.stage == "image",
+            "train.lora.rank",
+            f"LoRA training needs train.stage=image (got {self.stage!r})",
+        )
 
     @property
     def precision(self) -> str:

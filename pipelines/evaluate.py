@@ -1,0 +1,273 @@
+"""Scoring a motion module: the held-out denoising loss and its frame-order check, then videos
+generated from a prompts file and scored, a report, and MLflow.
+
+    result = run_evaluation(cfg)   # needs a running Ray
+
+``ScoreVideos`` is a Ray Data actor (like ``generate.VideoWriter``): it loads the pipeline and the
+feature extractor once, generates each batch of prompts, writes the videos and scores them
+(``animatediff.evaluation.score_video``). The driver measures the held-out loss, writes
+``report.md``, ``contact_sheet.png``, ``metrics.json`` and ``videos.jsonl`` to
+``<output_dir>/<evaluate.output_subdir>``, and logs the metrics (``eval/*``) and files to MLflow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from animatediff.config import Config, from_dict, to_dict
+from animatediff.generation import GenerationParams, generate_all
+from animatediff.storage import locate, read_bytes, write_atomic
+from pipelines.generate import read_prompts
+from tracking.registry import MotionSource, load_motion, resolve_motion_source
+
+SUMMARY_COLUMNS = (
+    "held_out_loss",
+    "held_out_loss_permuted",
+    "order_sensitivity",
+    "direction_accuracy",
+    "displacement_per_frame",
+    "moving_share",
+    "frame_consistency",
+    "label_share",
+    "label_agreement",
+    "motion_magnitude",
+    "text_alignment",
+)
+
+
+class ScoreVideos:
+    """A Ray Data actor: generates a batch of prompt rows, writes and scores the videos."""
+
+    def __init__(self, config: dict[str, Any], source: MotionSource, out_dir: str) -> None:
+        from animatediff.features import load_extractor
+        from animatediff.sampling import TextToVideo
+
+        cfg = from_dict(Config, config)
+        modules, self.cfg = load_motion(source, cfg)
+        self.pipeline = TextToVideo(self.cfg, modules)
+        self.extractor = load_extractor(cfg.evaluate.features)
+        self.root = locate(out_dir, cfg.storage)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from animatediff.evaluation import score_video
+        from animatediff.export import export_video
+        from animatediff.report import pick_frames
+
+        evaluate = self.cfg.evaluate
+        count = len(batch["index"])
+        rows = [{key: np.asarray(batch[key][i]).item() for key in batch} for i in range(count)]
+        fields = {f.name for f in dataclasses.fields(GenerationParams)}
+        requests = [GenerationParams(**{k: v for k, v in r.items() if k in fields}) for r in rows]
+        out = []
+        for row, params, result in zip(rows, requests, generate_all(self.pipeline, requests)):
+            name = f"{row['index']:05d}.{params.output_format}"
+            video = result.video
+            write_atomic(
+                self.root.join(name), export_video(video, params.output_format, params.fps)
+            )
+            scores = score_video(
+                video,
+                self.extractor,
+                json.loads(row["expect"]),
+                params.prompt,
+                directions=evaluate.directions,
+                min_speed=evaluate.min_speed,
+            )
+            out.append(
+                {
+                    "index": row["index"],
+                    "file": name,
+                    "scores": json.dumps(scores),
+                    "strip": pick_frames(video, evaluate.contact_sheet_frames),
+                }
+            )
+        return {key: np.stack([item[key] for item in out]) for key in out[0]}
+
+
+@dataclass
+class EvaluationResult:
+    """What ``run_evaluation`` returns."""
+
+    metrics: dict[str, float]
+    """Summary metrics (held-out loss, means over the videos)."""
+    videos: list[dict[str, Any]]
+    """One row per prompt: the prompt, its settings and expectations, its file and scores."""
+    report: str
+    """The report's location (local path or URI)."""
+    contact_sheet: str
+    source: MotionSource
+    run_id: str | None
+    """The MLflow run the metrics went to (None with ``mlflow.enabled: false``)."""
+
+
+def _held_out_batches(cfg: Config) -> list[Any]:
+    """The evaluation's held-out clips: ``evaluate.data_uri``, else the validation split that
+    training used."""
+    from animatediff.training import BATCH_COLUMNS
+    from pipelines.fingerprint import data_fingerprint
+    from pipelines.latents import find_shard_set
+    from trainer.data import held_out_clips, read_clips, validation_batches
+
+    evaluate, train = cfg.evaluate, cfg.train
+    fingerprint = data_fingerprint(cfg)
+    uri = evaluate.data_uri or train.val_data_uri or train.data_uri
+    if not uri:
+        raise ValueError("evaluate.data_uri: set it (or train.data_uri) to held-out shards")
+    location, manifest = find_shard_set(uri, fingerprint, cfg.storage)
+    clip_ids = None
+    if not evaluate.data_uri and not train.val_data_uri:
+        clip_ids, _ = held_out_clips(location, manifest, train.val_max_clips)
+    clips = read_clips(location, manifest, evaluate.max_clips, list(BATCH_COLUMNS), clip_ids)
+    return validation_batches(clips, max(1, train.batch_size))
+
+
+def held_out_metrics(cfg: Config, modules: Any) -> dict[str, float]:
+    """``held_out_loss`` (mean over ``evaluate.timesteps`` fixed timesteps), one
+    ``held_out_loss_t<t>`` per timestep, ``held_out_loss_permuted`` and ``order_sensitivity``."""
+    from animatediff.evaluation import fixed_timesteps, frame_permutation, held_out_loss
+    from animatediff.training import build_training_model
+
+    evaluate = cfg.evaluate
+    model = build_training_model(cfg)
+    model.unet.motion_modules.load_state_dict(modules.state_dict())
+    model.unet.eval()
+    batches = _held_out_batches(cfg)
+    steps = fixed_timesteps(evaluate.timesteps, cfg.model.diffusion.num_train_timesteps)
+    ordered = held_out_loss(model, batches, cfg, steps, evaluate.seed)
+    order = frame_permutation(batches[0].latent_mean.shape[2], evaluate.seed)
+    permuted = held_out_loss(model, batches, cfg, steps, evaluate.seed, frame_order=order)
+    metrics = {f"held_out_loss_t{t:04d}": loss for t, loss in ordered.items()}
+    metrics["held_out_loss"] = float(np.mean(list(ordered.values())))
+    metrics["held_out_loss_permuted"] = float(np.mean(list(permuted.values())))
+    metrics["order_sensitivity"] = metrics["held_out_loss_permuted"] - metrics["held_out_loss"]
+    metrics["held_out_clips"] = float(sum(len(batch) for batch in batches))
+    return metrics
+
+
+def _report(cfg: Config, source: MotionSource, metrics: dict, videos: list[dict]) -> str:
+    from animatediff.report import markdown_table
+
+    summary = [{"metric": k, "value": metrics[k]} for k in SUMMARY_COLUMNS if k in metrics]
+    columns = ["index", "prompt", "seed", "direction", "displacement_per_frame"]
+    columns += [
+        c for c in ("direction_correct", "label_share", "frame_consistency") if c in videos[0]
+    ]
+    return "\n".join(
+        [
+            f"# Evaluation of {source.uri}",
+            "",
+            f"Base: `{cfg.model.base.pretrained}`; features: `{cfg.evaluate.features}`; "
+            f"{cfg.sample.num_inference_steps} {cfg.sample.scheduler} steps, guidance "
+            f"{cfg.sample.guidance_scale}.",
+            "",
+            markdown_table(summary, ["metric", "value"]),
+            "",
+            markdown_table(videos, columns),
+            "",
+            "![contact sheet](contact_sheet.png)",
+            "",
+        ]
+    )
+
+
+def _log(cfg: Config, source: MotionSource, metrics: dict, files: dict[str, bytes]) -> str | None:
+    """Log to the version's training run (``evaluate.log_to: model_run``) or to a run of its own;
+    returns the run id."""
+    from tracking.runs import RunLogger, client, experiment_id
+
+    if not cfg.mlflow.enabled:
+        return None
+    mlflow_client = client(source.tracking_uri)
+    run_id = None
+    if cfg.evaluate.log_to == "model_run" and source.version != "local":
+        name = source.uri.removeprefix("models:/").rsplit("/", 1)[0]
+        run_id = mlflow_client.get_model_version(name, source.version).run_id
+    if run_id is None:
+        experiment = dataclasses.replace(cfg.mlflow, experiment=f"{cfg.mlflow.experiment}-eval")
+        run = mlflow_client.create_run(
+            experiment_id(experiment, source.tracking_uri),
+            run_name=f"evaluate-{source.version}",
+            tags={"job": "evaluate", "model_uri": source.uri, "model_version": source.version},
+        )
+        run_id = run.info.run_id
+    logger = RunLogger(source.tracking_uri, run_id)
+    logger.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=0)
+    with tempfile.TemporaryDirectory() as directory:
+        for name, data in files.items():
+            (Path(directory) / name).write_bytes(data)
+        logger.log_artifacts(directory, "evaluation")
+    if cfg.evaluate.log_to == "own_run":
+        mlflow_client.set_terminated(run_id)
+    return run_id
+
+
+def run_evaluation(cfg: Config) -> EvaluationResult:
+    """Score ``evaluate.model`` (see the module docstring). Needs a running Ray."""
+    import ray
+
+    from animatediff.evaluation import summarize
+    from animatediff.report import contact_sheet, png_bytes
+
+    evaluate, gen = cfg.evaluate, cfg.generate
+    source = resolve_motion_source(evaluate.model or cfg.mlflow.candidate_alias, cfg)
+    modules, motion_cfg = load_motion(source, cfg)
+    start = time.perf_counter()
+    metrics = held_out_metrics(motion_cfg, modules)
+    metrics["held_out_seconds"] = time.perf_counter() - start
+
+    text = read_bytes(locate(evaluate.prompts, cfg.storage)).decode("utf-8")
+    rows = read_prompts(text, cfg, extra_keys=("expect",))
+    for row in rows:
+        row["expect"] = json.dumps(row.get("expect") or {})
+    out_dir = f"{cfg.output_dir.rstrip('/')}/{evaluate.output_subdir}"
+    start = time.perf_counter()
+    scored = ray.data.from_items(rows).map_batches(
+        ScoreVideos,
+        fn_constructor_kwargs={"config": to_dict(cfg), "source": source, "out_dir": out_dir},
+        batch_size=gen.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=gen.num_workers),
+        num_cpus=gen.worker_cpus,
+        num_gpus=gen.worker_gpus,
+    )
+    results = {int(r["index"]): r for r in scored.take_all()}
+    metrics["generate_seconds"] = time.perf_counter() - start
+    missing = sorted(set(range(len(rows))) - set(results))
+    if missing:
+        raise RuntimeError(f"evaluation lost prompts {missing}")
+    videos, scores = [], []
+    for row in rows:
+        result = results[row["index"]]
+        scores.append(json.loads(str(result["scores"])))
+        expect = json.loads(row["expect"])
+        videos.append({**row, "expect": expect, "file": str(result["file"]), **scores[-1]})
+    metrics |= summarize(scores)
+    sheet = contact_sheet(
+        [results[row["index"]]["strip"] for row in rows], [row["prompt"] for row in rows]
+    )
+    root = locate(out_dir, cfg.storage)
+    files = {
+        "report.md": _report(cfg, source, metrics, videos).encode(),
+        "contact_sheet.png": png_bytes(sheet),
+        "metrics.json": json.dumps(metrics, indent=1, sort_keys=True).encode(),
+        "videos.jsonl": "".join(json.dumps(v) + "\n" for v in videos).encode(),
+    }
+    for name, data in files.items():
+        write_atomic(root.join(name), data)
+    run_id = _log(cfg, source, metrics, files)
+    return EvaluationResult(
+        metrics=metrics,
+        videos=videos,
+        report=root.join("report.md").uri,
+        contact_sheet=root.join("contact_sheet.png").uri,
+        source=source,
+        run_id=run_id,
+    )

@@ -1,0 +1,107 @@
+"""`python -m jobs.evaluate` on the session Ray cluster: a registered version is scored on held-out
+shards and generated videos, the report and contact sheet are written, the metrics land on the
+version's run, and `jobs.promote` can require them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from serve_helpers import register_versions
+from train_helpers import tiny_train_config, write_latent_shards
+
+PROMPTS = [
+    {"prompt": "a red square moving right", "seed": 1, "expect": {"direction": "right"}},
+    {"prompt": "a blue disc moving up", "seed": 2, "expect": {"direction": "up"}},
+    "a green square",
+]
+
+
+@pytest.fixture(scope="module")
+def evaluated(ray_cluster, tmp_path_factory):
+    from jobs import cli, evaluate
+
+    work = tmp_path_factory.mktemp("evaluate")
+    prompts = work / "prompts.txt"
+    prompts.write_text(
+        "\n".join(json.dumps(p) if isinstance(p, dict) else p for p in PROMPTS) + "\n"
+    )
+    overrides = [
+        f"evaluate.prompts={prompts}",
+        "evaluate.timesteps=3",
+        "evaluate.contact_sheet_frames=3",
+        f"output_dir={work / 'out'}",
+        "generate.num_workers=1",
+    ]
+    cfg = tiny_train_config(work, *overrides)
+    write_latent_shards(cfg)
+    versions = register_versions(cfg, work, [3, 4])  # candidate: the second
+    argv = [f"--config={Path(__file__).parents[1] / 'configs/tiny.yaml'}"]
+    argv += [f"{k}={v}" for k, v in _overrides(cfg).items()] + overrides
+    assert cli.run(evaluate.main, argv) == 0
+    return cfg, versions, work / "out" / "evaluate", argv
+
+
+def _overrides(cfg) -> dict[str, str]:
+    """The tiny training config's own overrides, for the job's command line."""
+    return {
+        "train.data_uri": cfg.train.data_uri,
+        "mlflow.tracking_uri": cfg.mlflow.tracking_uri,
+        "model.base.cache_dir": cfg.model.base.cache_dir,
+        "data.num_frames": cfg.data.num_frames,
+        "data.resolution": cfg.data.resolution,
+        "sample.num_frames": cfg.sample.num_frames,
+        "sample.context_frames": cfg.sample.context_frames,
+        "sample.context_overlap": cfg.sample.context_overlap,
+        "sample.height": cfg.sample.height,
+        "sample.width": cfg.sample.width,
+        "sample.num_inference_steps": cfg.sample.num_inference_steps,
+    }
+
+
+def test_evaluation_writes_a_report_with_finite_metrics(evaluated):
+    import math
+
+    from PIL import Image
+
+    _, _, out, _ = evaluated
+    metrics = json.loads((out / "metrics.json").read_text())
+    for name in ("held_out_loss", "held_out_loss_permuted", "order_sensitivity"):
+        assert math.isfinite(metrics[name]), name
+    assert metrics["videos"] == 3 and 0 <= metrics["direction_accuracy"] <= 1
+    assert math.isfinite(metrics["frame_consistency"])
+    videos = [json.loads(line) for line in (out / "videos.jsonl").read_text().splitlines()]
+    assert [v["prompt"] for v in videos] == [
+        p["prompt"] if isinstance(p, dict) else p for p in PROMPTS
+    ]
+    assert "direction_correct" in videos[0] and "direction_correct" not in videos[2]
+    assert all((out / v["file"]).is_file() for v in videos)
+    report = (out / "report.md").read_text()
+    assert "held_out_loss" in report and "a blue disc moving up" in report
+    sheet = Image.open(out / "contact_sheet.png")
+    assert sheet.height > 3 * 32 and sheet.width >= 3 * 32  # 3 rows of 3 frames of 32 px
+
+
+def test_metrics_land_on_the_versions_run_and_gate_promotion(evaluated):
+    from mlflow import MlflowClient
+
+    from jobs import cli, promote
+
+    cfg, versions, _, argv = evaluated
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    candidate = client.get_model_version(cfg.mlflow.registered_model, versions[1])
+    metrics = client.get_run(candidate.run_id).data.metrics
+    assert "eval/held_out_loss" in metrics and "eval/direction_accuracy" in metrics
+    artifacts = {a.path for a in client.list_artifacts(candidate.run_id, "evaluation")}
+    assert "evaluation/contact_sheet.png" in artifacts
+    config = [a for a in argv if a.startswith("--config")]
+    store = [a for a in argv if a.startswith("mlflow.tracking_uri")]
+    impossible = "mlflow.promote_require=['direction_accuracy >= 1.5']"
+    assert cli.run(promote.main, [*config, *store, impossible]) == 1
+    champion = client.get_model_version_by_alias(cfg.mlflow.registered_model, "champion")
+    assert str(champion.version) == versions[0]
+    reachable = "mlflow.promote_require=['held_out_loss <= 1000', 'videos >= 3']"
+    assert cli.run(promote.main, [*config, *store, reachable]) == 0
+    champion = client.get_model_version_by_alias(cfg.mlflow.registered_model, "champion")
+    assert str(champion.version) == versions[1]
