@@ -179,12 +179,15 @@ def test_killed_worker_restores_from_the_last_checkpoint_and_matches(
     _assert_same_weights(_motion(killed.motion_dir), _motion(outcome.motion_dir))
     assert killed.val_loss == pytest.approx(outcome.val_loss, rel=1e-6)
     # One MLflow run across the restart, which resumed from the step-2 checkpoint: step 3 was
-    # trained (and logged) twice.
+    # trained twice but is logged once.
     client = MlflowClient(cfg.mlflow.tracking_uri)
     resumed = client.get_metric_history(killed.run_id, "resumed_from_step")
     assert [m.value for m in resumed] == [2.0]
+    for key in ("loss", "grad_norm", "val_loss"):
+        steps = [m.step for m in client.get_metric_history(killed.run_id, key)]
+        assert sorted(steps) == sorted(set(steps)), key
     history = client.get_metric_history(killed.run_id, "loss")
-    assert sorted(m.step for m in history) == [1, 2, 3, 3, 4, 5, 6]
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
 
 
 @pytest.fixture
@@ -531,3 +534,32 @@ def test_lora_image_stage_exports_a_kohya_file_for_model_base_loras(ray_cluster,
         k.endswith(("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight"))
         for k in changed
     )
+
+
+def test_rerunning_a_finished_run_changes_nothing_unless_max_steps_grows(
+    ray_cluster, shards, capsys
+) -> None:
+    from mlflow import MlflowClient
+
+    steps = ["train.checkpoint_every=2", "train.validation_prompts=[]", "train.run_name=rerun"]
+    cfg = tiny_train_config(shards, "train.max_steps=2", *steps)
+    first = run_training(cfg)
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    name = cfg.mlflow.registered_model
+    versions = {v.version for v in client.search_model_versions(f"name = '{name}'")}
+    run_dir = Path(cfg.train.storage_path) / "rerun"
+    checkpoints = sorted(p.name for p in run_dir.glob("checkpoint_*"))
+
+    again = run_training(cfg)
+    assert "already finished at step 2" in capsys.readouterr().out
+    assert (again.step, again.run_id, again.model_version) == (2, first.run_id, first.model_version)
+    _assert_same_weights(_motion(again.motion_dir), _motion(first.motion_dir))
+    assert {v.version for v in client.search_model_versions(f"name = '{name}'")} == versions
+    assert sorted(p.name for p in run_dir.glob("checkpoint_*")) == checkpoints
+    assert client.get_model_version_by_alias(name, "candidate").version == int(first.model_version)
+
+    more = run_training(tiny_train_config(shards, "train.max_steps=3", *steps))
+    assert more.step == 3 and more.run_id == first.run_id
+    assert int(more.model_version) > int(first.model_version)
+    steps_logged = [m.step for m in client.get_metric_history(first.run_id, "loss")]
+    assert sorted(steps_logged) == [1, 2, 3]

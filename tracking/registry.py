@@ -204,6 +204,14 @@ def _register(
     return str(version)
 
 
+def registered_versions(cfg: Config, tracking_uri: str, run_id: str) -> list[str]:
+    """Versions of ``registered_name(cfg)`` registered from ``run_id``, oldest first."""
+    found = client(tracking_uri).search_model_versions(
+        f"name = '{registered_name(cfg)}' and run_id = '{run_id}'"
+    )
+    return sorted((str(v.version) for v in found), key=int)
+
+
 def register_motion_module(
     cfg: Config,
     motion_dir: str | Path,

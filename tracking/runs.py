@@ -107,6 +107,11 @@ class RunLogger:
         batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)
 
+    def last_step(self, key: str) -> int:
+        """The highest step logged for metric ``key`` (-1 when none)."""
+        history = self.client.get_metric_history(self.run_id, key)
+        return max((metric.step for metric in history), default=-1)
+
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 

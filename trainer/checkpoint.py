@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from animatediff.storage import Location, exists, read_text
 from trainer.export import Export
 
 DS_TAG = "ds"
@@ -50,7 +52,11 @@ class TrainerState:
 
     @classmethod
     def read(cls, directory: str | Path) -> TrainerState:
-        state = json.loads((Path(directory) / STATE_FILE).read_text())
+        return cls.from_json((Path(directory) / STATE_FILE).read_text())
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainerState:
+        state = json.loads(text)
         return cls(
             position=Position(**state["position"]),
             world_size=state["world_size"],
@@ -109,3 +115,24 @@ def restore(directory: Path, engine: Any, rank: int, world_size: int) -> Trainer
     )
     set_rng_state(json.loads((directory / "rng" / f"rank{rank}.json").read_text()))
     return state
+
+
+def latest(run: Location) -> tuple[Location, TrainerState] | None:
+    """The newest complete checkpoint in a run's storage directory (``checkpoint_<step>``
+    holding a ``trainer_state.json``) and its state; None when there is none."""
+    import posixpath
+
+    import pyarrow.fs as pafs
+
+    selector = pafs.FileSelector(run.path, allow_not_found=True)
+    names = sorted(
+        posixpath.basename(info.path)
+        for info in run.fs.get_file_info(selector)
+        if info.type == pafs.FileType.Directory
+        and re.fullmatch(r"checkpoint_\d{8}", posixpath.basename(info.path))
+    )
+    for name in reversed(names):
+        state_file = run.join(name, STATE_FILE)
+        if exists(state_file):
+            return run.join(name), TrainerState.from_json(read_text(state_file))
+    return None

@@ -17,7 +17,8 @@ from typing import Any
 
 from animatediff.base_model import resolve_pretrained
 from animatediff.config import BaseModelConfig, Config, save_config, to_dict
-from animatediff.storage import ray_storage
+from animatediff.storage import locate, ray_storage
+from trainer import checkpoint as checkpoint_store
 from trainer.checkpoint import TrainerState
 from trainer.data import TrainingData, load_training_data
 from trainer.export import UNET_EXPORT, export_name
@@ -61,8 +62,7 @@ def _start_tracking(cfg: Config, data: TrainingData) -> tuple[str | None, str | 
     tracking_uri = runs.resolve_tracking_uri(cfg.mlflow)
     params = {f"data.fingerprint.{k}": v for k, v in data.fingerprint.items()}
     params["train.validation_set"] = data.validation
-    run_key = f"{cfg.train.storage_path.rstrip('/')}/{cfg.train.run_name}"
-    run_id, _ = runs.start_or_resume_run(cfg, run_key, tracking_uri, params)
+    run_id, _ = runs.start_or_resume_run(cfg, run_directory(cfg), tracking_uri, params)
     with tempfile.TemporaryDirectory() as directory:
         save_config(cfg, Path(directory) / "config.yaml")
         runs.RunLogger(tracking_uri, run_id).log_artifact(Path(directory) / "config.yaml")
@@ -74,12 +74,30 @@ def run_training(cfg: Config, hooks: Sequence[StepHook] = ()) -> TrainOutcome:
 
     ``hooks`` run on every rank before each optimizer step (they are pickled to the workers)."""
     from ray.data import ExecutionOptions
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import (
+        Checkpoint,
+        CheckpointConfig,
+        DataConfig,
+        FailureConfig,
+        RunConfig,
+        ScalingConfig,
+    )
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from tracking.runs import RunLogger
 
     train = cfg.train
+    found = checkpoint_store.latest(locate(run_directory(cfg), cfg.storage))
+    if found is not None and found[1].position.step >= train.max_steps:
+        location, state = found
+        print(
+            f"train: run {train.run_name!r} already finished at step {state.position.step} "
+            f"(train.max_steps={train.max_steps}): nothing to do; raise train.max_steps to "
+            "continue it, or choose another train.run_name",
+            flush=True,
+        )
+        checkpoint = Checkpoint(location.path, location.fs if "://" in location.uri else None)
+        return _finish(cfg, checkpoint, state.mlflow_run_id, None, finished_before=True)
     # Materialise a built-in base here, outside torch.distributed: transformers' save_pretrained
     # writes nothing on a non-zero rank, so racing workers could publish an empty copy.
     resolve_pretrained(cfg.model.base)
@@ -125,13 +143,23 @@ def run_training(cfg: Config, hooks: Sequence[StepHook] = ()) -> TrainOutcome:
     return _finish(cfg, result.checkpoint, run_id, tracking_uri)
 
 
+def run_directory(cfg: Config) -> str:
+    """Where Ray Train keeps this run: ``<train.storage_path>/<train.run_name>``."""
+    return f"{cfg.train.storage_path.rstrip('/')}/{cfg.train.run_name}"
+
+
 def _finish(
-    cfg: Config, checkpoint: Any, run_id: str | None, tracking_uri: str | None
+    cfg: Config,
+    checkpoint: Any,
+    run_id: str | None,
+    tracking_uri: str | None,
+    finished_before: bool = False,
 ) -> TrainOutcome:
     """Copy the final export out of the checkpoint (an ``image``-stage UNet becomes a whole
-    StableDiffusion directory), log it, register it."""
-    from tracking.registry import register_export
-    from tracking.runs import RunLogger
+    StableDiffusion directory), log it, register it. A run that ``finished_before`` is only
+    read back: nothing is logged or registered again."""
+    from tracking.registry import register_export, registered_versions
+    from tracking.runs import RunLogger, resolve_tracking_uri
 
     name = export_name(cfg.train)
     local = Path(tempfile.mkdtemp(prefix="animatediff-train-"))
@@ -148,7 +176,10 @@ def _finish(
             export_path = local / name
             shutil.copytree(source, export_path)
     version = None
-    if run_id is not None:
+    if finished_before and run_id is not None and cfg.mlflow.enabled:
+        found = registered_versions(cfg, resolve_tracking_uri(cfg.mlflow), run_id)
+        version = found[-1] if found else None
+    elif run_id is not None:
         logger = RunLogger(tracking_uri, run_id)
         if export_path.is_dir():
             logger.log_artifacts(export_path, export_path.name)

@@ -144,9 +144,13 @@ class Worker:
 
         self.run_id = loop_config.get("run_id")
         self.logger = None
+        self.logged_through = -1
         if self.rank == 0 and self.run_id:
             self.logger = RunLogger(loop_config["tracking_uri"], self.run_id)
             if restored is not None:
+                # Steps between the checkpoint and a failure were logged by the failed attempt;
+                # they are trained again (identically) but logged once.
+                self.logged_through = self.logger.last_step("loss")
                 self.logger.log_metrics(
                     {"resumed_from_step": float(self.position.step)}, step=self.position.step
                 )
@@ -243,9 +247,9 @@ class Worker:
         return loss, Export.of(self.engine, self.cfg)
 
     def log(self, metrics: dict[str, float], samples_from: Export | None) -> None:
-        if self.logger is None:
-            return
         done = self.position.step
+        if self.logger is None or done <= self.logged_through:
+            return
         self.logger.log_metrics(metrics, step=done)
         if samples_from is not None and self.train.validation_prompts:
             with tempfile.TemporaryDirectory() as directory:
