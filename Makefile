@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo test test-unit test-all lint format clean
+.PHONY: install browser demo reproduce test test-unit test-all lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,18 @@ browser:
 
 demo: install
 	$(PY) -m jobs.demo --config configs/tiny.yaml
+
+# OpenAI's CLIP BPE merges, for the reproduction's real CLIP tokenizer: the file ships inside the
+# open_clip_torch wheel, fetched without its dependencies (nothing else is installed).
+CLIP_BPE := .cache/clip/bpe_simple_vocab_16e6.txt.gz
+$(CLIP_BPE): | install
+	mkdir -p .cache/wheels $(dir $(CLIP_BPE))
+	$(PY) -m pip download -q --no-deps -d .cache/wheels open_clip_torch==3.3.0
+	$(PY) -c "import glob, zipfile; wheel = zipfile.ZipFile(glob.glob('.cache/wheels/open_clip_torch-3.3.0-*.whl')[0]); open('$(CLIP_BPE)', 'wb').write(wheel.read('open_clip/bpe_simple_vocab_16e6.txt.gz'))"
+
+# The Moving Digits miniature reproduction (about 45 minutes on 2 cores): docs/reproduction.md.
+reproduce: install $(CLIP_BPE)
+	$(PY) -m jobs.reproduce --config configs/moving_digits.yaml
 
 test: install browser
 	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)

@@ -21,6 +21,7 @@ from animatediff.diffusion import add_noise, diffusion_loss, training_target
 from animatediff.features import FeatureExtractor
 from animatediff.metrics import (
     STATIC,
+    colour_statistics,
     frame_consistency,
     label_agreement,
     motion_magnitude,
@@ -98,7 +99,8 @@ def score_video(
     ``direction``: ``direction_correct``. With a classifying extractor: ``label_agreement`` (share
     of frames agreeing with the clip's majority class) and, with an ``expect`` ``label``,
     ``label_share`` (share of frames of that class). With a text scorer and ``prompt``:
-    ``text_alignment`` (mean CLIP score)."""
+    ``text_alignment`` (mean CLIP score). The style: ``foreground_r/g/b`` and
+    ``background_r/g/b`` (mean colours in [0, 1])."""
     expect = expect or {}
     path = trajectory(video, directions=directions, min_speed=min_speed)
     row: dict[str, Any] = {
@@ -119,6 +121,9 @@ def score_video(
             row["label_share"] = agreement.expected
     if hasattr(extractor, "text_similarity") and prompt:
         row["text_alignment"] = float(extractor.text_similarity(video, prompt).mean())
+    colours = colour_statistics(video)  # the style: mean subject and canvas colours
+    for name, values in (("foreground", colours.foreground), ("background", colours.background)):
+        row |= {f"{name}_{c}": float(v) for c, v in zip("rgb", values)}
     return row
 
 

@@ -97,6 +97,7 @@ class ClassifierFeatures:
         input_size: tuple[int, int] | None = None,
         grayscale: bool = False,
         batch_size: int = 64,
+        foreground: bool = False,
     ) -> None:
         for method in ("features", "head"):
             if not callable(getattr(model, method, None)):
@@ -105,10 +106,16 @@ class ClassifierFeatures:
         self.input_size = input_size
         self.grayscale = grayscale
         self.batch_size = batch_size
+        self.foreground = foreground
 
     def _inputs(self, frames: np.ndarray) -> torch.Tensor:
-        x = _to_tensor(frames)  # (n, 3, h, w)
-        if self.grayscale:
+        if self.foreground:  # (n, 1, h, w): the subject's coverage, whatever its colours
+            from animatediff.metrics import foreground_coverage
+
+            x = torch.from_numpy(foreground_coverage(_check_frames(frames)))[:, None]
+        else:
+            x = _to_tensor(frames)  # (n, 3, h, w)
+        if self.grayscale and x.shape[1] == 3:
             x = x.mean(dim=1, keepdim=True)
         if self.input_size is not None and tuple(x.shape[-2:]) != tuple(self.input_size):
             # "area" averages when shrinking (no aliasing); it cannot enlarge, bilinear can.
@@ -205,9 +212,24 @@ class FrameClassifier(torch.nn.Module):
     ``features(x: (n, channels, size, size) in [0, 1]) -> (n, width * 2)``;
     ``head(features) -> (n, classes)``."""
 
-    def __init__(self, classes: int, channels: int = 1, size: int = 32, width: int = 32) -> None:
+    def __init__(
+        self,
+        classes: int,
+        channels: int = 1,
+        size: int = 32,
+        width: int = 32,
+        foreground: bool = False,
+    ) -> None:
         super().__init__()
-        self.config = {"classes": classes, "channels": channels, "size": size, "width": width}
+        self.config = {
+            "classes": classes,
+            "channels": channels,
+            "size": size,
+            "width": width,
+            "foreground": foreground,
+        }
+        if foreground and channels != 1:
+            raise ValueError("FrameClassifier: foreground input has one channel")
         conv = torch.nn.Conv2d
         self.body = torch.nn.Sequential(
             conv(channels, width, 3, padding=1),
@@ -253,7 +275,10 @@ class FrameClassifier(torch.nn.Module):
     def extractor(self) -> ClassifierFeatures:
         """This classifier as a feature extractor (frames resized to its input size)."""
         size = self.config["size"]
-        return ClassifierFeatures(self, (size, size), grayscale=self.config["channels"] == 1)
+        grey = self.config["channels"] == 1
+        return ClassifierFeatures(
+            self, (size, size), grayscale=grey, foreground=self.config["foreground"]
+        )
 
 
 MODEL_FILE = "model.safetensors"

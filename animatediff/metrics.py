@@ -71,6 +71,21 @@ def background_colour(video: np.ndarray) -> np.ndarray:
     return np.median(border.reshape(-1, 3), axis=0).astype(np.float64)
 
 
+def foreground_coverage(frames: np.ndarray) -> np.ndarray:
+    """Soft foreground ``(n, h, w)`` float32 in [0, 1] of each frame on its own: the colour
+    distance to the frame's border median, scaled so the most distinct pixel is 1 (at least a
+    quarter of the colour cube's scale). Independent of the two colours a style uses, so a digit
+    reads the same white-on-black or yellow-on-blue."""
+    frames = _check_video(frames).astype(np.float32) / 255.0
+    border = np.concatenate(
+        [frames[:, 0], frames[:, -1], frames[:, :, 0], frames[:, :, -1]], axis=1
+    )  # (n, 2 * (h + w), 3)
+    background = np.median(border, axis=1)[:, None, None, :]
+    distance = np.linalg.norm(frames - background, axis=-1)
+    scale = np.maximum(distance.reshape(len(frames), -1).max(axis=1), 0.25)[:, None, None]
+    return np.clip(distance / scale, 0, 1)
+
+
 def foreground_mask(
     video: np.ndarray,
     background: Sequence[float] | np.ndarray | None = None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -101,3 +102,17 @@ def run(main: Callable[[list[str]], int], argv: Sequence[str] | None = None) -> 
             raise
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
+
+
+class Progress:
+    """Numbered stage headers with the elapsed time: ``[3/8   42.0s] training ...``."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.step, self.start = total, 0, time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        self.step += 1
+        print(f"\n[{self.step}/{self.total}  {self.elapsed():6.1f}s] {message}", flush=True)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start

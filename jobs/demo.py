@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from animatediff.config import Config, load_config
+from jobs.cli import Progress
 from jobs.cluster import init_ray, local_cpus
 
 SHAPES = {"square": 0, "disc": 1}
@@ -82,16 +83,6 @@ def write_clips(directory: Path, count: int, frames: int = 24, size: int = 64) -
         writer.writerow(["video", "caption"])
         writer.writerows(rows)
     return table
-
-
-class Progress:
-    def __init__(self, total: int) -> None:
-        self.total, self.step, self.start = total, 0, time.perf_counter()
-
-    def __call__(self, message: str) -> None:
-        self.step += 1
-        elapsed = time.perf_counter() - self.start
-        print(f"\n[{self.step}/{self.total}  {elapsed:6.1f}s] {message}", flush=True)
 
 
 def _port_free(port: int) -> bool:

@@ -31,6 +31,7 @@ from animatediff.config.model import (
     ModelConfig,
     MotionModuleConfig,
 )
+from animatediff.config.reproduce import ReproduceConfig
 from animatediff.config.root import Config, StorageConfig
 from animatediff.config.sample import SampleConfig
 from animatediff.config.serve import (
@@ -55,6 +56,7 @@ __all__ = [
     "MlflowConfig",
     "ModelConfig",
     "MotionModuleConfig",
+    "ReproduceConfig",
     "SampleConfig",
     "ServeAutoscalingConfig",
     "ServeConfig",

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from animatediff.config.data import DataConfig
 from animatediff.config.evaluate import EvaluateConfig
 from animatediff.config.model import BaseModelConfig, ModelConfig, MotionModuleConfig
+from animatediff.config.reproduce import ReproduceConfig
 from animatediff.config.sample import SampleConfig
 from animatediff.config.serve import GenerateConfig, ServeConfig
 from animatediff.config.tracking import MlflowConfig
@@ -45,6 +46,8 @@ class Config:
     """Video preprocessing into cached latent shards (``python -m jobs.preprocess``)."""
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     """Scoring a motion module: held-out loss, generated videos' metrics (``jobs.evaluate``)."""
+    reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
+    """The Moving Digits reproduction's own settings (``jobs.reproduce``)."""
 
     def with_motion(self, motion: MotionModuleConfig) -> Config:
         """This config animating with ``motion`` (e.g. the config a checkpoint was saved with)."""
