@@ -102,6 +102,8 @@ TEXT_COLUMNS = {"text_embedding": _tensors, "input_ids": _int_lists}
 
 def shard_table(batch: dict[str, np.ndarray]) -> pa.Table:
     """Latent rows (numpy batch) -> the shard schema (``SHARD_COLUMNS`` [+ ``TEXT_COLUMNS``])."""
+    if "source_version" not in batch:  # written by other tools (synthetic shards): unknown
+        batch = {**batch, "source_version": np.array([""] * len(batch["clip_id"]), dtype=object)}
     columns = {name: convert(batch[name]) for name, convert in SHARD_COLUMNS.items()}
     if "text_embedding" in batch:
         columns |= {name: convert(batch[name]) for name, convert in TEXT_COLUMNS.items()}
