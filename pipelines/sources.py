@@ -125,20 +125,19 @@ def _numbered(batches: Iterator[pa.RecordBatch], first_row: int) -> Iterator[pa.
 
 
 def _read_text_table(location: Location, fmt: str, names: list[str]) -> Iterator[pa.Table]:
-    """A CSV or JSON-lines file streamed in order, numbered (one pass, one task: a text table
-    cannot be split without reading it)."""
+    """A CSV or JSON-lines file read in order, numbered (one task: a text table cannot be split
+    without reading it). CSV streams; JSON lines are parsed whole, as Ray's own reader does, so
+    that a key first seen late in the file is still read."""
     with location.fs.open_input_stream(location.path) as stream:
         if fmt == "jsonl":
-            reader = pajson.open_json(stream)
-            for table in _numbered(iter(reader), 0):
-                missing = [name for name in names if name not in table.column_names]
-                for name in missing:  # a key absent from every record of a block
+            table = pajson.read_json(stream)
+            for name in names:
+                if name not in table.column_names:  # a key absent from every record
                     table = table.append_column(name, pa.nulls(table.num_rows))
-                yield table.select([*names, ROW])
+            yield from _numbered(iter(table.select(names).to_batches(max_chunksize=1 << 16)), 0)
         else:
-            yield from _numbered(
-                iter(pacsv.open_csv(stream, convert_options=_csv_options(names))), 0
-            )
+            reader = pacsv.open_csv(stream, convert_options=_csv_options(names))
+            yield from _numbered(iter(reader), 0)
 
 
 def _read_row_groups(location: Location, groups: list[int], first_row: int, names: list[str]):

@@ -840,3 +840,29 @@ def test_clips_of_a_replaced_video_are_retired(tmp_path):
     assert len(list((tmp_path / "fp-x").glob("retired-*.parquet"))) == 1  # the old list removed
     reopened = ShardStore(directory, {"resolution": 64})
     assert len(reopened.open()) == 3
+
+
+def test_input_tables_number_their_records_in_every_format(tmp_path):
+    """The row number is each record's position in the input, whatever the format and however
+    the read is split into tasks (Parquet: by row group)."""
+    from pipelines.sources import input_table_datasource
+
+    records = [{"video": f"{i}.mp4", "caption": f"c{i}"} for i in range(7)]
+    (tmp_path / "m.csv").write_text(
+        "video,caption\n" + "".join(f"{r['video']},{r['caption']}\n" for r in records)
+    )
+    lines = [json.dumps({"video": r["video"]}) for r in records[:-1]]
+    lines.append(json.dumps(records[-1]))  # the caption key appears only on the last line
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "m.parquet", row_group_size=2)
+    for fmt in ("csv", "jsonl", "parquet"):
+        cfg = DataConfig(format=fmt)
+        location = locate(str(tmp_path / f"m.{fmt}"))
+        source = input_table_datasource(cfg, location, Columns("video", "caption", "video", None))
+        tables = [t for task in source.get_read_tasks(3) for t in task.read_fn()]
+        rows = pa.concat_tables(tables).to_pylist()
+        assert [r["row"] for r in rows] == list(range(7)), fmt
+        videos = [
+            r["video"].decode() if isinstance(r["video"], bytes) else r["video"] for r in rows
+        ]
+        assert videos == [r["video"] for r in records], fmt
