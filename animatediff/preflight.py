@@ -109,7 +109,9 @@ def _how_to_fix(option: str) -> str:
     )
 
 
-def check_hub_model(repo_id: str, option: str = "model.base", timeout_s: float = HUB_TIMEOUT_S):
+def check_hub_model(
+    repo_id: str, option: str = "model.base", timeout_s: float = HUB_TIMEOUT_S
+) -> None:
     """A hub id is loadable: cached locally, or the hub answers for it within ``timeout_s``."""
     if _hub_cached(repo_id):
         return

@@ -20,6 +20,7 @@ import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -140,14 +141,16 @@ def _read_text_table(location: Location, fmt: str, names: list[str]) -> Iterator
             yield from _numbered(iter(reader), 0)
 
 
-def _read_row_groups(location: Location, groups: list[int], first_row: int, names: list[str]):
+def _read_row_groups(
+    location: Location, groups: list[int], first_row: int, names: list[str]
+) -> Iterator[pa.Table]:
     with location.fs.open_input_file(location.path) as source:
         parquet = pq.ParquetFile(source)
         batches = parquet.iter_batches(row_groups=groups, columns=names)
         yield from _numbered(batches, first_row)
 
 
-def input_table_datasource(cfg: DataConfig, location: Location, columns: Columns):
+def input_table_datasource(cfg: DataConfig, location: Location, columns: Columns) -> Any:
     """A Ray Data datasource over the input table that adds ``row`` (see the module doc)."""
     from ray.data.block import BlockMetadata
     from ray.data.datasource import Datasource, ReadTask
