@@ -4,7 +4,8 @@ The one rule for defaults, shared by Ray Serve, offline batch generation and the
 model: a setting a request leaves out comes from ``sample:`` (capped by the caller's limits), and
 a missing seed is the caller's ``default_seed`` (Serve draws a random one and returns it in
 ``X-Seed``; batch callers use ``sample.seed + row index``, so a batch is reproducible). Requests
-whose ``shape_key`` is equal are denoised together.
+whose ``shape_key`` is equal are denoised together; ``generate_each`` keeps one request's failure
+from reaching the others it was batched with.
 """
 
 from __future__ import annotations
@@ -103,6 +104,42 @@ class Generated:
     """How many requests were denoised together with it."""
     seconds: float
     """Wall time of its batch."""
+
+
+@dataclass
+class Failed:
+    """A request whose generation raised; the requests batched with it are unaffected."""
+
+    error: BaseException
+
+    def describe(self) -> str:
+        """``TypeError: <last line of the message>``."""
+        lines = str(self.error).strip().splitlines()
+        return f"{type(self.error).__name__}: {lines[-1] if lines else ''}".strip()
+
+
+def generate_each(pipe: Any, requests: Sequence[GenerationParams]) -> list[Generated | Failed]:
+    """``generate_all``, one result per request, where a failing request fails alone.
+
+    A shape group is denoised as one batch; if that batch raises, its requests are generated one
+    at a time so that only the request that raises gets ``Failed`` (e.g. text the tokenizer
+    refuses) and its neighbours still get their videos."""
+    results: list[Generated | Failed | None] = [None] * len(requests)
+    for group in group_by_shape(requests):
+        try:
+            for index, generated in zip(group, generate_all(pipe, [requests[i] for i in group])):
+                results[index] = generated
+            continue
+        except Exception as error:
+            if len(group) == 1:
+                results[group[0]] = Failed(error)
+                continue
+        for index in group:  # the batch failed: find the request(s) at fault
+            try:
+                (results[index],) = generate_all(pipe, [requests[index]])
+            except Exception as error:
+                results[index] = Failed(error)
+    return results  # type: ignore[return-value]
 
 
 def generate_all(pipe: Any, requests: Sequence[GenerationParams]) -> list[Generated]:

@@ -21,9 +21,10 @@ ray job submit --working-dir . -- python -m jobs.generate --config configs/sd15_
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.generate import run_generate
+    from pipelines.generate import preflight, run_generate
 
     cfg, _ = cli.parse(argv, JOB)
+    preflight(cfg)
     init_ray(cfg)
     summary = run_generate(cfg)
     print(

@@ -2,7 +2,8 @@
 
 The check: the version's validation loss (tag ``val_loss``, else its run's ``val_loss`` metric) is
 not worse than the current champion's. Exit status 0 when promoted (or already the champion),
-1 when refused.
+1 when refused, 2 when the store, model, version or alias does not exist (one line saying what
+the registry holds).
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tracking.registry import promote
+    from tracking.registry import promote, promote_preflight
     from tracking.runs import resolve_tracking_uri
 
     cfg, args = cli.parse(argv, JOB, _arguments)
-    decision, version = promote(
-        cfg, resolve_tracking_uri(cfg.mlflow), version=args.version, force=args.force
-    )
+    tracking_uri = resolve_tracking_uri(cfg.mlflow)
+    promote_preflight(tracking_uri)
+    decision, version = promote(cfg, tracking_uri, version=args.version, force=args.force)
     verdict = "not promoted" if not decision.promote else "promoted" if decision.changed else "kept"
     print(f"{cfg.mlflow.registered_model} version {version}: {verdict} ({decision.reason})")
     return 0 if decision.promote else 1

@@ -32,9 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
-    from serving.deploy import deploy
+    from serving.deploy import deploy, preflight
 
     cfg, _ = cli.parse(argv, JOB)
+    preflight(cfg)
     on_cluster = bool(os.environ.get("RAY_ADDRESS"))
     init_ray(cfg)
     url = deploy(cfg)

@@ -24,9 +24,11 @@ ray job submit --working-dir . -- python -m jobs.train --config configs/sd15_web
 
 
 def main(argv: list[str] | None = None) -> int:
+    from animatediff.preflight import train_preflight
     from trainer import run_training
 
     cfg, _ = cli.parse(argv, JOB)
+    train_preflight(cfg)
     init_ray(cfg)
     outcome = run_training(cfg)
     print(

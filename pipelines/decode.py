@@ -1,7 +1,9 @@
 """Decode stage (CPU): plan rows -> clip rows of uint8 frames, and one outcome record per row
 that produces no clip.
 
-Per video: check the object (missing, empty, unreadable), probe the container with PyAV (size,
+Per video: confine it to the video root (a symbolic link out of it is ``unsafe_path`` and is
+never opened; the real path is what gets read), check the object (missing, empty, unreadable),
+note its content identity (``pipelines.identity``), probe the container with PyAV (size,
 video stream), then decord's ``VideoReader`` resizes while decoding (ffmpeg's scaler, cheaper
 than resizing decoded full-size frames) and ``get_batch`` fetches each window. Frames stay uint8
 ``(frames, height, width, 3)`` until the encoder: a quarter of the bytes of float32 in the object
@@ -24,9 +26,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from animatediff.storage import Location, write_atomic
-from pipelines import windows
-from pipelines.paths import locate_path
-from pipelines.sources import STATUS_CACHED, STATUS_FAILED, STATUS_TODO
+from animatediff.text import quote
+from pipelines import identity, windows
+from pipelines.paths import UnsafePathError, confine, locate_path
+from pipelines.sources import STATUS_CACHED, STATUS_FAILED, STATUS_TODO, UNSAFE_PATH
 
 # Reason categories of the errors table (see also pipelines.sources).
 MISSING_FILE = "missing_file"
@@ -40,6 +43,7 @@ DECODE_ERROR = "decode_error"
 
 OUTCOME_SCHEMA = pa.schema(
     [
+        ("row", pa.int64()),  # position in the input table (0 = first record)
         ("key", pa.string()),
         ("video_id", pa.string()),
         ("source", pa.string()),
@@ -71,6 +75,8 @@ class DecodeSpec:
     root: Location
     outcomes: Location
     """Directory of this run's outcome parts."""
+    follow_symlinks: bool = False
+    content_hash: bool = False
 
 
 def resize_shape(width: int, height: int, resolution: int) -> tuple[int, int]:
@@ -126,25 +132,34 @@ def _short(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[:300]}"
 
 
-def _fetch(source: Location) -> str | io.BytesIO:
-    """A local path, or the object's bytes for decoders that cannot read object stores."""
+def _fetch(source: Location, spec: DecodeSpec) -> tuple[str | io.BytesIO, str]:
+    """``(data, content identity)``: the real local path (links resolved and confined to the
+    root), or the object's bytes for decoders that cannot read object stores."""
+    try:
+        source = confine(spec.root, source, spec.follow_symlinks)
+    except UnsafePathError as error:
+        raise DecodeFailure(UNSAFE_PATH, str(error)) from error
     try:
         info = source.fs.get_file_info(source.path)
     except OSError as error:
         raise DecodeFailure(UNREADABLE, _short(error)) from error
     if info.type == pafs.FileType.NotFound:
-        raise DecodeFailure(MISSING_FILE, f"{source.uri} does not exist")
+        raise DecodeFailure(MISSING_FILE, f"{quote(source.uri)} does not exist")
     if info.type != pafs.FileType.File:
-        raise DecodeFailure(NOT_A_VIDEO, f"{source.uri} is not a file")
+        raise DecodeFailure(NOT_A_VIDEO, f"{quote(source.uri)} is not a file")
     if info.size == 0:
-        raise DecodeFailure(EMPTY_FILE, f"{source.uri} has zero bytes")
-    if isinstance(source.fs, pafs.LocalFileSystem):
-        return source.path
+        raise DecodeFailure(EMPTY_FILE, f"{quote(source.uri)} has zero bytes")
+    version = identity.stat_version(info)
     try:
+        if isinstance(source.fs, pafs.LocalFileSystem):
+            if spec.content_hash:
+                version = identity.hash_file(source)
+            return source.path, version
         with source.fs.open_input_stream(source.path) as stream:
-            return io.BytesIO(stream.read())
+            data = stream.read()
     except OSError as error:
         raise DecodeFailure(UNREADABLE, _short(error)) from error
+    return io.BytesIO(data), identity.hash_version(data) if spec.content_hash else version
 
 
 def _read_all(data: str | io.BytesIO) -> bytes:
@@ -186,12 +201,12 @@ def probe(data: str | io.BytesIO) -> tuple[int, int]:
 
 def decode_clips(
     source: str, spec: DecodeSpec, need_mask: int
-) -> tuple[list[tuple[int, np.ndarray, np.ndarray]], float]:
-    """``([(ordinal, frame_indices (frames,), frames uint8 (frames, R, R, 3))...], fps)`` for
-    each window whose plain or flipped clip is still needed."""
+) -> tuple[list[tuple[int, np.ndarray, np.ndarray]], float, str]:
+    """``([(ordinal, frame_indices (frames,), frames uint8 (frames, R, R, 3))...], fps,
+    content identity)`` for each window whose plain or flipped clip is still needed."""
     import decord
 
-    data = _fetch(locate_path(spec.root, source))
+    data, version = _fetch(locate_path(spec.root, source), spec)
     width, height = probe(data)
     out_width, out_height = resize_shape(width, height, spec.resolution)
     try:
@@ -223,7 +238,7 @@ def decode_clips(
             clips.append(
                 (ordinal, indices, np.ascontiguousarray(center_crop(frames, spec.resolution)))
             )
-        return clips, fps
+        return clips, fps, version
     finally:
         # decord keeps decoder state and buffers alive with the reader (known leaks upstream).
         reader.seek(0)
@@ -252,13 +267,13 @@ def decode_batch(batch: dict[str, np.ndarray], spec: DecodeSpec) -> Iterator[dic
 
 
 def decode_rows(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np.ndarray]:
-    """Plan rows -> clip rows ``key, video_id, caption, source, ordinal, frame_indices (frames,),
-    fps, pixels uint8 (frames, R, R, 3), need_mask, row_first``."""
+    """Plan rows -> clip rows ``row, key, video_id, caption, source, source_version, ordinal,
+    frame_indices (frames,), fps, pixels uint8 (frames, R, R, 3), need_mask, row_first``."""
     records: list[dict] = []
     rows: dict[str, list] = {
         k: []
-        for k in ("key", "video_id", "caption", "source", "ordinal", "frame_indices", "fps")
-        + ("pixels", "need_mask", "row_first", "row_clips", "row_cached")
+        for k in ("row", "key", "video_id", "caption", "source", "source_version", "ordinal")
+        + ("frame_indices", "fps", "pixels", "need_mask", "row_first", "row_clips", "row_cached")
     }
     for i in range(len(batch["key"])):
         key, video_id, source = (
@@ -266,15 +281,17 @@ def decode_rows(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np.
             str(batch["video_id"][i]),
             str(batch["source"][i]),
         )
+        number = int(batch["row"][i])
         status, mask = str(batch["status"][i]), int(batch["need_mask"][i])
         cached = int(batch["cached_clips"][i])
-        record = {"key": key, "video_id": video_id, "source": source, "status": status}
+        record = {"row": number, "key": key, "video_id": video_id, "source": source}
+        record["status"] = status
         if status != STATUS_TODO:
             reason, message = str(batch["reason"][i]), str(batch["message"][i])
             records.append(record | _result(reason, message, 0, cached))
             continue
         try:
-            clips, fps = decode_clips(source, spec, mask)
+            clips, fps, version = decode_clips(source, spec, mask)
         except DecodeFailure as failure:
             failed = _result(failure.reason, str(failure), 0, cached)
             records.append(record | failed | {"status": STATUS_FAILED})
@@ -289,10 +306,12 @@ def decode_rows(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np.
         new_clips = sum(bin((mask >> (2 * ordinal)) & 3).count("1") for ordinal, _, _ in clips)
         for j, (ordinal, indices, frames) in enumerate(clips):
             for name, value in (
+                ("row", number),
                 ("key", key),
                 ("video_id", video_id),
                 ("caption", str(batch["caption"][i])),
                 ("source", source),
+                ("source_version", version),
                 ("ordinal", ordinal),
                 ("frame_indices", indices),
                 ("fps", fps),
@@ -307,10 +326,12 @@ def decode_rows(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np.
         _write_outcomes(records, spec.outcomes)
     size = (spec.num_frames, spec.resolution, spec.resolution, 3)
     return {
+        "row": np.array(rows["row"], dtype=np.int64),
         "key": np.array(rows["key"], dtype=object),
         "video_id": np.array(rows["video_id"], dtype=object),
         "caption": np.array(rows["caption"], dtype=object),
         "source": np.array(rows["source"], dtype=object),
+        "source_version": np.array(rows["source_version"], dtype=object),
         "ordinal": np.array(rows["ordinal"], dtype=np.int32),
         "frame_indices": np.array(rows["frame_indices"], dtype=np.int32).reshape(
             -1, spec.num_frames

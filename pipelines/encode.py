@@ -5,6 +5,12 @@ and flipped variants are both wanted is decoded once and expanded here into two 
 flipped frames never travel through the object store. The latent posterior's mean and std are
 stored (float16, unscaled), not a sample: training draws a fresh latent every epoch, as the
 original AnimateDiff does by encoding on the fly.
+
+Latents are bit-identical whatever batch a clip lands in (a resumed run batches clips
+differently): the VAE always sees chunks of exactly ``data.encode_batch_size`` clips, the last one
+padded. Convolution libraries choose their algorithm by tensor shape, and at SD sizes a clip
+encoded in a batch of one differed from the same clip in a batch of six by one float16 step in a
+few values (measured on CPU); with one shape the arithmetic is the same.
 """
 
 from __future__ import annotations
@@ -25,9 +31,23 @@ def to_model_input(frames: np.ndarray):
     return x.float().div_(127.5).sub_(1.0)
 
 
-def encode_latents(vae, frames: np.ndarray, device, dtype) -> tuple[np.ndarray, np.ndarray]:
+def encode_latents(
+    vae, frames: np.ndarray, device, dtype, chunk: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The VAE posterior of each frame: uint8 ``(batch, frames, H, W, 3)`` -> mean, std float16
-    ``(batch, latent channels, frames, H/8, W/8)`` on the CPU (unscaled)."""
+    ``(batch, latent channels, frames, H/8, W/8)`` on the CPU (unscaled).
+
+    ``chunk``: encode exactly that many clips at a time, padding the last chunk with zeros, so
+    that a clip's latents do not depend on how many clips it was batched with."""
+    if chunk is not None:
+        parts = []
+        for start in range(0, len(frames), chunk):
+            piece = frames[start : start + chunk]
+            padded = np.zeros((chunk, *frames.shape[1:]), frames.dtype)
+            padded[: len(piece)] = piece
+            mean, std = encode_latents(vae, padded, device, dtype)
+            parts.append((mean[: len(piece)], std[: len(piece)]))
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     import torch
 
     batch, num_frames = frames.shape[:2]
@@ -63,6 +83,7 @@ class EncodeClips:
         dtype: str = "auto",
         cache_text_embeddings: bool = False,
         num_threads: int = 1,
+        batch_size: int = 4,
     ):
         import torch
 
@@ -80,6 +101,7 @@ class EncodeClips:
             self.text_encoder = text_encoder.to(self.device)
         self.fingerprint_hash = fingerprint_hash
         self.seed = seed
+        self.batch_size = batch_size
         self.latent_channels = int(self.vae.config.latent_channels)
         self.downsample = 2 ** (len(self.vae.config.block_out_channels) - 1)
 
@@ -97,7 +119,7 @@ class EncodeClips:
 
     def encode_latents(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 ``(batch, frames, H, W, 3)`` -> mean, std float16 ``(batch, 4, frames, H/8, W/8)``."""
-        return encode_latents(self.vae, frames, self.device, self.dtype)
+        return encode_latents(self.vae, frames, self.device, self.dtype, chunk=self.batch_size)
 
     def encode_text(self, captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Captions -> embeddings float16 ``(batch, tokens, dim)`` and token ids int32."""
@@ -122,11 +144,12 @@ class EncodeClips:
             shape = (0, self.latent_channels, num_frames, height // self.downsample)
             mean = std = np.zeros((*shape, width // self.downsample), np.float16)
         sources, ordinals = batch["source"][take], batch["ordinal"][take]
+        versions = batch["source_version"][take]
         out = {
             "clip_id": np.array(
                 [
-                    windows.clip_id(self.fingerprint_hash, str(s), self.seed, int(o), bool(f))
-                    for s, o, f in zip(sources, ordinals, flipped)
+                    windows.clip_id(self.fingerprint_hash, str(s), self.seed, int(o), bool(f), v)
+                    for s, o, f, v in zip(sources, ordinals, flipped, versions)
                 ],
                 dtype=object,
             ),
@@ -135,9 +158,11 @@ class EncodeClips:
             "frame_indices": batch["frame_indices"][take],
             "fps": batch["fps"][take],
             "source": sources,
+            "source_version": versions,
             "flipped": flipped,
             "latent_mean": mean,
             "latent_std": std,
+            "row": batch["row"][take],
             "key": batch["key"][take],
             "row_first": first,
             "row_clips": batch["row_clips"][take],

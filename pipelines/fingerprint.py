@@ -14,8 +14,10 @@ from typing import Any
 
 from animatediff.config import Config
 
-PIPELINE_VERSION = "1"
-"""Bumped whenever decoding, resizing or encoding changes what a latent means."""
+PIPELINE_VERSION = "2"
+"""Bumped whenever decoding, resizing or encoding changes what a latent means, or clip ids change
+meaning. 2: clip ids include the source's content identity, shards carry ``source_version``
+(a cache of version 1 is left alone in its own ``fp-`` directory, not mixed in)."""
 
 LATENT_DTYPE = "float16"
 

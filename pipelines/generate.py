@@ -113,6 +113,22 @@ class VideoWriter:
         return {key: np.array([item[key] for item in out]) for key in out[0]}
 
 
+def preflight(cfg: Config) -> None:
+    """``jobs.generate`` before Ray starts: the prompts file exists and parses, ``output_dir`` is
+    not a file, the base model can be loaded (``ConfigError`` naming the option otherwise)."""
+    from animatediff.config import ConfigError
+    from animatediff.preflight import check_base_model, check_input_file, check_output_dir
+
+    gen = cfg.generate
+    check_input_file(gen.prompts, "generate.prompts", cfg.storage)
+    try:
+        read_prompts(read_bytes(locate(gen.prompts, cfg.storage)).decode("utf-8"), cfg)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ConfigError(f"generate.prompts: {gen.prompts}: {error}") from error
+    check_output_dir(cfg.output_dir, "output_dir", cfg.storage)
+    check_base_model(cfg.model.base)
+
+
 def run_generate(cfg: Config) -> dict[str, Any]:
     """Generate every prompt of ``cfg.generate.prompts``; return a summary (index path, count).
     Needs a running Ray."""

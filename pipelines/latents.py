@@ -1,9 +1,12 @@
-"""Reading latent shards for training: only committed shards, only the expected fingerprint."""
+"""Reading latent shards for training: only committed shards, only the expected fingerprint, and
+only live clips (not those retired because their video was replaced, see ``pipelines.shards``)."""
 
 from __future__ import annotations
 
+import functools
 import posixpath
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from animatediff.config import StorageConfig
@@ -13,7 +16,7 @@ from pipelines.fingerprint import (
     fingerprint_differences,
     fingerprint_dir_name,
 )
-from pipelines.shards import load_manifest
+from pipelines.shards import load_manifest, load_retired
 
 
 def _fingerprint_dirs(root: Location) -> list[Location]:
@@ -70,11 +73,32 @@ def find_shard_set(
     return location, manifest
 
 
+PATH_COLUMN = "path"
+"""The column ``read_parquet(include_paths=True)`` adds (dropped again after filtering)."""
+
+
+def _drop_retired(table: pa.Table, retired: dict[str, set[str]]) -> pa.Table:
+    """Rows of ``table`` whose ``(path, clip_id)`` is not retired, without the path column."""
+    keep = [
+        clip_id not in retired.get(path, ())
+        for path, clip_id in zip(table[PATH_COLUMN].to_pylist(), table["clip_id"].to_pylist())
+    ]
+    return table.filter(pa.array(keep, pa.bool_())).drop_columns([PATH_COLUMN])
+
+
 def shard_set_dataset(location: Location, manifest: dict):
-    """The streaming ``ray.data.Dataset`` of the shards a ``find_shard_set`` result lists."""
+    """The streaming ``ray.data.Dataset`` of the live clips in the shards a ``find_shard_set``
+    result lists."""
     import ray.data
 
     paths = [location.join(entry["path"]).path for entry in manifest["shards"]]
     if not paths:
         raise FileNotFoundError(f"{location.uri}: the manifest lists no shards")
-    return ray.data.read_parquet(paths, filesystem=location.fs)
+    retired = load_retired(location, manifest)
+    if not retired:
+        return ray.data.read_parquet(paths, filesystem=location.fs)
+    by_path = {location.join(shard).path: ids for shard, ids in retired.items()}
+    ds = ray.data.read_parquet(paths, filesystem=location.fs, include_paths=True)
+    return ds.map_batches(
+        functools.partial(_drop_retired, retired=by_path), batch_format="pyarrow", batch_size=None
+    )

@@ -6,6 +6,13 @@ of this run's clip ids, ~70 bytes per clip, which drops videos listed twice in t
 
     read table -> plan_batch -> blocks of data.decode_rows_per_task -> decode_batch (CPU tasks)
       -> EncodeClips (actor pool, a GPU each when present) -> ShardWriter (driver)
+
+``preflight`` checks the options before Ray starts (``jobs.preprocess`` calls it first). The run's
+summary has a ``status``: ``ok``, or ``failed`` with a ``failure`` message when no row was
+encoded or cached, or more than ``data.max_error_fraction`` of the rows failed (what was encoded
+is committed either way; the job then exits with status 1). An interrupted run (exception,
+Ctrl-C, SIGTERM) lists the shards it committed, merges its outcome records and records itself
+as ``interrupted`` before the error goes on.
 """
 
 from __future__ import annotations
@@ -20,11 +27,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from animatediff.config import Config, ConfigError
-from animatediff.storage import Location, locate, write_atomic
+from animatediff.preflight import check_base_model, check_input_file, check_output_dir, check_root
+from animatediff.storage import Location, locate
 from pipelines.decode import DecodeSpec, decode_batch
 from pipelines.encode import EncodeClips
 from pipelines.fingerprint import data_fingerprint, fingerprint_dir_name, fingerprint_hash
-from pipelines.shards import ShardStore, ShardWriter
+from pipelines.shards import ShardStore, ShardWriter, merge_outcomes
 from pipelines.sources import Columns, PlanSpec, check_input_columns, plan_batch, read_input
 
 if TYPE_CHECKING:
@@ -88,6 +96,7 @@ def build_pipeline(
             "dtype": data.encode_dtype,
             "cache_text_embeddings": data.cache_text_embeddings,
             "num_threads": max(1, int(data.encode_num_cpus)),
+            "batch_size": data.encode_batch_size,
         },
         compute=ray.data.ActorPoolStrategy(size=data.num_encode_actors),
         batch_size=data.encode_batch_size,
@@ -97,16 +106,51 @@ def build_pipeline(
     )
 
 
+def video_root_uri(cfg: Config) -> str:
+    """``data.video_root``, else the input table's directory."""
+    return cfg.data.video_root or posixpath.dirname(locate(cfg.data.input, cfg.storage).uri)
+
+
+def preflight(cfg: Config) -> None:
+    """What ``run_preprocess`` needs, checked in seconds before Ray starts; raises
+    ``ConfigError`` naming the option: ``data.input`` set and a file, ``data.video_root`` an
+    existing directory, ``data.output`` not a file, the base model reachable."""
+    data = cfg.data
+    if not data.input:
+        raise ConfigError("data.input: required (a WebVid CSV or a CSV/JSONL/Parquet manifest)")
+    check_input_file(data.input, "data.input", cfg.storage)
+    check_root(video_root_uri(cfg), "data.video_root", cfg.storage)
+    check_output_dir(output_uri(cfg), "data.output" if data.output else "output_dir", cfg.storage)
+    check_base_model(cfg.model.base)
+
+
+def outcome_failure(cfg: Config, counts: dict) -> str | None:
+    """Why a finished run counts as failed, or None."""
+    read, failed = counts["rows_read"], counts["rows_failed"]
+    if read == 0:
+        return f"data.input: {cfg.data.input} holds no rows"
+    reasons = ", ".join(f"{n} {reason}" for reason, n in counts["failed_by_reason"].items())
+    if counts["rows_encoded"] + counts["rows_cached"] == 0:
+        return f"no clip was encoded: all {read} rows failed ({reasons})"
+    if failed / read > cfg.data.max_error_fraction:
+        return (
+            f"{failed} of {read} rows failed ({failed / read:.0%} > data.max_error_fraction="
+            f"{cfg.data.max_error_fraction:g}: {reasons})"
+        )
+    return None
+
+
 def run_preprocess(cfg: Config, run_id: str | None = None) -> dict:
     """Preprocess ``cfg.data.input`` into shards under ``cfg.data.output``; returns the summary
-    (also written to ``runs/<run_id>/summary.json``). Needs a running Ray (``ray.init``)."""
+    (also written to ``runs/<run_id>/summary.json``), whose ``status`` says whether the run
+    failed (see the module doc). Needs a running Ray (``ray.init``)."""
     data = cfg.data
     if not data.input:
         raise ConfigError("data.input: required (a WebVid CSV or a CSV/JSONL/Parquet manifest)")
     started = time.perf_counter()
     run_id = run_id or time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
     input_location = locate(data.input, cfg.storage)
-    root = locate(data.video_root or posixpath.dirname(input_location.uri), cfg.storage)
+    root = locate(video_root_uri(cfg), cfg.storage)
     columns = check_input_columns(data, input_location)
 
     fingerprint = data_fingerprint(cfg)  # hashes the VAE (and text encoder) once, on the driver
@@ -127,6 +171,8 @@ def run_preprocess(cfg: Config, run_id: str | None = None) -> dict:
         seed=data.seed,
         clips_per_video=data.clips_per_video,
         flip=data.flip,
+        follow_symlinks=data.follow_symlinks,
+        content_hash=data.content_hash,
     )
     decode = DecodeSpec(
         num_frames=data.num_frames,
@@ -137,26 +183,34 @@ def run_preprocess(cfg: Config, run_id: str | None = None) -> dict:
         threads=data.decode_threads,
         root=root,
         outcomes=writer.outcome_dir,
+        follow_symlinks=data.follow_symlinks,
+        content_hash=data.content_hash,
     )
     ds = build_pipeline(cfg, plan, decode, cached, input_location, columns)
-    for batch in ds.iter_batches(
-        batch_size=data.shard_size, batch_format="numpy", prefetch_batches=1
-    ):
-        writer.write(batch)
+    base = {"run_id": run_id, "fingerprint_hash": fp_hash, "output": store.directory.uri}
+    try:
+        for batch in ds.iter_batches(
+            batch_size=data.shard_size, batch_format="numpy", prefetch_batches=1
+        ):
+            writer.write(batch)
+    except BaseException:
+        _record_interrupted(store, writer, base)
+        raise
     counts = writer.finish()
+    store.refresh()  # retires the earlier clips of videos replaced since they were encoded
     elapsed = time.perf_counter() - started
+    failure = outcome_failure(cfg, counts)
     summary = {
-        "run_id": run_id,
-        "fingerprint_hash": fp_hash,
-        "output": store.directory.uri,
+        **base,
+        "status": "failed" if failure else "ok",
+        **({"failure": failure} if failure else {}),
         **counts,
         "cache_size_clips": store.manifest["num_clips"],
         "elapsed_s": round(elapsed, 3),
         "clips_per_s": round(counts["clips_encoded"] / elapsed, 3) if elapsed > 0 else 0.0,
     }
-    store.manifest["runs"].append(summary)
+    store.record_run(writer.run_dir, summary)
     store.write_manifest()
-    write_atomic(writer.run_dir.join("summary.json"), _json(summary))
     if data.log_mlflow:
         from tracking.preprocess import log_preprocess_run
 
@@ -164,16 +218,24 @@ def run_preprocess(cfg: Config, run_id: str | None = None) -> dict:
     return summary
 
 
-def _json(value: dict) -> bytes:
-    import json
-
-    return json.dumps(value, indent=1, sort_keys=True).encode()
+def _record_interrupted(store: ShardStore, writer: ShardWriter, base: dict) -> None:
+    """List what an interrupted run committed and record it; never hides the interruption."""
+    try:
+        counts = merge_outcomes(writer.run_dir)
+        counts |= {"clips_encoded": writer.clips_written, "shards_written": writer.shards_written}
+        store.refresh()
+        store.record_run(writer.run_dir, {**base, "status": "interrupted", **counts})
+        store.write_manifest()
+    except Exception as error:  # the next run recovers what this one could not record
+        warnings.warn(
+            f"could not record the interrupted run {base['run_id']}: {error}", stacklevel=2
+        )
 
 
 def format_summary(summary: dict) -> str:
     """The end-of-run table."""
     lines = [
-        f"run {summary['run_id']}  ->  {summary['output']}",
+        f"run {summary['run_id']}  ->  {summary['output']}  ({summary.get('status', 'ok')})",
         f"  rows read        {summary['rows_read']:>10}",
         f"  rows encoded     {summary['rows_encoded']:>10}",
         f"  rows cached      {summary['rows_cached']:>10}",

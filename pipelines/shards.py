@@ -5,20 +5,34 @@ Layout of one fingerprint directory ``{data.output}/fp-<hash>/``::
     manifest.json                   fingerprint, counts, shards (rows, bytes, sha256), runs
     shards/part-<run>-<seq>.parquet one row per clip (schema below), zstd
     runs/<run>/outcomes.parquet     one record per input row: encoded | cached | failed
-    runs/<run>/errors.parquet       the failed records: key, reason category, message
-    runs/<run>/summary.json         the run's counts
+    runs/<run>/errors.parquet       the failed records: row, key, reason category, message
+    runs/<run>/summary.json         the run's counts and status (ok | failed | interrupted)
+    runs/<run>/parts/               outcome records while the run is going (merged at its end)
 
 Shard schema (one row per clip): ``clip_id: string`` (16 hex digits, see
 ``pipelines.windows.clip_id``), ``video_id: string``, ``caption: string``,
 ``frame_indices: list<int32>``, ``fps: float32`` (source frame rate), ``source: string`` (video
-URI), ``flipped: bool``, ``latent_mean``/``latent_std``: Ray tensor ``float16 (4, frames, H/8,
+URI), ``source_version: string`` (its content identity, ``pipelines.identity``), ``flipped:
+bool``, ``latent_mean``/``latent_std``: Ray tensor ``float16 (4, frames, H/8,
 W/8)`` (unscaled posterior; multiply samples by the fingerprint's ``scaling_factor``), and with
 ``data.cache_text_embeddings``: ``text_embedding: float16 (77, dim)``, ``input_ids: list<int32>``.
 
 Commit protocol: a shard becomes visible all at once (temp file + rename locally, a single PUT on
 object stores) and readers only read shards listed in ``manifest.json``, itself replaced
-atomically. A run killed between a shard and the manifest leaves a complete but unlisted shard;
-the next run adopts it (so its clips are neither lost nor encoded twice).
+atomically. A run that is interrupted (an exception, Ctrl-C, SIGTERM) lists what it committed,
+merges its outcome parts and records itself in ``runs`` with status ``interrupted`` before it
+exits. A run killed outright (SIGKILL, a lost node) cannot: between its last manifest write and
+the kill (at most ``data.manifest_flush_shards`` shards) its shards are complete but unlisted,
+invisible to readers. The next run to open the directory adopts them (so their clips are neither
+lost nor encoded twice), merges the killed run's outcome parts and records it as ``killed``.
+One run at a time per output directory.
+
+Replaced videos: clip ids include the source's content identity (``pipelines.identity``), so a
+file replaced at the same path is encoded again. Its earlier clips stay in their (immutable)
+shards but are *retired*: for each source, only clips whose ``source_version`` is the one its
+most recent shard holds are live (and of equal clip ids, the latest). Retired clips are listed in
+``retired-<hash>.parquet`` (columns ``shard``, ``clip_id``), named by the manifest's ``retired``
+entry; readers (``pipelines.latents``) skip them and ``num_clips`` counts only live clips.
 """
 
 from __future__ import annotations
@@ -30,12 +44,14 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from animatediff.storage import Location, atomic_output, read_bytes, write_atomic
+from animatediff.text import quote
 from pipelines import windows
 from pipelines.decode import OUTCOME_SCHEMA
 from pipelines.fingerprint import FingerprintMismatchError, fingerprint_differences
@@ -44,6 +60,7 @@ from pipelines.sources import DUPLICATE, STATUS_CACHED, STATUS_FAILED
 MANIFEST = "manifest.json"
 SHARDS = "shards"
 RUNS = "runs"
+SUMMARY = "summary.json"
 STATUS_ENCODED = "encoded"
 
 
@@ -73,6 +90,7 @@ SHARD_COLUMNS = {
     "frame_indices": _int_lists,
     "fps": lambda values: pa.array(np.asarray(values, np.float32)),
     "source": _strings,
+    "source_version": _strings,
     "flipped": lambda values: pa.array(np.asarray(values, bool)),
     "latent_mean": _tensors,
     "latent_std": _tensors,
@@ -84,6 +102,8 @@ TEXT_COLUMNS = {"text_embedding": _tensors, "input_ids": _int_lists}
 
 def shard_table(batch: dict[str, np.ndarray]) -> pa.Table:
     """Latent rows (numpy batch) -> the shard schema (``SHARD_COLUMNS`` [+ ``TEXT_COLUMNS``])."""
+    if "source_version" not in batch:  # written by other tools (synthetic shards): unknown
+        batch = {**batch, "source_version": np.array([""] * len(batch["clip_id"]), dtype=object)}
     columns = {name: convert(batch[name]) for name, convert in SHARD_COLUMNS.items()}
     if "text_embedding" in batch:
         columns |= {name: convert(batch[name]) for name, convert in TEXT_COLUMNS.items()}
@@ -133,8 +153,86 @@ class ShardStore:
             )
         self.manifest = manifest
         self._adopt_unlisted()
+        self._record_killed_runs()
+        return self.refresh()
+
+    def refresh(self) -> np.ndarray:
+        """Recompute which clips are retired (see the module doc), write the manifest, and return
+        the sorted uint64 ids of every live clip (the cache index)."""
+        entries = self.manifest["shards"]
+        tables = []
+        for position, entry in enumerate(entries):
+            location = self.directory.join(entry["path"])
+            with location.fs.open_input_file(location.path) as source:
+                names = pq.ParquetFile(source).schema_arrow.names
+                wanted = [c for c in ("clip_id", "source", "source_version") if c in names]
+                table = pq.read_table(source, columns=wanted)
+            if "source_version" not in table.column_names:
+                table = table.append_column("source_version", pa.nulls(table.num_rows, pa.string()))
+            positions = pa.array(np.full(table.num_rows, position, np.int64))
+            tables.append(table.append_column("shard", positions))
+        if not tables:
+            self.manifest.pop("retired", None)
+            self.manifest["num_clips"] = 0
+            self.write_manifest()
+            return np.zeros((0,), np.uint64)
+        frame = pa.concat_tables(tables).to_pandas()
+        versions = frame["source_version"].fillna("")
+        # The version in the most recent shard of each source (rows are in commit order).
+        latest = versions.groupby(frame["source"]).transform("last")
+        live = versions == latest
+        # Of equal clip ids (content that came back after a replacement), the latest is live.
+        duplicate = pd.Series(False, index=frame.index)
+        duplicate[live] = frame.loc[live, "clip_id"].duplicated(keep="last")
+        live &= ~duplicate
+        retired = frame.loc[~live]
+        self._write_retired(
+            [entries[i]["path"] for i in retired["shard"]], retired["clip_id"].tolist()
+        )
+        self.manifest["num_clips"] = int(live.sum())
         self.write_manifest()
-        return self.cache_index()
+        return np.sort(windows.clip_id_to_int(frame.loc[live, "clip_id"].tolist()))
+
+    def _write_retired(self, shards: list[str], clip_ids: list[str]) -> None:
+        """The retired list as a content-named file (written before the manifest names it, so a
+        reader never sees a manifest pointing at a missing or partial list)."""
+        previous = self.manifest.pop("retired", None)
+        if clip_ids:
+            table = pa.table({"shard": shards, "clip_id": clip_ids})
+            data = parquet_bytes(table)
+            name = f"retired-{hashlib.sha256(data).hexdigest()[:16]}.parquet"
+            if previous is None or previous["path"] != name:
+                write_atomic(self.directory.join(name), data)
+            self.manifest["retired"] = {"path": name, "clips": len(clip_ids)}
+        if previous is not None and previous["path"] != self.manifest.get("retired", {}).get(
+            "path"
+        ):
+            self.directory.fs.delete_file(self.directory.join(previous["path"]).path)
+
+    def _record_killed_runs(self) -> None:
+        """Runs that left a directory but no summary (killed before they could write one):
+        merge their outcome parts, count their shards, record them with status ``killed``."""
+        recorded = {run["run_id"] for run in self.manifest["runs"]}
+        selector = pafs.FileSelector(self.directory.join(RUNS).path, allow_not_found=True)
+        for info in sorted(self.directory.fs.get_file_info(selector), key=lambda i: i.path):
+            run_id = posixpath.basename(info.path)
+            run_dir = self.directory.join(RUNS, run_id)
+            if info.type != pafs.FileType.Directory or run_id in recorded:
+                continue
+            if self.directory.fs.get_file_info(run_dir.join(SUMMARY).path).type == (
+                pafs.FileType.File
+            ):
+                continue
+            prefix = posixpath.join(SHARDS, f"part-{run_id}-")
+            mine = [e for e in self.manifest["shards"] if e["path"].startswith(prefix)]
+            counts = merge_outcomes(run_dir)
+            counts |= {"clips_encoded": sum(e["rows"] for e in mine), "shards_written": len(mine)}
+            self.record_run(run_dir, {"run_id": run_id, "status": "killed", **counts})
+
+    def record_run(self, run_dir: Location, summary: dict) -> None:
+        """List a run in the manifest (written by ``write_manifest``) and write its summary."""
+        self.manifest["runs"].append(summary)
+        write_atomic(run_dir.join(SUMMARY), json.dumps(summary, indent=1, sort_keys=True).encode())
 
     def _adopt_unlisted(self) -> None:
         listed = {entry["path"] for entry in self.manifest["shards"]}
@@ -156,14 +254,7 @@ class ShardStore:
         if adopted:
             entry["adopted"] = True
         self.manifest["shards"].append(entry)
-        self.manifest["num_clips"] += rows
-
-    def cache_index(self) -> np.ndarray:
-        paths = [self.directory.join(e["path"]).path for e in self.manifest["shards"]]
-        if not paths:
-            return np.zeros((0,), np.uint64)
-        ids = pq.ParquetDataset(paths, filesystem=self.directory.fs).read(columns=["clip_id"])
-        return np.sort(windows.clip_id_to_int(ids.column("clip_id").to_pylist()))
+        self.manifest["num_clips"] += rows  # until ``refresh`` subtracts retired clips
 
     def commit(self, table: pa.Table, name: str) -> dict:
         """Write one shard atomically and list it (the manifest is written by ``write_manifest``)."""
@@ -211,6 +302,7 @@ class ShardWriter:
         records = []
         for i in np.flatnonzero(batch["row_first"]):
             record = {
+                "row": int(batch["row"][i]),
                 "key": str(batch["key"][i]),
                 "video_id": str(batch["video_id"][i]),
                 "source": str(batch["source"][i]),
@@ -222,7 +314,7 @@ class ShardWriter:
                     "cached_clips": int(batch["row_cached"][i]),
                 }
             else:
-                message = f"{record['source']} appears earlier in this run"
+                message = f"{quote(record['source'])} appears earlier in this run"
                 record |= {"status": STATUS_FAILED, "reason": DUPLICATE, "message": message}
                 record |= {"clips": 0, "cached_clips": 0}
             records.append(record)
@@ -243,44 +335,60 @@ class ShardWriter:
             self._since_flush = 0
 
     def finish(self) -> dict:
-        """Merge this run's outcome parts into ``outcomes.parquet`` and ``errors.parquet``
-        (streaming, one part at a time) and return the counts."""
-        fs = self.store.directory.fs
-        parts = sorted(
-            info.path
-            for info in fs.get_file_info(
-                pafs.FileSelector(self.outcome_dir.path, allow_not_found=True)
-            )
-            if info.path.endswith(".parquet")
-        )
-        counts = {"rows_read": 0, "rows_encoded": 0, "rows_cached": 0, "rows_failed": 0}
-        counts |= {
-            "clips_encoded": self.clips_written,
-            "clips_cached": 0,
-            "shards_written": self.shards_written,
-        }
-        failed_by_reason: dict[str, int] = {}
-        with (
-            atomic_output(self.run_dir.join("outcomes.parquet")) as all_out,
-            atomic_output(self.run_dir.join("errors.parquet")) as error_out,
-            pq.ParquetWriter(all_out, OUTCOME_SCHEMA, compression="zstd") as all_writer,
-            pq.ParquetWriter(error_out, OUTCOME_SCHEMA, compression="zstd") as error_writer,
-        ):
-            for path in parts:
-                with fs.open_input_file(path) as source:
-                    table = pq.read_table(source, schema=OUTCOME_SCHEMA)
-                all_writer.write_table(table)
-                failed = table.filter(pc.equal(table["status"], STATUS_FAILED))
-                error_writer.write_table(failed)
-                status = table["status"].to_pylist()
-                counts["rows_read"] += table.num_rows
-                counts["rows_encoded"] += status.count(STATUS_ENCODED)
-                counts["rows_cached"] += status.count(STATUS_CACHED)
-                counts["rows_failed"] += status.count(STATUS_FAILED)
-                counts["clips_cached"] += int(pc.sum(table["cached_clips"]).as_py() or 0)
-                for reason in failed["reason"].to_pylist():
-                    failed_by_reason[reason] = failed_by_reason.get(reason, 0) + 1
-        if parts:  # (deleting files one by one would leave a directory marker on S3)
-            fs.delete_dir(self.outcome_dir.path)
-        counts["failed_by_reason"] = dict(sorted(failed_by_reason.items()))
-        return counts
+        """Merge this run's outcome parts into ``outcomes.parquet`` and ``errors.parquet`` and
+        return the counts."""
+        counts = merge_outcomes(self.run_dir)
+        return counts | {"clips_encoded": self.clips_written, "shards_written": self.shards_written}
+
+
+def merge_outcomes(run_dir: Location) -> dict:
+    """Merge a run's outcome parts (``runs/<run>/parts/``) into ``outcomes.parquet`` and
+    ``errors.parquet`` (streaming, one part at a time, each sorted by input row), delete the parts and
+    return the row counts."""
+    fs = run_dir.fs
+    parts_dir = run_dir.join("parts")
+    parts = sorted(
+        info.path
+        for info in fs.get_file_info(pafs.FileSelector(parts_dir.path, allow_not_found=True))
+        if info.path.endswith(".parquet") and not posixpath.basename(info.path).startswith(".")
+    )
+    counts = {"rows_read": 0, "rows_encoded": 0, "rows_cached": 0, "rows_failed": 0}
+    counts["clips_cached"] = 0
+    failed_by_reason: dict[str, int] = {}
+    with (
+        atomic_output(run_dir.join("outcomes.parquet")) as all_out,
+        atomic_output(run_dir.join("errors.parquet")) as error_out,
+        pq.ParquetWriter(all_out, OUTCOME_SCHEMA, compression="zstd") as all_writer,
+        pq.ParquetWriter(error_out, OUTCOME_SCHEMA, compression="zstd") as error_writer,
+    ):
+        for path in parts:
+            with fs.open_input_file(path) as source:
+                table = pq.read_table(source, schema=OUTCOME_SCHEMA).sort_by("row")
+            all_writer.write_table(table)
+            failed = table.filter(pc.equal(table["status"], STATUS_FAILED))
+            error_writer.write_table(failed)
+            status = table["status"].to_pylist()
+            counts["rows_read"] += table.num_rows
+            counts["rows_encoded"] += status.count(STATUS_ENCODED)
+            counts["rows_cached"] += status.count(STATUS_CACHED)
+            counts["rows_failed"] += status.count(STATUS_FAILED)
+            counts["clips_cached"] += int(pc.sum(table["cached_clips"]).as_py() or 0)
+            for reason in failed["reason"].to_pylist():
+                failed_by_reason[reason] = failed_by_reason.get(reason, 0) + 1
+    if fs.get_file_info(parts_dir.path).type != pafs.FileType.NotFound:
+        # one call (deleting files one by one would leave a directory marker on S3)
+        fs.delete_dir(parts_dir.path)
+    counts["failed_by_reason"] = dict(sorted(failed_by_reason.items()))
+    return counts
+
+
+def load_retired(directory: Location, manifest: dict) -> dict[str, set[str]]:
+    """The retired clip ids of a shard set, by shard path (relative, as the manifest lists it)."""
+    entry = manifest.get("retired")
+    if not entry:
+        return {}
+    table = pq.read_table(pa.BufferReader(read_bytes(directory.join(entry["path"]))))
+    retired: dict[str, set[str]] = {}
+    for shard, clip_id in zip(table["shard"].to_pylist(), table["clip_id"].to_pylist()):
+        retired.setdefault(shard, set()).add(clip_id)
+    return retired

@@ -1,9 +1,15 @@
 """Input tables (WebVid CSV, CSV/JSONL/Parquet manifests) and the plan stage.
 
+The input table is read by ``InputTable`` (a Ray Data datasource) which numbers the records:
+``row`` is each record's position in the table (0 = the first record, as
+``pandas.read_csv(...).iloc[row]``) and travels with it to its outcome record.
+
 The plan stage turns each input row into one of: a row to decode (with the bit mask of the clips
 still missing from the cache), a row already fully cached, or a row refused before any video is
-touched (unsafe path, bad caption). Every row keeps flowing so that the decode stage can record
-its outcome; nothing is dropped silently.
+touched (unsafe path, a symbolic link out of the root, bad caption). Every row keeps flowing so
+that the decode stage can record its outcome; nothing is dropped silently. The cache is keyed on
+the source's content identity too (``pipelines.identity``): the plan stats each source (a HEAD
+on object stores, in parallel) and a replaced file is encoded again.
 
 Batches are dicts of numpy arrays (Ray Data ``batch_format="numpy"``).
 """
@@ -11,17 +17,29 @@ Batches are dicts of numpy arrays (Ray Data ``batch_format="numpy"``).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from animatediff.config import ConfigError, DataConfig
 from animatediff.storage import Location
-from pipelines import windows
-from pipelines.paths import UnsafePathError, manifest_relative_path, webvid_relative_path
+from animatediff.text import is_blank, quote, visible
+from pipelines import identity, windows
+from pipelines.paths import (
+    UnsafePathError,
+    confine,
+    locate_path,
+    manifest_relative_path,
+    webvid_relative_path,
+)
 
 STATUS_TODO = "todo"
 STATUS_CACHED = "cached"
@@ -86,24 +104,97 @@ def check_input_columns(cfg: DataConfig, location: Location) -> Columns:
     return columns
 
 
-def read_input(cfg: DataConfig, location: Location, columns: Columns):
-    """The input table as a streaming Ray Dataset with only the mapped columns.
+ROW = "row"
+"""Column added to the input records: their position in the input table."""
 
-    CSV text columns are read as binary so that one undecodable caption becomes an error row
-    instead of failing the whole file."""
-    import ray.data
 
-    names = sorted({c for c in (columns.key, columns.caption, columns.path, columns.page_dir) if c})
-    if cfg.format == "parquet":
-        return ray.data.read_parquet(location.path, filesystem=location.fs, columns=names)
-    if cfg.format == "jsonl":
-        # pyarrow's JSON reader reads newline-delimited JSON (one object per line).
-        ds = ray.data.read_json(location.path, filesystem=location.fs)
-        return ds.select_columns(names)
-    convert = pacsv.ConvertOptions(
+def _csv_options(names: list[str]) -> pacsv.ConvertOptions:
+    # Text columns are read as binary so that one undecodable caption becomes an error row
+    # instead of failing the whole file.
+    return pacsv.ConvertOptions(
         column_types={name: pa.binary() for name in names}, include_columns=names
     )
-    return ray.data.read_csv(location.path, filesystem=location.fs, convert_options=convert)
+
+
+def _numbered(batches: Iterator[pa.RecordBatch], first_row: int) -> Iterator[pa.Table]:
+    row = first_row
+    for batch in batches:
+        table = pa.Table.from_batches([batch])
+        numbers = pa.array(np.arange(row, row + table.num_rows, dtype=np.int64))
+        yield table.append_column(ROW, numbers)
+        row += table.num_rows
+
+
+def _read_text_table(location: Location, fmt: str, names: list[str]) -> Iterator[pa.Table]:
+    """A CSV or JSON-lines file read in order, numbered (one task: a text table cannot be split
+    without reading it). CSV streams; JSON lines are parsed whole, as Ray's own reader does, so
+    that a key first seen late in the file is still read."""
+    with location.fs.open_input_stream(location.path) as stream:
+        if fmt == "jsonl":
+            table = pajson.read_json(stream)
+            for name in names:
+                if name not in table.column_names:  # a key absent from every record
+                    table = table.append_column(name, pa.nulls(table.num_rows))
+            yield from _numbered(iter(table.select(names).to_batches(max_chunksize=1 << 16)), 0)
+        else:
+            reader = pacsv.open_csv(stream, convert_options=_csv_options(names))
+            yield from _numbered(iter(reader), 0)
+
+
+def _read_row_groups(
+    location: Location, groups: list[int], first_row: int, names: list[str]
+) -> Iterator[pa.Table]:
+    with location.fs.open_input_file(location.path) as source:
+        parquet = pq.ParquetFile(source)
+        batches = parquet.iter_batches(row_groups=groups, columns=names)
+        yield from _numbered(batches, first_row)
+
+
+def input_table_datasource(cfg: DataConfig, location: Location, columns: Columns) -> Any:
+    """A Ray Data datasource over the input table that adds ``row`` (see the module doc)."""
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    names = sorted({c for c in (columns.key, columns.caption, columns.path, columns.page_dir) if c})
+    size = location.fs.get_file_info(location.path).size or 0
+
+    class InputTable(Datasource):
+        def estimate_inmemory_data_size(self) -> int | None:
+            return size
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
+            def task(read, rows: int | None) -> ReadTask:
+                metadata = BlockMetadata(
+                    num_rows=rows, size_bytes=None, exec_stats=None, input_files=(location.uri,)
+                )
+                return ReadTask(read, metadata)
+
+            if cfg.format != "parquet":
+                return [task(lambda: _read_text_table(location, cfg.format, names), None)]
+            with location.fs.open_input_file(location.path) as source:
+                meta = pq.ParquetFile(source).metadata
+            counts = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+            per_task = max(1, -(-len(counts) // max(1, parallelism)))
+            tasks = []
+            for start in range(0, len(counts), per_task):
+                groups = list(range(start, min(start + per_task, len(counts))))
+                first = sum(counts[:start])
+                tasks.append(
+                    task(
+                        lambda g=groups, f=first: _read_row_groups(location, g, f, names),
+                        sum(counts[i] for i in groups),
+                    )
+                )
+            return tasks or [task(lambda: iter(()), 0)]
+
+    return InputTable()
+
+
+def read_input(cfg: DataConfig, location: Location, columns: Columns):
+    """The input table as a streaming Ray Dataset: the mapped columns and ``row``."""
+    import ray.data
+
+    return ray.data.read_datasource(input_table_datasource(cfg, location, columns))
 
 
 @dataclass(frozen=True)
@@ -119,6 +210,8 @@ class PlanSpec:
     seed: int
     clips_per_video: int
     flip: bool
+    follow_symlinks: bool = False
+    content_hash: bool = False
 
 
 def _text(value) -> str | None:
@@ -144,13 +237,17 @@ def variants(flip: bool) -> tuple[bool, ...]:
     return (False, True) if flip else (False,)
 
 
-def needed_mask(cached: np.ndarray, spec: PlanSpec, source: str) -> tuple[int, int]:
+def needed_mask(
+    cached: np.ndarray, spec: PlanSpec, source: str, version: str = ""
+) -> tuple[int, int]:
     """Bit ``2 * ordinal + flipped`` set for each clip not yet in ``cached`` (sorted uint64 ids);
     also the number of clips found cached."""
     mask, found = 0, 0
     for ordinal in range(spec.clips_per_video):
         for flipped in variants(spec.flip):
-            cid = windows.clip_id(spec.fingerprint_hash, source, spec.seed, ordinal, flipped)
+            cid = windows.clip_id(
+                spec.fingerprint_hash, source, spec.seed, ordinal, flipped, version
+            )
             value = np.uint64(int(cid, 16))
             position = np.searchsorted(cached, value)
             if position < len(cached) and cached[position] == value:
@@ -166,13 +263,13 @@ def _resolve_source(row: dict, spec: PlanSpec) -> tuple[str, str]:
     if spec.fmt == "webvid":
         videoid = _text(row[columns.key])
         page_dir = _text(row[columns.page_dir]) if columns.page_dir else None
-        if videoid is None:
-            raise UnsafePathError("videoid is missing or not valid UTF-8")
+        if not videoid:
+            raise UnsafePathError("videoid is empty, missing or not valid UTF-8")
         relative = webvid_relative_path(videoid, page_dir, spec.layout, spec.video_ext)
         return videoid, spec.root.join(relative).uri
     path = _text(row[columns.path])
-    if path is None:
-        raise UnsafePathError("path is missing or not valid UTF-8")
+    if not path:
+        raise UnsafePathError("path is empty, missing or not valid UTF-8")
     relative = manifest_relative_path(path, spec.root)
     # Without an id column the id is the path relative to the root (the same for
     # ``part0/x.mp4`` and ``s3://bucket/root/part0/x.mp4``).
@@ -180,61 +277,95 @@ def _resolve_source(row: dict, spec: PlanSpec) -> tuple[str, str]:
     return video_id, spec.root.join(relative).uri
 
 
+def _versions(sources: list[str], spec: PlanSpec) -> list[str | UnsafePathError]:
+    """The content identity of each source (``""``: missing), or the ``UnsafePathError`` of a
+    symbolic link out of the root. Object-store HEADs run in parallel."""
+
+    def one(uri: str) -> str | UnsafePathError:
+        try:
+            location = confine(spec.root, locate_path(spec.root, uri), spec.follow_symlinks)
+        except UnsafePathError as error:
+            return error
+        try:
+            return identity.source_version(location, spec.content_hash)
+        except OSError:  # unreadable now: the decode stage records why
+            return identity.MISSING
+
+    if isinstance(spec.root.fs, pafs.LocalFileSystem) or len(sources) < 2:
+        return [one(uri) for uri in sources]
+    with ThreadPoolExecutor(max_workers=min(16, len(sources))) as pool:
+        return list(pool.map(one, sources))
+
+
+PLAN_COLUMNS = (
+    "row",
+    "key",
+    "video_id",
+    "caption",
+    "source",
+    "source_version",
+    "status",
+    "reason",
+    "message",
+    "need_mask",
+    "cached_clips",
+)
+
+
 def plan_batch(batch: dict[str, np.ndarray], spec: PlanSpec, cached: np.ndarray) -> dict:
-    """Input rows -> plan rows: ``key, video_id, caption, source, status, reason, message,
-    need_mask, cached_clips``."""
+    """Input rows -> plan rows: ``row, key, video_id, caption, source, source_version, status,
+    reason, message, need_mask, cached_clips``."""
     names = list(batch)
     size = len(batch[names[0]]) if names else 0
-    out: dict[str, list] = {
-        k: []
-        for k in (
-            "key",
-            "video_id",
-            "caption",
-            "source",
-            "status",
-            "reason",
-            "message",
-            "need_mask",
-            "cached_clips",
-        )
-    }
+    out: dict[str, list] = {k: [] for k in PLAN_COLUMNS}
+    resolved: list[tuple[str, str] | UnsafePathError] = []
+    for i in range(size):
+        row = {name: batch[name][i] for name in names}
+        try:
+            resolved.append(_resolve_source(row, spec))
+        except UnsafePathError as error:
+            resolved.append(error)
+    todo = [r[1] for r in resolved if isinstance(r, tuple)]
+    versions = iter(_versions(todo, spec))
     seen: set[str] = set()
     for i in range(size):
         row = {name: batch[name][i] for name in names}
-        key = (
-            _display(row[spec.columns.key])
-            or f"<{spec.columns.path}: {_display(row.get(spec.columns.path))}>"
-        )
+        number = int(row[ROW]) if ROW in row else i
+        key = _display(row[spec.columns.key]) or f"<row {number}: empty {spec.columns.key}>"
         status, reason, message = STATUS_TODO, "", ""
-        video_id, source, caption, mask, found = "", "", "", 0, 0
-        try:
-            video_id, source = _resolve_source(row, spec)
-        except UnsafePathError as error:
-            status, reason, message = STATUS_FAILED, UNSAFE_PATH, str(error)
+        video_id, source, caption, version, mask, found = "", "", "", "", 0, 0
+        if isinstance(resolved[i], UnsafePathError):
+            status, reason, message = STATUS_FAILED, UNSAFE_PATH, str(resolved[i])
+        else:
+            video_id, source = resolved[i]
+            checked = next(versions)
+            if isinstance(checked, UnsafePathError):
+                status, reason, message = STATUS_FAILED, UNSAFE_PATH, str(checked)
+            else:
+                version = checked
         if status == STATUS_TODO:
             text = _text(row[spec.columns.caption])
             if text is None:
                 status, reason = STATUS_FAILED, BAD_CAPTION
                 message = "caption is missing or not valid UTF-8"
-            elif not text.strip():
-                status, reason, message = STATUS_FAILED, BAD_CAPTION, "caption is empty"
+            elif is_blank(text):  # also zero-width spaces, joiners, BOMs: nothing to read
+                status, reason = STATUS_FAILED, BAD_CAPTION
+                message = f"caption {quote(text, 40)} is empty or shows nothing"
             else:
-                caption = text.strip()
+                caption = visible(text)
         if status == STATUS_TODO and source in seen:
             status, reason = STATUS_FAILED, DUPLICATE
-            message = f"{source} already appears in this run"
+            message = f"{quote(source)} already appears in this run"
         if status == STATUS_TODO:
             seen.add(source)
-            mask, found = needed_mask(cached, spec, source)
+            mask, found = needed_mask(cached, spec, source, version)
             if mask == 0:
                 status = STATUS_CACHED
-        for name, value in zip(
-            out,
-            (key, video_id, caption, source, status, reason, message, mask, found),
-        ):
+        values = (number, key, video_id, caption, source, version, status, reason, message)
+        for name, value in zip(out, (*values, mask, found)):
             out[name].append(value)
     result = {k: np.array(v, dtype=object) for k, v in out.items()}
+    result["row"] = np.array(out["row"], dtype=np.int64)
     result["need_mask"] = np.array(out["need_mask"], dtype=np.int64)
     result["cached_clips"] = np.array(out["cached_clips"], dtype=np.int32)
     return result

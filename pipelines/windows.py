@@ -48,13 +48,20 @@ def clip_windows(
     return [window_indices(int(start), length, num_frames) for start in starts]
 
 
-def clip_id(fingerprint_hash: str, source: str, seed: int, ordinal: int, flipped: bool) -> str:
-    """Stable 16-hex-digit clip id: the source, its seeded window draw ``(seed, ordinal)``, the
-    flip and the latent fingerprint.
+def clip_id(
+    fingerprint_hash: str, source: str, seed: int, ordinal: int, flipped: bool, version: str = ""
+) -> str:
+    """Stable 16-hex-digit clip id: the source and the identity of its content (``version``, see
+    ``pipelines.identity``), its seeded window draw ``(seed, ordinal)``, the flip and the latent
+    fingerprint.
 
     The window enters through the draw that defines it, not its frame indices, so the id is known
-    before the video is opened and the cache can skip cached clips without downloading them."""
+    before the video is opened and the cache can skip cached clips without downloading them. The
+    seed is part of the identity: another ``data.seed`` draws other windows, which are other
+    clips (added to the cache beside the first seed's)."""
     key = f"{fingerprint_hash}\x1f{source}\x1f{seed}\x1f{ordinal}\x1f{int(flipped)}"
+    if version:  # the same key as before for callers that have no version
+        key += f"\x1f{version}"
     return hashlib.blake2b(key.encode("utf-8"), digest_size=8).hexdigest()
 
 

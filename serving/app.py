@@ -8,14 +8,22 @@ and a web page at ``/``.
 Two deployments:
 - ``Ingress`` validates requests (422 naming the field), checks the optional bearer token, resolves
   the requested model (alias or version) against the MLflow registry through a short-TTL cache, and
-  forwards to the generator with ``multiplexed_model_id="<version>/<base>"``. It turns the
-  generator's back-pressure into 503 at once.
+  forwards to the generator with ``multiplexed_model_id="<version>/<base>"``. Only JSON bodies
+  are read (415 otherwise). Over capacity it answers 503 with ``Retry-After`` itself: it admits
+  at most what the generators can hold (``admission_limit``) and turns the generators'
+  back-pressure into 503 at once. Serve's own limits on the ingress are set several times higher,
+  so that its proxy (which answers a plain-text 503 without ``Retry-After``) refuses only far
+  beyond that.
 - ``VideoGenerator`` keeps up to ``serve.max_models_per_replica`` (version, base) pipelines per
   replica (``serve.multiplexed``, LRU) and groups compatible requests with ``serve.batch``: Serve
   splits a batch by model id, the replica splits it further by shape (frames, steps, size, guidance)
   and denoises each group as one batch. Heavy work runs in a thread so the replica stays responsive.
+  A request that fails in a batch fails alone (``generate_batch``): the others still get videos.
 
-Nothing is loaded at import: replicas read the registry and the base model when first asked.
+``/docs`` is Swagger UI 5 served from the files of the ``fastapi-swagger`` package (no CDN), so it
+works on an air-gapped cluster (``swagger-ui-bundle`` ships Swagger UI 4, which cannot render the
+OpenAPI 3.1 document FastAPI writes). Nothing is loaded at import: replicas read the registry and the base model when
+first asked.
 """
 
 # No `from __future__ import annotations`: FastAPI must see real types through Serve's
@@ -23,21 +31,24 @@ Nothing is loaded at import: replicas read the registry and the base model when 
 import asyncio
 import dataclasses
 import hmac
+import importlib.resources
 import time
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 
 from animatediff.config import Config, from_dict, load_config, to_dict
 from animatediff.export import MIME_TYPES, export_video
-from animatediff.generation import SAMPLING_FIELDS, GenerationParams, generate_all
+from animatediff.generation import SAMPLING_FIELDS, Failed, GenerationParams, generate_each
 from serving.schema import (
     GenerateRequest,
     RequestError,
+    check_content_type,
     parse_generate_body,
     response_headers,
     serve_defaults_caps,
@@ -49,16 +60,49 @@ from tracking.runs import resolve_tracking_uri
 STATIC_DIR = Path(__file__).parent / "static"
 RETRY_AFTER_S = 1
 
+DOCS_DIR = importlib.resources.files("fastapi_swagger") / "resources"
+DOCS_ASSETS = {
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+    "favicon-32x32.png": "image/png",
+}
+"""The Swagger UI files ``/docs`` needs, served from the installed package (no CDN)."""
+
 app = FastAPI(
     title="AnimateDiff on Ray Serve",
     version="1",
     description="Text-to-video with AnimateDiff motion modules from the MLflow model registry.",
+    # FastAPI's own /docs and /redoc load their scripts from a CDN: blank pages offline.
+    docs_url=None,
+    redoc_url=None,
 )
 
 
 @app.exception_handler(RequestError)
 async def _request_error(_: Request, error: RequestError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status)
+
+
+@app.get("/docs", include_in_schema=False)
+async def docs(request: Request) -> HTMLResponse:
+    """Swagger UI on the packaged assets; URLs keep Serve's route prefix (``root_path``)."""
+    root = request.scope.get("root_path", "").rstrip("/")
+    return get_swagger_ui_html(
+        openapi_url=root + app.openapi_url,
+        title=f"{app.title} - API",
+        swagger_js_url=f"{root}/docs/assets/swagger-ui-bundle.js",
+        swagger_css_url=f"{root}/docs/assets/swagger-ui.css",
+        swagger_favicon_url=f"{root}/docs/assets/favicon-32x32.png",
+    )
+
+
+@app.get("/docs/assets/{name}", include_in_schema=False)
+async def docs_asset(name: str) -> Response:
+    if name not in DOCS_ASSETS:  # a fixed list: no path from the request reaches the filesystem
+        raise HTTPException(status_code=404)
+    data = (DOCS_DIR / name).read_bytes()
+    headers = {"Cache-Control": "public, max-age=86400"}
+    return Response(data, media_type=DOCS_ASSETS[name], headers=headers)
 
 
 def multiplexed_id(version: str, base: str) -> str:
@@ -131,40 +175,72 @@ class VideoGenerator:
         pipeline = TextToVideo(cfg, base=base, unet=unet)
         return LoadedModel(pipeline, version, base_name, (time.perf_counter() - start) * 1000)
 
-    def _run(self, model: LoadedModel, batch: list[GenerationParams]) -> list[dict[str, Any]]:
-        """Denoise each shape group as one batch, then encode every video (runs in a thread)."""
-        results = []
-        for params, generated in zip(batch, generate_all(model.pipeline, batch)):
-            start = time.perf_counter()
-            data = export_video(generated.video, params.output_format, params.fps)
-            results.append(
-                {
-                    "video": data,
-                    "content_type": MIME_TYPES[params.output_format],
-                    "version": model.version,
-                    "batch_size": generated.batch_size,
-                    "timings_ms": {
-                        "generate": generated.seconds * 1000,
-                        "encode": (time.perf_counter() - start) * 1000,
-                    },
-                }
-            )
-        return results
-
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)
     async def generate(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """One result per request: video bytes, content type, version, whether the model was
-        loaded for it, timings. Serve has already split the batch by multiplexed model id, so
-        one model serves it all."""
+        """One result per request (see ``generate_batch``). Serve has already split the batch
+        by multiplexed model id, so one model serves it all."""
         model = await self.get_model(serve.get_multiplexed_model_id())
-        loaded, model.fresh = model.fresh, False
-        batch = [GenerationParams(**request) for request in requests]
-        results = await asyncio.to_thread(self._run, model, batch)
-        for result in results:
-            result["loaded"] = loaded
-            if loaded:  # otherwise the load time would be counted as queueing
-                result["timings_ms"] = {"load": model.load_ms, **result["timings_ms"]}
-        return results
+        return await generate_batch(model, requests)
+
+
+def _failure(error: BaseException) -> dict[str, Any]:
+    return {"error": Failed(error).describe()}
+
+
+def run_batch(model: LoadedModel, batch: list[GenerationParams | Failed]) -> list[dict[str, Any]]:
+    """Denoise each shape group as one batch, then encode every video (runs in a thread). A
+    request that fails (here or before) gets ``{"error": ...}``; the others are unaffected."""
+    valid = [params for params in batch if isinstance(params, GenerationParams)]
+    generated = iter(generate_each(model.pipeline, valid))
+    results: list[dict[str, Any]] = []
+    for params in batch:
+        if isinstance(params, Failed):
+            results.append({"error": params.describe()})
+            continue
+        made = next(generated)
+        if isinstance(made, Failed):
+            results.append({"error": made.describe()})
+            continue
+        start = time.perf_counter()
+        try:
+            data = export_video(made.video, params.output_format, params.fps)
+        except Exception as error:
+            results.append(_failure(error))
+            continue
+        results.append(
+            {
+                "video": data,
+                "content_type": MIME_TYPES[params.output_format],
+                "version": model.version,
+                "batch_size": made.batch_size,
+                "timings_ms": {
+                    "generate": made.seconds * 1000,
+                    "encode": (time.perf_counter() - start) * 1000,
+                },
+            }
+        )
+    return results
+
+
+async def generate_batch(
+    model: LoadedModel, requests: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The body of ``VideoGenerator.generate``: one result per request, in order: video bytes,
+    content type, version, whether the model was loaded for it, timings; or ``error`` (a one-line
+    description) for a request that failed, which fails alone."""
+    loaded, model.fresh = model.fresh, False
+    batch: list[GenerationParams | Failed] = []
+    for request in requests:
+        try:
+            batch.append(GenerationParams(**request))
+        except Exception as error:
+            batch.append(Failed(error))
+    results = await asyncio.to_thread(run_batch, model, batch)
+    for result in results:
+        result["loaded"] = loaded
+        if loaded and "timings_ms" in result:  # else the load time would be counted as queueing
+            result["timings_ms"] = {"load": model.load_ms, **result["timings_ms"]}
+    return results
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,10 +260,35 @@ _GENERATE_DOC = {
             "content": {mime: {} for mime in MIME_TYPES.values()},
         },
         "401": {"description": "Missing or wrong bearer token (when auth is on)."},
+        "415": {"description": "The body is not declared `application/json`."},
         "422": {"description": "Invalid request: `error` names the field and the reason."},
-        "503": {"description": "Over capacity; retry after `Retry-After` seconds."},
+        "500": {"description": "Generation of this request failed: `error` says how."},
+        "503": {
+            "description": "Over capacity; retry after `Retry-After` seconds (JSON `error`). "
+            "Only far beyond the server's own limit (several times the requests the generators "
+            "can hold) does Ray Serve's proxy refuse by itself, with a plain-text 503 "
+            "(`Request dropped due to backpressure`) and no `Retry-After`: treat any 503 as "
+            "retryable, after 1 s when the header is missing."
+        },
     },
 }
+
+
+def admission_limit(cfg: Config) -> int:
+    """Generation requests one ingress replica works on at once: what the generators can run and
+    queue, plus a few resolving their model. Beyond it the ingress answers 503 itself."""
+    s = cfg.serve
+    return (s.max_ongoing_requests + s.max_queued_requests) * s.autoscaling.max_replicas + 8
+
+
+# Defined before ``Ingress``: ``serve.ingress`` copies the class when it decorates it, and the copy
+# sees only the module globals that exist at that moment.
+def _over_capacity() -> JSONResponse:
+    return JSONResponse(
+        {"error": "over capacity: too many requests queued, retry later"},
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
 
 
 @serve.deployment(name="Ingress")
@@ -201,6 +302,8 @@ class Ingress:
             resolve_tracking_uri(self.cfg.mlflow), self.name, self.cfg.serve.alias_ttl_s
         )
         self._page: str | None = None
+        self._admitted = 0
+        self._admission_limit = admission_limit(self.cfg)
 
     def _authorize(self, request: Request) -> None:
         token = self.cfg.serve.auth_token
@@ -246,6 +349,16 @@ class Ingress:
     async def generate(self, request: Request) -> Response:
         start = time.perf_counter()
         self._authorize(request)
+        check_content_type(request.headers.get("content-type"))
+        if self._admitted >= self._admission_limit:
+            return _over_capacity()
+        self._admitted += 1  # one event loop: no lock needed between check and increment
+        try:
+            return await self._generate(request, start)
+        finally:
+            self._admitted -= 1
+
+    async def _generate(self, request: Request, start: float) -> Response:
         declared = request.headers.get("content-length", "")
         limit = self.cfg.serve.limits.max_body_bytes
         if declared.isdigit() and int(declared) > limit:  # refuse before reading it
@@ -261,18 +374,14 @@ class Ingress:
         try:
             result = await handle.generate.remote(params.to_dict())
         except BackPressureError:
-            return JSONResponse(
-                {"error": "over capacity: too many requests queued, retry later"},
-                status_code=503,
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            )
+            return _over_capacity()
         except Exception as error:  # a failed model load or generation: say what, not a stack
             cause = getattr(error, "cause", None) or error
-            message = str(cause).strip().splitlines()[-1] if str(cause).strip() else ""
             return JSONResponse(
-                {"error": f"generation failed: {type(cause).__name__}: {message}"},
-                status_code=500,
+                {"error": f"generation failed: {Failed(cause).describe()}"}, status_code=500
             )
+        if "error" in result:  # this request failed; the others in its batch did not
+            return JSONResponse({"error": f"generation failed: {result['error']}"}, status_code=500)
         total_ms = (time.perf_counter() - start) * 1000
         timings = dict(result["timings_ms"])
         timings["queue"] = max(0.0, total_ms - sum(timings.values()))
@@ -312,14 +421,15 @@ def _generator_options(cfg: Config) -> dict[str, Any]:
 
 
 def _ingress_options(cfg: Config) -> dict[str, Any]:
-    s = cfg.serve
-    # The ingress only waits; it may hold every request the generators can hold, and a little
-    # more. Beyond that the proxy itself answers 503, so memory stays bounded under any burst.
-    capacity = (s.max_ongoing_requests + s.max_queued_requests) * s.autoscaling.max_replicas
+    # The ingress refuses beyond ``admission_limit`` itself (JSON, Retry-After); a refusal costs it
+    # microseconds, so Serve's limits sit well above that and its proxy (plain text, no
+    # Retry-After) refuses only a burst of several times the limit. Memory stays bounded: the
+    # proxy queues at most ``max_queued_requests``.
+    headroom = 4 * admission_limit(cfg)
     return {
         "ray_actor_options": {"num_cpus": 0},
-        "max_ongoing_requests": capacity + 8,
-        "max_queued_requests": capacity,
+        "max_ongoing_requests": headroom,
+        "max_queued_requests": headroom,
     }
 
 

@@ -22,6 +22,16 @@ def wait_healthy(url: str, timeout_s: float = 120.0) -> None:
         time.sleep(0.5)
 
 
+def preflight(cfg: Config) -> None:
+    """``jobs.serve`` before Ray starts: the default base and every ``serve.bases`` entry can be
+    loaded from here (``ConfigError`` naming the option otherwise)."""
+    from animatediff.preflight import check_base_model
+
+    check_base_model(cfg.model.base)
+    for name, base in cfg.serve.bases.items():
+        check_base_model(base, f"serve.bases.{name}")
+
+
 def deploy(cfg: Config) -> str:
     """Start Serve's proxy on ``serve.host:serve.port`` and deploy the app; return its base URL."""
     from ray import serve

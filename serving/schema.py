@@ -2,11 +2,18 @@
 
 Pure functions, no Ray and no I/O, so the rules are tested without a server:
 
+    check_content_type(headers.get("content-type"))  # 415 unless JSON
     params = parse_generate_body(body_bytes, cfg)   # raises RequestError(field, reason)
 
 Every rejection names the offending field and the reason; the app turns ``RequestError`` into a
-422 whose body looks like FastAPI's own validation errors (``detail[].loc``/``msg``) plus a flat
-``error`` string that a person can read.
+422 (415 for a non-JSON body) whose body looks like FastAPI's own validation errors
+(``detail[].loc``/``msg``) plus a flat ``error`` string that a person can read.
+
+Hostile bodies are refused here, before anything expensive sees them: integers longer than
+``MAX_INT_DIGITS`` digits (Python refuses to convert more than 4,300 digits and would raise),
+nesting deeper than ``MAX_JSON_DEPTH`` (the JSON decoder recurses), ``NaN``/``Infinity``, text
+with lone UTF-16 surrogates (``"\\ud800"``: UTF-8 and the tokenizer cannot encode it), and values
+of the wrong JSON type (strict: ``"8"`` and ``true`` are not numbers).
 """
 
 from __future__ import annotations
@@ -19,16 +26,28 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from animatediff.config import Config
 from animatediff.generation import GenerationParams
+from animatediff.text import is_blank, lone_surrogate
 
 MAX_SEED = 2**32 - 1
 MAX_GUIDANCE = 30.0
 MAX_FPS = 60
+MAX_INT_DIGITS = 20
+"""Longest integer literal read (any valid value has at most 10 digits)."""
+MAX_JSON_DEPTH = 8
+"""Deepest nesting of arrays and objects read (a valid body has depth 1)."""
+TEXT_FIELDS = ("prompt", "negative_prompt", "model", "base")
+
+
+def _printable(text: str) -> str:
+    """``text`` with lone surrogates escaped: error bodies must themselves encode as UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class RequestError(ValueError):
     """A request is invalid: ``field`` names the JSON field, ``reason`` says why."""
 
     def __init__(self, field: str, reason: str, status: int = 422) -> None:
+        field, reason = _printable(field), _printable(reason)
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
@@ -44,7 +63,8 @@ class RequestError(ValueError):
 class GenerateRequest(BaseModel):
     """``POST /v1/generate`` body. Omitted fields take the server's ``sample:`` defaults."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: JSON types as declared ("8" is not an integer, true is not a number).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     prompt: str = Field(description="What the video shows; must not be blank.")
     negative_prompt: str = Field("", description="What to steer away from.")
@@ -72,10 +92,21 @@ class GenerateRequest(BaseModel):
     )
 
 
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return json.dumps(value)
+    names = {str: "a string", float: "a number with a fraction", list: "an array"}
+    names |= {dict: "an object", type(None): "null", int: "an integer"}
+    return names.get(type(value), type(value).__name__)
+
+
 def _pydantic_error(error: ValidationError) -> RequestError:
     first = error.errors()[0]
     field = ".".join(str(part) for part in first["loc"]) or "body"
-    return RequestError(field, first["msg"])
+    message = first["msg"]
+    if first["type"] in ("int_type", "float_type", "string_type", "bool_type"):
+        message += f", got {_json_type(first.get('input'))}"
+    return RequestError(field, message)
 
 
 def _in_range(field: str, value: float, low: float, high: float) -> None:
@@ -99,7 +130,12 @@ def check_params(request: GenerateRequest, cfg: Config) -> GenerationParams:
     """Fill defaults (``GenerationParams.resolve``) and check ``cfg.serve.limits``; raise
     ``RequestError`` naming the field."""
     limits = cfg.serve.limits
-    if not request.prompt.strip():
+    for field in TEXT_FIELDS:
+        value = getattr(request, field)
+        surrogate = lone_surrogate(value) if value is not None else None
+        if surrogate:
+            raise RequestError(field, f"contains a lone surrogate ({surrogate}): not valid Unicode")
+    if is_blank(request.prompt):
         raise RequestError("prompt", "must not be empty")
     for field in ("prompt", "negative_prompt"):
         length = len(getattr(request, field))
@@ -135,17 +171,112 @@ def check_params(request: GenerateRequest, cfg: Config) -> GenerationParams:
     return params
 
 
-def parse_generate_body(body: bytes, cfg: Config) -> GenerationParams:
-    """Size check, JSON parse, schema and limits, in that order: the first problem is reported."""
-    limit = cfg.serve.limits.max_body_bytes
+class _Unreadable:
+    """A JSON value the decoder refused to convert (an overlong integer, NaN), kept as a marker
+    so that the error can name the field that holds it."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _int(text: str) -> int | _Unreadable:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_INT_DIGITS:
+        return _Unreadable(f"an integer of {digits} digits is out of range")
+    return int(text)
+
+
+def _constant(name: str) -> _Unreadable:
+    return _Unreadable(f"{name} is not a JSON number")
+
+
+def _nesting(text: str) -> tuple[int, str]:
+    """``(depth, field)``: the deepest array/object nesting of a JSON text (strings skipped), and
+    the top-level key under which it first exceeds ``MAX_JSON_DEPTH`` ("body" if none)."""
+    depth = deepest = 0
+    key_start = key_end = -1
+    in_string = escaped = False
+    start = 0
+    for index, char in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+                if depth == 1:  # the last string at depth 1 before a container is its key
+                    key_start, key_end = start, index + 1
+        elif char == '"':
+            in_string, start = True, index
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if depth > MAX_JSON_DEPTH:
+                field = "body"
+                if text.lstrip().startswith("{") and key_start >= 0:
+                    try:
+                        field = str(json.loads(text[key_start:key_end]))
+                    except ValueError:
+                        pass
+                return deepest, field
+        elif char in "]}":
+            depth -= 1
+    return deepest, "body"
+
+
+def _find_unreadable(value: Any) -> _Unreadable | None:
+    if isinstance(value, _Unreadable):
+        return value
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    for item in items:
+        found = _find_unreadable(item)
+        if found:
+            return found
+    return None
+
+
+def read_json_object(body: bytes, limit: int) -> dict[str, Any]:
+    """A request body as a JSON object of plain values; ``RequestError`` (``body`` or the
+    top-level field at fault) for anything else, never another exception."""
     if len(body) > limit:
         raise RequestError("body", f"is {len(body)} bytes, the limit is {limit}")
     try:
-        data = json.loads(body or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        text = body.decode("utf-8") if body else "null"
+    except UnicodeDecodeError as error:
+        raise RequestError("body", f"is not valid UTF-8 ({error})") from error
+    depth, field = _nesting(text)
+    if depth > MAX_JSON_DEPTH:
+        raise RequestError(field, f"nests arrays or objects deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        data = json.loads(text, parse_int=_int, parse_constant=_constant)
+    except (ValueError, RecursionError) as error:  # JSONDecodeError is a ValueError
         raise RequestError("body", f"is not valid JSON ({error})") from error
     if not isinstance(data, dict):
         raise RequestError("body", "must be a JSON object")
+    for key, value in data.items():
+        if lone_surrogate(key):
+            raise RequestError(key, "field name contains a lone surrogate: not valid Unicode")
+        unreadable = _find_unreadable(value)
+        if unreadable:
+            raise RequestError(key, unreadable.reason)
+    return data
+
+
+def check_content_type(value: str | None) -> None:
+    """415 unless the body is declared JSON (``application/json``, any parameters, or a
+    ``+json`` type): a form or a file upload is refused before it is read."""
+    media_type = (value or "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json" and not (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):
+        shown = repr(value) if value else "missing"
+        raise RequestError("content-type", f"must be application/json, got {shown}", status=415)
+
+
+def parse_generate_body(body: bytes, cfg: Config) -> GenerationParams:
+    """Size check, JSON parse, schema and limits, in that order: the first problem is reported."""
+    data = read_json_object(body, cfg.serve.limits.max_body_bytes)
     try:
         request = GenerateRequest.model_validate(data)
     except ValidationError as error:

@@ -63,6 +63,7 @@ def first(ray_cluster, tiny_base_dir, collection, tmp_path_factory):
     """Good and bad rows, two windows per video, flipped copies, shards of 5 clips."""
     out = tmp_path_factory.mktemp("latents")
     extra = ("data.clips_per_video=2", "data.flip=true", "data.shard_size=5")
+    extra += ("data.max_error_fraction=0.9",)  # the collection is mostly bad on purpose
     args = _args(tiny_base_dir, collection / "results.csv", collection / "videos", out, *extra)
     summary = _run(args)
     return {"summary": summary, "args": args, "out": out}
@@ -123,10 +124,13 @@ def test_shards_hold_every_window_and_flip_once(first):
         assert (
             source.endswith(f"/videos/{PAGE_DIR}/{videoid}.mp4") and mine[0]["caption"] == caption
         )
+        version = mine[0]["source_version"]
+        stat = Path(source).stat()
+        assert version == f"size={stat.st_size};mtime_ns={stat.st_mtime_ns}"
         drawn = windows.clip_windows(FRAMES + int(videoid) % 7, 8, 2, 2, 0, source)
         for ordinal, window in enumerate(drawn):
             for flipped in (False, True):
-                cid = windows.clip_id(fp, source, 0, ordinal, flipped)
+                cid = windows.clip_id(fp, source, 0, ordinal, flipped, version)
                 (row,) = [r for r in mine if r["clip_id"] == cid]
                 assert row["frame_indices"] == window.tolist()  # deterministic for the seed
                 assert row["fps"] == pytest.approx(10.0)
@@ -156,8 +160,9 @@ def test_reading_shards_checks_the_fingerprint(first, tiny_base_dir):
 
 @pytest.fixture(scope="module")
 def second(first, collection):
-    """The same table plus two new videos, in a run killed after its first shard (committed but
-    not yet in the manifest), then resumed: only the new clips are encoded, each exactly once."""
+    """The same table plus two new videos, in a run interrupted after its first shard (committed
+    before the manifest's next flush), then resumed: only the new clips are encoded, each exactly
+    once. (A SIGKILL, which leaves the shard unlisted, is covered in test_data_units.)"""
     from pipelines.shards import ShardWriter
 
     for videoid, _, _ in good_rows(2, start=3000001):
@@ -181,12 +186,22 @@ def second(first, collection):
         with pytest.raises(KeyboardInterrupt):
             _run(args)
     on_disk = sorted(p.name for p in (directory / "shards").glob("*.parquet"))
-    listed = json.loads((directory / "manifest.json").read_text())["shards"]
-    assert listed == listed_before and len(on_disk) == len(listed) + 1  # committed, not listed
-    orphan = pq.read_table(
-        directory / "shards" / sorted(set(on_disk) - {Path(e["path"]).name for e in listed})[0]
-    )
-    return {"summary": _run(args), "orphan_clips": orphan.column("clip_id").to_pylist()}
+    manifest = json.loads((directory / "manifest.json").read_text())
+    listed = manifest["shards"]
+    # The interrupted run listed its shard, recorded itself and merged its outcome parts (the
+    # manifest once showed fewer clips than the shards on disk, and parts/ stayed forever).
+    assert len(on_disk) == len(listed) == len(listed_before) + 1
+    assert manifest["num_clips"] == sum(entry["rows"] for entry in listed)
+    interrupted = manifest["runs"][-1]
+    assert interrupted["status"] == "interrupted" and interrupted["shards_written"] == 1
+    run_dir = directory / "runs" / interrupted["run_id"]
+    assert not (run_dir / "parts").exists() and (run_dir / "outcomes.parquet").exists()
+    orphan = pq.read_table(directory / listed[-1]["path"])
+    return {
+        "summary": _run(args),
+        "orphan_clips": orphan.column("clip_id").to_pylist(),
+        "interrupted": interrupted["run_id"],
+    }
 
 
 def test_added_rows_and_a_killed_run_encode_only_new_clips_once(first, second):
@@ -205,11 +220,12 @@ def test_added_rows_and_a_killed_run_encode_only_new_clips_once(first, second):
     manifest, rows = _shards(summary)
     assert manifest["num_clips"] == len(rows) == (NUM_GOOD + 2) * 4
     assert len({r["clip_id"] for r in rows}) == len(rows)  # nothing written twice
-    assert sum(bool(e.get("adopted")) for e in manifest["shards"]) == 1
     assert [r["run_id"] for r in manifest["runs"]] == [
         first["summary"]["run_id"],
+        second["interrupted"],
         summary["run_id"],
     ]
+    assert [r["status"] for r in manifest["runs"]] == ["ok", "interrupted", "ok"]
 
 
 def test_a_changed_fingerprint_never_mixes_with_old_shards(first, second, collection):
@@ -229,3 +245,67 @@ def test_a_changed_fingerprint_never_mixes_with_old_shards(first, second, collec
     assert (
         shard_set_dataset(*find_shard_set(str(first["out"]), manifest["fingerprint"])).count() == 4
     )
+
+
+def test_outcomes_carry_their_input_row_number(first):
+    """Each outcome names its input row (0 = the first record), errors included."""
+    input_keys = [row[0] for row in good_rows(NUM_GOOD) + bad_rows()]
+    run_dir = Path(first["summary"]["output"]) / "runs" / first["summary"]["run_id"]
+    outcomes = pq.read_table(run_dir / "outcomes.parquet").to_pylist()
+    assert sorted(r["row"] for r in outcomes) == list(range(len(input_keys)))
+    assert all(input_keys[r["row"]] == r["key"] for r in outcomes)
+    errors = pq.read_table(run_dir / "errors.parquet").to_pylist()
+    assert {r["key"]: r["row"] for r in errors} == {key: input_keys.index(key) for key in BAD_KINDS}
+
+
+def test_a_run_where_every_row_fails_exits_1(
+    ray_cluster, tiny_base_dir, collection, tmp_path, capsys
+):
+    """Every row `missing_file` (a video root without the videos) once exited 0."""
+    from jobs import cli, preprocess
+
+    empty = tmp_path / "no_videos"
+    empty.mkdir()
+    args = _args(tiny_base_dir, collection / "results.csv", empty, tmp_path / "out")
+    assert cli.run(preprocess.main, args) == 1
+    captured = capsys.readouterr()
+    assert "no clip was encoded" in captured.err and "missing_file" in captured.err
+    assert "(failed)" in captured.out  # the summary table still shows what happened
+    (manifest,) = (tmp_path / "out").glob("*/manifest.json")
+    assert json.loads(manifest.read_text())["runs"][-1]["status"] == "failed"
+
+
+def test_a_replaced_video_is_encoded_again_and_its_old_clips_retired(
+    ray_cluster, tiny_base_dir, tmp_path
+):
+    """The cache was keyed on the path: a file replaced by another video kept serving the old
+    latents. Also pins the documented seed rule: another data.seed adds other clips."""
+    from pipelines.latents import find_shard_set, shard_set_dataset
+
+    rows = good_rows(2)
+    videos = tmp_path / "videos" / PAGE_DIR
+    for videoid, _, _ in rows:
+        write_video(videos / f"{videoid}.mp4", frames=FRAMES, seed=int(videoid))
+    csv = write_webvid_csv(tmp_path / "two.csv", rows)
+    args = _args(tiny_base_dir, csv, tmp_path / "videos", tmp_path / "out")
+
+    def latents() -> dict[str, np.ndarray]:
+        ds = shard_set_dataset(*find_shard_set(str(tmp_path / "out")))
+        batch = ds.take_batch(10, batch_format="numpy")
+        return dict(zip(batch["video_id"], batch["latent_mean"]))
+
+    assert _run(args)["clips_encoded"] == 2
+    before = latents()
+    replaced = rows[0][0]
+    write_video(videos / f"{replaced}.mp4", frames=FRAMES + 5, seed=99)  # same path, new video
+    again = _run(args)
+    assert (again["clips_encoded"], again["clips_cached"]) == (1, 1)
+    manifest = json.loads((Path(again["output"]) / "manifest.json").read_text())
+    assert manifest["num_clips"] == 2 and manifest["retired"]["clips"] == 1
+    after = latents()
+    assert sorted(after) == sorted(before)  # one clip per video: the old one no longer read
+    assert not np.array_equal(after[replaced], before[replaced])
+    np.testing.assert_array_equal(after[rows[1][0]], before[rows[1][0]])
+    assert _run(args)["clips_encoded"] == 0  # and now it is cached
+    seeded = _run([*args, "data.seed=1"])
+    assert seeded["clips_encoded"] == 2 and seeded["cache_size_clips"] == 4

@@ -189,7 +189,8 @@ def test_preprocess_job_submitted_to_a_ray_start_cluster(head_node, tiny_base_di
     logs = run_job(
         head_node,
         f"python -m jobs.preprocess --config configs/tiny.yaml model.base.pretrained={tiny_base_dir} "
-        f"data.input={table} data.video_root={tmp_path / 'webvid' / 'videos'} data.output={out}",
+        f"data.input={table} data.video_root={tmp_path / 'webvid' / 'videos'} data.output={out} "
+        "data.max_error_fraction=0.9",  # the collection is mostly bad rows on purpose
     )
     (manifest_path,) = out.glob("*/manifest.json")
     manifest = json.loads(manifest_path.read_text())

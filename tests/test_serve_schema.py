@@ -10,6 +10,7 @@ from animatediff.config import load_config
 from serving.schema import (
     GenerationParams,
     RequestError,
+    check_content_type,
     parse_generate_body,
     response_headers,
 )
@@ -84,6 +85,74 @@ def test_oversized_and_malformed_bodies():
     assert error.field == "body" and "limit is 8192" in error.reason
     assert _error(b"{not json").field == "body"
     assert "JSON object" in _error(b"[1, 2]").reason
+
+
+HUGE = "9" * 5000  # more digits than Python converts (4,300): int() raises ValueError
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "words"),
+    [
+        ('{"prompt": "a", "seed": ' + HUGE + "}", "seed", "5000 digits"),
+        ('{"prompt": "a", "num_frames": -' + HUGE + "}", "num_frames", "5000 digits"),
+        ("[" * 3000, "body", "deeper than"),
+        ('{"prompt": "a", "seed": ' + "[" * 3000 + "]" * 3000 + "}", "seed", "deeper than"),
+        ('{"prompt": "a \\"[[[[[[[[[[[[[", "seed": [[[[[[[[[[[[1]]]]]]]]]]]]}', "seed", "deeper"),
+        ('{"prompt": "a\\ud800b"}', "prompt", "lone surrogate (U+D800)"),
+        ('{"prompt": "a", "negative_prompt": "\\udfff"}', "negative_prompt", "surrogate"),
+        ('{"prompt": "a", "model": "v\\ud83d"}', "model", "lone surrogate"),
+        ('{"prompt": "a", "x\\ud800": 1}', "x\\ud800", "field name"),
+        ('{"prompt": "a", "guidance_scale": NaN}', "guidance_scale", "NaN is not a JSON number"),
+        ('{"prompt": "a", "seed": -Infinity}', "seed", "-Infinity is not"),
+        ('{"prompt": "a", "num_frames": "8"}', "num_frames", "valid integer, got a string"),
+        ('{"prompt": "a", "num_frames": true}', "num_frames", "valid integer, got true"),
+        ('{"prompt": "a", "num_frames": 8.5}', "num_frames", "valid integer"),
+        ('{"prompt": "a", "guidance_scale": true}', "guidance_scale", "valid number, got true"),
+        ('{"prompt": "a", "seed": "1"}', "seed", "valid integer, got a string"),
+        ('{"prompt": "\\u200b\\u200d\\ufeff "}', "prompt", "must not be empty"),
+        ('{"prompt": 5}', "prompt", "valid string, got an integer"),
+    ],
+)
+def test_hostile_bodies_are_refused_naming_the_field(raw, field, words):
+    """Each of these once escaped as a 500 (ValueError, RecursionError, the tokenizer's
+    TypeError) or was silently coerced ("8" -> 8, true -> 1 frame)."""
+    error = _error(raw.encode())
+    assert error.status == 422
+    assert error.field == field and words in error.reason, str(error)
+    # The error body itself must encode (a surrogate echoed back would break the response).
+    from fastapi.responses import JSONResponse
+
+    assert json.loads(JSONResponse(error.body()).body)["detail"][0]["field"] == field
+
+
+def test_strict_types_still_take_integers_for_numbers():
+    params = _parse(prompt="a", guidance_scale=7, seed=0, num_frames=4)
+    assert params.guidance_scale == 7.0 and params.num_frames == 4
+
+
+@pytest.mark.parametrize(
+    "value", ["application/json", "application/json; charset=utf-8", "Application/JSON"]
+)
+def test_json_content_types_are_accepted(value):
+    check_content_type(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        "",
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "image/gif",
+        "multipart/form-data",
+    ],
+)
+def test_other_content_types_are_415(value):
+    with pytest.raises(RequestError) as info:
+        check_content_type(value)
+    assert info.value.status == 415 and info.value.field == "content-type"
+    assert "must be application/json" in info.value.reason
 
 
 def test_shape_key_groups_only_compatible_requests():

@@ -514,20 +514,66 @@ def _eval_metric(mlflow_client: Any, version: Any, metric: str) -> float | None:
     return None if value is None else float(value)
 
 
+class RegistryError(ConfigError):
+    """The registry does not hold what was asked for; the message names the option and what it
+    does hold."""
+
+
+def promote_preflight(tracking_uri: str) -> None:
+    """A SQLite store must exist before promoting from it: MLflow would create an empty one (a
+    stray ``mlflow.db`` in the working directory when ``--config`` was forgotten)."""
+    prefix = "sqlite:///"
+    if tracking_uri.startswith(prefix) and not Path(tracking_uri[len(prefix) :]).is_file():
+        raise RegistryError(
+            f"mlflow.tracking_uri: {tracking_uri} does not exist (nothing was registered there); "
+            "pass --config with the preset that trained the model, or mlflow.tracking_uri=..."
+        )
+
+
+def _missing(mlflow_client: Any, name: str, tracking_uri: str, asked: str) -> RegistryError:
+    """Why ``asked`` is not in the registry, with what it does hold."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = mlflow_client.get_registered_model(name)
+    except MlflowException:
+        known = sorted(m.name for m in mlflow_client.search_registered_models(max_results=20))
+        return RegistryError(
+            f"mlflow.registered_model: no model {name!r} in {tracking_uri} (registered: "
+            f"{', '.join(known) or 'none'}); pass --config with the preset that trained it"
+        )
+    versions = sorted(
+        (str(v.version) for v in mlflow_client.search_model_versions(f"name='{name}'")), key=int
+    )
+    aliases = ", ".join(f"{a}={v}" for a, v in sorted((model.aliases or {}).items())) or "none"
+    return RegistryError(
+        f"{asked}: not in {name!r} (versions: {', '.join(versions) or 'none'}; aliases: {aliases})"
+    )
+
+
 def promote(
     cfg: Config, tracking_uri: str, version: str | None = None, force: bool = False
 ) -> tuple[Decision, str]:
     """Move ``mlflow.champion_alias`` to ``version`` (default: the ``candidate``) if it passes
     ``should_promote`` and every ``mlflow.promote_require`` (or ``force``); returns the decision
-    and the version considered."""
+    and the version considered. Raises ``RegistryError`` naming the option when the model,
+    version or alias is not registered."""
     from mlflow.exceptions import MlflowException
 
     mlflow_client = client(tracking_uri)
     name = cfg.mlflow.registered_model
-    if version is None:
-        candidate = mlflow_client.get_model_version_by_alias(name, cfg.mlflow.candidate_alias)
-    else:
-        candidate = mlflow_client.get_model_version(name, version)
+    try:
+        if version is None:
+            candidate = mlflow_client.get_model_version_by_alias(name, cfg.mlflow.candidate_alias)
+        else:
+            candidate = mlflow_client.get_model_version(name, version)
+    except MlflowException as error:
+        asked = (
+            f"mlflow.candidate_alias {cfg.mlflow.candidate_alias!r}"
+            if version is None
+            else f"--version {version}"
+        )
+        raise _missing(mlflow_client, name, tracking_uri, asked) from error
     try:
         champion = mlflow_client.get_model_version_by_alias(name, cfg.mlflow.champion_alias)
     except MlflowException:

@@ -37,15 +37,25 @@ class TrainingData:
 
 
 def _read_table(location: Location, manifest: dict, columns: list[str]) -> Any:
-    """Columns of every shard as one pyarrow table, in shard order."""
+    """Columns of every shard's live clips (retired ones skipped, as training skips them) as one
+    pyarrow table, in shard order."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
     from ray.data.extensions import ArrowTensorType  # noqa: F401 - registers the tensor type
 
-    tables = [
-        pq.read_table(location.join(entry["path"]).path, columns=columns, filesystem=location.fs)
-        for entry in manifest["shards"]
-    ]
+    from pipelines.shards import load_retired
+
+    retired = load_retired(location, manifest)
+    tables = []
+    for entry in manifest["shards"]:
+        gone = retired.get(entry["path"])
+        read = columns if not gone or "clip_id" in columns else ["clip_id", *columns]
+        path = location.join(entry["path"]).path
+        table = pq.read_table(path, columns=read, filesystem=location.fs)
+        if gone:
+            table = table.filter(pc.invert(pc.is_in(table["clip_id"], pa.array(sorted(gone)))))
+        tables.append(table.select(columns))
     return pa.concat_tables(tables)
 
 

@@ -18,7 +18,15 @@ class DataConfig:
     generic manifest whose path column names the file relative to ``data.video_root``."""
     video_root: str = ""
     """Directory (or ``s3://`` prefix) holding the videos; empty: the input table's directory.
-    Sources resolving outside it are rejected as ``unsafe_path``."""
+    Must exist. Sources resolving outside it (``..``, foreign paths, symbolic links pointing
+    out) are rejected as ``unsafe_path``."""
+    follow_symlinks: bool = False
+    """Allow symbolic links under ``data.video_root`` that point outside it. Off: a link is
+    followed only when its real path stays inside the root; one that leaves it is
+    ``unsafe_path``, and its target is never read."""
+    content_hash: bool = False
+    """Identify each video's content by the SHA-256 of its bytes instead of size + modification
+    time, so a replaced file is always noticed; reads every video on every run, cached or not."""
     layout: Literal["flat", "page_dir"] = "page_dir"
     """WebVid file layout: ``flat`` = ``{root}/{videoid}{ext}`` (AnimateDiff's loader),
     ``page_dir`` = ``{root}/{page_dir}/{videoid}{ext}`` (WebVid's download script)."""
@@ -47,7 +55,9 @@ class DataConfig:
     flip: bool = False
     """Also store each clip horizontally flipped, as its own row with ``flipped=True``."""
     seed: int = 0
-    """Seed of the window draws; the same seed and inputs give the same clips."""
+    """Seed of the window draws; the same seed and inputs give the same clips. Clips drawn with
+    another seed are other clips: a run with a new seed adds them to the same cache, beside the
+    earlier seed's (use another ``data.output`` to keep the sets apart)."""
     shard_size: int = 256
     """Clips per Parquet shard."""
     cache_text_embeddings: bool = False
@@ -69,6 +79,9 @@ class DataConfig:
     manifest_flush_shards: int = 10
     """Rewrite ``manifest.json`` after this many committed shards (and at the end); shards not yet
     listed are adopted on the next run."""
+    max_error_fraction: float = 0.5
+    """The run fails (exit status 1, after committing what it encoded) when more than this
+    fraction of the input rows failed; it also fails when no row encoded or was cached."""
     log_mlflow: bool = False
     """Log counts, throughput and the fingerprint to MLflow (``mlflow.*`` settings)."""
 
@@ -88,3 +101,8 @@ class DataConfig:
             check(getattr(self, name) > 0, f"data.{name}", "must be > 0")
         check(self.video_ext.startswith("."), "data.video_ext", "must start with '.'")
         check(bool(self.path_column), "data.path_column", "must not be empty")
+        check(
+            0 <= self.max_error_fraction <= 1,
+            "data.max_error_fraction",
+            f"must be in [0, 1], got {self.max_error_fraction}",
+        )
