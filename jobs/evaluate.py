@@ -21,9 +21,10 @@ python -m jobs.evaluate --config configs/moving_digits.yaml evaluate.model=candi
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.evaluate import SUMMARY_COLUMNS, run_evaluation
+    from pipelines.evaluate import SUMMARY_COLUMNS, preflight, run_evaluation
 
     cfg, _ = cli.parse(argv, JOB)
+    preflight(cfg)
     init_ray(cfg)
     result = run_evaluation(cfg)
     print(f"evaluated {result.source.uri} (MLflow run {result.run_id})")

@@ -209,6 +209,30 @@ def _log(cfg: Config, source: MotionSource, metrics: dict, files: dict[str, byte
     return run_id
 
 
+def preflight(cfg: Config) -> None:
+    """``jobs.evaluate`` before Ray starts: the prompts file exists and parses, the model and the
+    held-out data can be found, ``output_dir`` is not a file (``ConfigError`` naming the option)."""
+    from animatediff.config import ConfigError
+    from animatediff.preflight import check_base_model, check_input_file, check_output_dir
+    from tracking.model_refs import UnknownModelError
+
+    evaluate = cfg.evaluate
+    check_input_file(evaluate.prompts, "evaluate.prompts", cfg.storage)
+    try:
+        text = read_bytes(locate(evaluate.prompts, cfg.storage)).decode("utf-8")
+        read_prompts(text, cfg, extra_keys=("expect",))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ConfigError(f"evaluate.prompts: {evaluate.prompts}: {error}") from error
+    if not (evaluate.data_uri or cfg.train.val_data_uri or cfg.train.data_uri):
+        raise ConfigError("evaluate.data_uri: set it (or train.data_uri) to held-out shards")
+    try:
+        resolve_motion_source(evaluate.model or cfg.mlflow.candidate_alias, cfg)
+    except UnknownModelError as error:
+        raise ConfigError(f"evaluate.model: {error.reason}") from error
+    check_output_dir(cfg.output_dir, "output_dir", cfg.storage)
+    check_base_model(cfg.model.base)
+
+
 def run_evaluation(cfg: Config) -> EvaluationResult:
     """Score ``evaluate.model`` (see the module docstring). Needs a running Ray."""
     import ray
