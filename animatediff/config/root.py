@@ -45,6 +45,10 @@ class Config:
     """Video preprocessing into cached latent shards (``python -m jobs.preprocess``)."""
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     """Scoring a motion module: held-out loss, generated videos' metrics (``jobs.evaluate``)."""
+    preset: str = ""
+    """The preset this config came from: set by ``load_config`` to the YAML file's name without
+    its extension (``configs/tiny.yaml`` -> ``tiny``) unless the YAML sets it; tagged on MLflow
+    runs and model versions (``preset``) to search them by."""
 
     def with_motion(self, motion: MotionModuleConfig) -> Config:
         """This config animating with ``motion`` (e.g. the config a checkpoint was saved with)."""
