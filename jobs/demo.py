@@ -111,7 +111,7 @@ def _free_port() -> int:
 
 def watch_training(cfg: Config, stop: threading.Event, every_s: float = 10.0) -> None:
     """Print the step and loss of the running training run, read from MLflow (rank 0 logs them)."""
-    from tracking.runs import client, resolve_tracking_uri
+    from tracking.runs import LOSS_METRIC, client, resolve_tracking_uri
 
     mlflow_client = client(resolve_tracking_uri(cfg.mlflow))
     last = None
@@ -123,7 +123,7 @@ def watch_training(cfg: Config, stop: threading.Event, every_s: float = 10.0) ->
                 filter_string=f"attributes.run_name = '{cfg.train.run_name}'",
                 max_results=1,
             )
-            history = mlflow_client.get_metric_history(runs[0].info.run_id, "loss")
+            history = mlflow_client.get_metric_history(runs[0].info.run_id, LOSS_METRIC)
         except Exception:  # the run or experiment does not exist yet
             continue
         if history and history[-1].step != last:
