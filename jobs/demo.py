@@ -150,6 +150,7 @@ def demo_config(config: str, work: Path, overrides: list[str]) -> Config:
             "train.checkpoint_every=12",
             "train.zero_stage=2",
             "train.num_workers=2",
+            "data.log_mlflow=true",  # the training run's data leads to its preprocess run
             f"output_dir={work}",
             *overrides,
         ],
