@@ -11,11 +11,11 @@
    two loops take turns every few seconds during one Ray run (``paired_overhead``: the worker
    is frozen while the plain loop, in its own process, runs a block of steps) and each Ray
    logging window is compared with the plain blocks on either side. Ray's side is
-   ``iteration_time_s``: everything a user waits for per step, logging included. Target: <= 5%.
+   ``perf/iteration_time_s``: everything a user waits for per step, logging included. Target: <= 5%.
    First, in one process, blocks of plain steps and of DeepSpeed engine steps take turns
    (``engine_overhead``): the engine's share of the overhead, and what DeepSpeed's default
    ``contiguous_gradients`` would cost on a CPU.
-2. Data stall: ``data_wait_fraction`` of the clean windows of that Ray run (time blocked on the
+2. Data stall: ``perf/data_wait_fraction`` of the clean windows of that Ray run (time blocked on the
    next batch / step time): mean, median, max. Target <= 2%.
 3. Memory: peak RSS per worker (max over the 2 workers, measured before the final export) and
    rank 0's RSS after the last step, with ZeRO stage 0, 2 and 3 on a motion module made
@@ -219,9 +219,12 @@ def memory_run(cfg: Config) -> dict[str, float]:
     run_id = run_training(cfg).run_id
     last = {
         key: max(history(run_id, key), key=lambda m: m.step).value
-        for key in ("peak_rss_gib_max_worker", "rss_gib")
+        for key in ("memory/peak_rss_gib_max_worker", "memory/rss_gib_rank0")
     }
-    return {"peak_rss_gib": last["peak_rss_gib_max_worker"], "rss_gib": last["rss_gib"]}
+    return {
+        "peak_rss_gib": last["memory/peak_rss_gib_max_worker"],
+        "rss_gib": last["memory/rss_gib_rank0"],
+    }
 
 
 def _training_worker(cfg: Config, after_step: int, fit: Any) -> Any:
@@ -240,7 +243,8 @@ def _training_worker(cfg: Config, after_step: int, fit: Any) -> Any:
             [experiment.experiment_id], f"attributes.run_name = '{cfg.train.run_name}'"
         )
         if runs and any(
-            m.step > after_step for m in client.get_metric_history(runs[0].info.run_id, "loss")
+            m.step > after_step
+            for m in client.get_metric_history(runs[0].info.run_id, "train/loss")
         ):
             break
     for process in psutil.process_iter(["cmdline"]):
@@ -255,7 +259,7 @@ def paired_overhead(cfg: Config, threads: int, cycles: int, warmup: int) -> dict
     The driver freezes the Ray Train worker (SIGSTOP), times ``train.log_every`` plain steps,
     thaws the worker (SIGCONT) and lets it train for about 3.5 logging windows. A window that lies
     inside one running interval (judged by the MLflow timestamps of the logs) is a clean Ray
-    measurement (``iteration_time_s``: everything the loop does, logging included);
+    measurement (``perf/iteration_time_s``: everything the loop does, logging included);
     it is compared with the mean of the plain blocks just before and just after it, which ran
     seconds apart at the same machine speed (a speed change in between still makes outliers:
     the median ratio is the robust figure). Ray's daemons and idle actors keep running while the
@@ -313,12 +317,12 @@ def paired_overhead(cfg: Config, threads: int, cycles: int, warmup: int) -> dict
         fit.join()
     history = MlflowClient(cfg.mlflow.tracking_uri).get_metric_history
     run_id = outcome["result"].run_id
-    ends = {m.step: m.timestamp / 1000 for m in history(run_id, "loss")}
-    iterations = {m.step: m.value for m in history(run_id, "iteration_time_s")}
-    waits = {m.step: m.value for m in history(run_id, "data_wait_fraction")}
+    ends = {m.step: m.timestamp / 1000 for m in history(run_id, "train/loss")}
+    iterations = {m.step: m.value for m in history(run_id, "perf/iteration_time_s")}
+    waits = {m.step: m.value for m in history(run_id, "perf/data_wait_fraction")}
     pairs, clean_waits = [], []
     for (begin, end), before, after in zip(running, plain, plain[1:]):
-        # iteration_time_s at log k covers the iterations from the start of log k-1's
+        # perf/iteration_time_s at log k covers the iterations from the start of log k-1's
         # iteration, which began after log k-2: that one must fall inside the interval too.
         inside = [
             s

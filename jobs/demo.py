@@ -102,7 +102,7 @@ def _free_port() -> int:
 
 def watch_training(cfg: Config, stop: threading.Event, every_s: float = 10.0) -> None:
     """Print the step and loss of the running training run, read from MLflow (rank 0 logs them)."""
-    from tracking.runs import client, resolve_tracking_uri
+    from tracking.runs import LOSS_METRIC, client, resolve_tracking_uri
 
     mlflow_client = client(resolve_tracking_uri(cfg.mlflow))
     last = None
@@ -114,7 +114,7 @@ def watch_training(cfg: Config, stop: threading.Event, every_s: float = 10.0) ->
                 filter_string=f"attributes.run_name = '{cfg.train.run_name}'",
                 max_results=1,
             )
-            history = mlflow_client.get_metric_history(runs[0].info.run_id, "loss")
+            history = mlflow_client.get_metric_history(runs[0].info.run_id, LOSS_METRIC)
         except Exception:  # the run or experiment does not exist yet
             continue
         if history and history[-1].step != last:
@@ -141,6 +141,7 @@ def demo_config(config: str, work: Path, overrides: list[str]) -> Config:
             "train.checkpoint_every=12",
             "train.zero_stage=2",
             "train.num_workers=2",
+            "data.log_mlflow=true",  # the training run's data leads to its preprocess run
             f"output_dir={work}",
             *overrides,
         ],

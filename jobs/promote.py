@@ -1,6 +1,6 @@
 """Move the registry alias ``champion`` to a model version that passes the check.
 
-The check: the version's validation loss (tag ``val_loss``, else its run's ``val_loss`` metric) is
+The check: the version's validation loss (tag ``val_loss``, else its run's ``val/loss`` metric) is
 not worse than the current champion's. Exit status 0 when promoted (or already the champion),
 1 when refused, 2 when the store, model, version or alias does not exist (one line saying what
 the registry holds).

@@ -108,20 +108,27 @@ class EvaluationResult:
     """The MLflow run the metrics went to (None with ``mlflow.enabled: false``)."""
 
 
-def _held_out_batches(cfg: Config) -> list[Any]:
-    """The evaluation's held-out clips: ``evaluate.data_uri``, else the validation split that
-    training used."""
-    from animatediff.training import BATCH_COLUMNS
+def held_out_set(cfg: Config) -> tuple[Any, dict]:
+    """``(location, manifest)`` of the shard set holding the held-out clips:
+    ``evaluate.data_uri``, else the validation set that training used."""
     from pipelines.fingerprint import data_fingerprint
     from pipelines.latents import find_shard_set
-    from trainer.data import held_out_clips, read_clips, validation_batches
 
     evaluate, train = cfg.evaluate, cfg.train
-    fingerprint = data_fingerprint(cfg)
     uri = evaluate.data_uri or train.val_data_uri or train.data_uri
     if not uri:
         raise ValueError("evaluate.data_uri: set it (or train.data_uri) to held-out shards")
-    location, manifest = find_shard_set(uri, fingerprint, cfg.storage)
+    return find_shard_set(uri, data_fingerprint(cfg), cfg.storage)
+
+
+def _held_out_batches(cfg: Config, shard_set: tuple[Any, dict] | None = None) -> list[Any]:
+    """The evaluation's held-out clips: ``evaluate.data_uri``, else the validation split that
+    training used."""
+    from animatediff.training import BATCH_COLUMNS
+    from trainer.data import held_out_clips, read_clips, validation_batches
+
+    evaluate, train = cfg.evaluate, cfg.train
+    location, manifest = shard_set or held_out_set(cfg)
     clip_ids = None
     if not evaluate.data_uri and not train.val_data_uri:
         clip_ids, _ = held_out_clips(location, manifest, train.val_max_clips)
@@ -129,7 +136,9 @@ def _held_out_batches(cfg: Config) -> list[Any]:
     return validation_batches(clips, max(1, train.batch_size))
 
 
-def held_out_metrics(cfg: Config, modules: Any) -> dict[str, float]:
+def held_out_metrics(
+    cfg: Config, modules: Any, shard_set: tuple[Any, dict] | None = None
+) -> dict[str, float]:
     """``held_out_loss`` (mean over ``evaluate.timesteps`` fixed timesteps), one
     ``held_out_loss_t<t>`` per timestep, ``held_out_loss_permuted`` and ``order_sensitivity``."""
     from animatediff.evaluation import fixed_timesteps, frame_permutation, held_out_loss
@@ -139,7 +148,7 @@ def held_out_metrics(cfg: Config, modules: Any) -> dict[str, float]:
     model = build_training_model(cfg)
     model.unet.motion_modules.load_state_dict(modules.state_dict())
     model.unet.eval()
-    batches = _held_out_batches(cfg)
+    batches = _held_out_batches(cfg, shard_set)
     steps = fixed_timesteps(evaluate.timesteps, cfg.model.diffusion.num_train_timesteps)
     ordered = held_out_loss(model, batches, cfg, steps, evaluate.seed)
     order = frame_permutation(batches[0].latent_mean.shape[2], evaluate.seed)
@@ -178,32 +187,58 @@ def _report(cfg: Config, source: MotionSource, metrics: dict, videos: list[dict]
     )
 
 
-def _log(cfg: Config, source: MotionSource, metrics: dict, files: dict[str, bytes]) -> str | None:
-    """Log to the version's training run (``evaluate.log_to: model_run``) or to a run of its own;
-    returns the run id."""
+def _log(
+    cfg: Config,
+    source: MotionSource,
+    metrics: dict,
+    files: dict[str, bytes],
+    videos: list[dict[str, Any]],
+    shard_set: tuple[Any, dict],
+) -> str | None:
+    """Log to the version's training run (``evaluate.log_to: model_run``) or to a run of its own:
+    ``eval/*`` metrics, the report files, the per-video scores as a table, the held-out shards as
+    an ``evaluation`` dataset; the version's description gets the summary. Returns the run id."""
+    from tracking.datasets import ShardSet, log_shard_set
+    from tracking.provenance import run_tags
+    from tracking.registry import record_evaluation
     from tracking.runs import RunLogger, client, experiment_id
 
     if not cfg.mlflow.enabled:
         return None
     mlflow_client = client(source.tracking_uri)
-    run_id = None
-    if cfg.evaluate.log_to == "model_run" and source.version != "local":
+    run_id = name = None
+    if source.version != "local":
         name = source.uri.removeprefix("models:/").rsplit("/", 1)[0]
+    if cfg.evaluate.log_to == "model_run" and name is not None:
         run_id = mlflow_client.get_model_version(name, source.version).run_id
+    shards = ShardSet.of(shard_set[0].uri, shard_set[1])
     if run_id is None:
         experiment = dataclasses.replace(cfg.mlflow, experiment=f"{cfg.mlflow.experiment}-eval")
+        tags = run_tags(cfg, "evaluate", shards.fingerprint)
+        tags |= {"model_uri": source.uri, "model_version": source.version}
+        description = (
+            "Evaluation runs of `python -m jobs.evaluate` with `evaluate.log_to: own_run`: "
+            "`eval/*` metrics, the report, the per-video `evaluation/scores.json` table and the "
+            "held-out shards (an `evaluation` dataset). With `model_run` they go to the version's "
+            "training run instead."
+        )
         run = mlflow_client.create_run(
-            experiment_id(experiment, source.tracking_uri),
+            experiment_id(experiment, source.tracking_uri, description),
             run_name=f"evaluate-{source.version}",
-            tags={"job": "evaluate", "model_uri": source.uri, "model_version": source.version},
+            tags=tags,
         )
         run_id = run.info.run_id
     logger = RunLogger(source.tracking_uri, run_id)
     logger.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=0)
+    log_shard_set(source.tracking_uri, run_id, shards, "evaluation")
     with tempfile.TemporaryDirectory() as directory:
-        for name, data in files.items():
-            (Path(directory) / name).write_bytes(data)
+        for file_name, data in files.items():
+            (Path(directory) / file_name).write_bytes(data)
         logger.log_artifacts(directory, "evaluation")
+    mlflow_client.log_table(run_id, _score_table(videos), "evaluation/scores.json")
+    if name is not None:
+        summary = {k: metrics[k] for k in SUMMARY_COLUMNS if k in metrics}
+        record_evaluation(source.tracking_uri, name, source.version, summary, run_id)
     if cfg.evaluate.log_to == "own_run":
         mlflow_client.set_terminated(run_id)
     return run_id
@@ -233,6 +268,26 @@ def preflight(cfg: Config) -> None:
     check_base_model(cfg.model.base)
 
 
+def _score_table(videos: list[dict[str, Any]]) -> Any:
+    """One row per generated video (prompt, settings, scores; nested values as JSON) and the
+    time of this evaluation (MLflow appends to a table logged again)."""
+    import pandas as pd
+
+    evaluated = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    rows = [
+        {
+            "evaluated": evaluated,
+            **{
+                k: json.dumps(v) if isinstance(v, dict | list) else v
+                for k, v in video.items()
+                if k != "strip"
+            },
+        }
+        for video in videos
+    ]
+    return pd.DataFrame(rows)
+
+
 def run_evaluation(cfg: Config) -> EvaluationResult:
     """Score ``evaluate.model`` (see the module docstring). Needs a running Ray."""
     import ray
@@ -244,7 +299,8 @@ def run_evaluation(cfg: Config) -> EvaluationResult:
     source = resolve_motion_source(evaluate.model or cfg.mlflow.candidate_alias, cfg)
     modules, motion_cfg = load_motion(source, cfg)
     start = time.perf_counter()
-    metrics = held_out_metrics(motion_cfg, modules)
+    shard_set = held_out_set(cfg)
+    metrics = held_out_metrics(motion_cfg, modules, shard_set)
     metrics["held_out_seconds"] = time.perf_counter() - start
 
     text = read_bytes(locate(evaluate.prompts, cfg.storage)).decode("utf-8")
@@ -286,7 +342,7 @@ def run_evaluation(cfg: Config) -> EvaluationResult:
     }
     for name, data in files.items():
         write_atomic(root.join(name), data)
-    run_id = _log(cfg, source, metrics, files)
+    run_id = _log(cfg, source, metrics, files, videos, shard_set)
     return EvaluationResult(
         metrics=metrics,
         videos=videos,

@@ -214,7 +214,12 @@ def run_preprocess(cfg: Config, run_id: str | None = None) -> dict:
     if data.log_mlflow:
         from tracking.preprocess import log_preprocess_run
 
-        summary["mlflow_run_id"] = log_preprocess_run(cfg, summary, fingerprint)
+        errors = writer.run_dir.join("errors.parquet")
+        summary["mlflow_run_id"] = log_preprocess_run(
+            cfg, summary, fingerprint, store.directory, store.manifest, errors
+        )
+        store.write_manifest()  # its entry in ``runs`` now leads to the MLflow run
+    write_atomic(writer.run_dir.join("summary.json"), _json(summary))
     return summary
 
 

@@ -38,6 +38,33 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding tiny latent shards (``train_helpers.write_latent_shards``) and the
+    MLflow preprocess run that ``jobs.preprocess`` would have logged for them; the training
+    tests write their runs, checkpoints and MLflow store beside them."""
+    from train_helpers import log_preprocess_run_for, tiny_train_config, write_latent_shards
+
+    root = tmp_path_factory.mktemp("train")
+    cfg = tiny_train_config(root)
+    write_latent_shards(cfg)
+    log_preprocess_run_for(cfg)
+    return root
+
+
+@pytest.fixture(scope="session")
+def reference(ray_cluster, shards: Path):
+    """``(TrainOutcome, Config)`` of one uninterrupted tiny ZeRO-2 run (6 steps, checkpoints
+    every 2, keep 2), registered: the reference of the training tests, and the store the MLflow
+    browsing tests open."""
+    from train_helpers import STEPS, tiny_train_config
+
+    from trainer import run_training
+
+    cfg = tiny_train_config(shards, *STEPS, "train.run_name=reference")
+    return run_training(cfg), cfg
+
+
 # Fixtures that start a cluster or a server: tests using them (directly or through another
 # fixture) are `integration`; `make test-unit` runs the rest in a minute or two.
 SERVER_FIXTURES = {

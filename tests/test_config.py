@@ -109,3 +109,12 @@ def test_user_errors_print_one_line_and_exit_2(capsys):
     assert err == "error: train.lr: expected a number, got 'x'\n"
     with pytest.raises(ConfigError):
         cli.run(train.main, ["--debug", "train.lr=x"])
+
+
+def test_the_preset_is_named_after_its_yaml_file_unless_it_names_itself(tmp_path):
+    assert load_config(REPO / "configs/tiny.yaml").preset == "tiny"
+    assert load_config(None).preset == ""
+    named = tmp_path / "mine.yaml"
+    named.write_text("preset: shared-name\n")
+    assert load_config(named).preset == "shared-name"
+    assert load_config(REPO / "configs/tiny.yaml", ["preset=other"]).preset == "other"

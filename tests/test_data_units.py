@@ -524,7 +524,11 @@ def test_mlflow_logging_records_counts_and_fingerprint(tmp_path):
         "run_id": "r1",
         "fingerprint_hash": "abc",
         "rows_read": 5,
+        "rows_encoded": 3,
+        "rows_cached": 0,
+        "rows_failed": 2,
         "clips_encoded": 3,
+        "clips_cached": 0,
         "clips_per_s": 1.5,
         "failed_by_reason": {"missing_file": 2},
     }
@@ -534,6 +538,16 @@ def test_mlflow_logging_records_counts_and_fingerprint(tmp_path):
     run = store.get_run(run_id)
     assert run.data.metrics["rows_read"] == 5 and run.data.metrics["failed.missing_file"] == 2
     assert run.data.params["data.resolution"] == "64" and run.data.tags["fingerprint_hash"] == "abc"
+    # Provenance and the searchable tags; only the sections preprocessing reads as params.
+    tags = run.data.tags
+    assert (tags["job"], tags["data_fingerprint"], tags["preset"]) == (
+        "preprocess",
+        "fp-abc",
+        "tiny",
+    )
+    assert tags["mlflow.source.name"] == "jobs.preprocess" and tags["mlflow.user"]
+    assert "2 failed (missing_file 2)" in tags["mlflow.note.content"]
+    assert {key.split(".")[0] for key in run.data.params} == {"data", "model"}
     assert run.info.status == "FINISHED"
     assert store.get_experiment(run.info.experiment_id).name == "animatediff-tiny-preprocess"
     local = store.download_artifacts(run_id, "fingerprint.json", str(tmp_path / "dl"))

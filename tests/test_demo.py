@@ -64,3 +64,12 @@ def test_demo_end_to_end(tmp_path):
     assert (work / "demo.gif").read_bytes()[:6] == b"GIF89a"
     assert summary["headers"]["x-model-version"] == "1"
     assert not ray.is_initialized()
+    # In MLflow, the training run's data leads to the preprocess run that wrote it.
+    import json
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (training,) = [i.dataset for i in client.get_run(summary["run_id"]).inputs.dataset_inputs]
+    (preprocess,) = json.loads(training.profile)["preprocess_runs"]
+    assert client.get_run(preprocess).data.tags["job"] == "preprocess"

@@ -83,7 +83,7 @@ def test_evaluation_writes_a_report_with_finite_metrics(evaluated):
     assert sheet.height > 3 * 32 and sheet.width >= 3 * 32  # 3 rows of 3 frames of 32 px
 
 
-def test_metrics_land_on_the_versions_run_and_gate_promotion(evaluated):
+def test_metrics_land_on_the_versions_run_and_gate_promotion(evaluated, tmp_path):
     from mlflow import MlflowClient
 
     from jobs import cli, promote
@@ -95,6 +95,21 @@ def test_metrics_land_on_the_versions_run_and_gate_promotion(evaluated):
     assert "eval/held_out_loss" in metrics and "eval/direction_accuracy" in metrics
     artifacts = {a.path for a in client.list_artifacts(candidate.run_id, "evaluation")}
     assert "evaluation/contact_sheet.png" in artifacts
+    # The per-video scores as an MLflow table, the held-out shards as the evaluation dataset,
+    # and the summary in the version's description.
+    local = client.download_artifacts(candidate.run_id, "evaluation/scores.json", str(tmp_path))
+    table = json.loads(Path(local).read_text())
+    assert len(table["data"]) == len(PROMPTS) and "prompt" in table["columns"]
+    run = client.get_run(candidate.run_id)
+    (dataset,) = [
+        i.dataset
+        for i in run.inputs.dataset_inputs
+        if {t.key: t.value for t in i.tags}["mlflow.data.context"] == "evaluation"
+    ]
+    assert json.loads(dataset.source)["uri"].startswith(str(Path(cfg.train.data_uri).resolve()))
+    description = candidate.description
+    assert "**Evaluation**" in description and "`held_out_loss`" in description
+    assert f"runs/{candidate.run_id})" in description
     config = [a for a in argv if a.startswith("--config")]
     store = [a for a in argv if a.startswith("mlflow.tracking_uri")]
     impossible = "mlflow.promote_require=['direction_accuracy >= 1.5']"

@@ -4,6 +4,7 @@ one), and whatever the name of the folder the trainer logged."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,92 @@ def test_any_logged_folder_name_loads(tmp_path, global_mlflow):
         modules, _, meta = load_registered_motion_module(uri, tracking_uri=store)
         assert _same_weights(modules, expected)
         assert meta["base"]["pretrained"] == CFG.model.base.pretrained
+
+
+def test_identical_weights_are_registered_once(tmp_path, capsys):
+    """The registry rule: a version per distinct weights. Registering the same weights again
+    (another run, here) creates nothing, moves ``candidate`` back to the version holding them
+    and says so, in the log and in the run's events."""
+    import hashlib
+
+    from mlflow import MlflowClient
+
+    from tracking.registry import register_motion_module
+    from tracking.runs import client, experiment_id
+
+    store = f"sqlite:///{tmp_path}/a.db"
+    name = CFG.mlflow.registered_model
+    _register(tmp_path, "motion_module", seed=3, tracking_uri=store)
+    _register(tmp_path, "motion_module", seed=4, tracking_uri=store)
+    store_client = MlflowClient(store)
+    assert store_client.get_model_version_by_alias(name, "candidate").version == 2
+
+    copy = tmp_path / "again" / "motion_module"  # the first weights, exported again elsewhere
+    shutil.copytree(tmp_path / "seed-3" / "motion_module", copy)
+    run = client(store).create_run(experiment_id(CFG.mlflow, store))
+    version = register_motion_module(CFG, copy, run.info.run_id, store, val_loss=0.5, step=9)
+
+    assert version == "1"
+    assert sorted(int(v.version) for v in store_client.search_model_versions()) == [1, 2]
+    assert store_client.get_model_version_by_alias(name, "candidate").version == 1
+    sha = hashlib.sha256((copy / "motion_module.safetensors").read_bytes()).hexdigest()
+    assert store_client.get_model_version(name, "1").tags["weights_sha256"] == sha
+    out = capsys.readouterr().out
+    assert f"identical weights (sha256 {sha[:12]}) are already {name} version 1" in out
+    events = store_client.get_run(run.info.run_id).data.tags["mlflow.note.content"]
+    assert "no new version; @candidate -> version 1" in events
+    # No logged model was made for the duplicate either.
+    models = store_client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    assert len(models) == 2
+
+
+def test_a_version_carries_its_provenance(tmp_path):
+    """Tags (weights, step, stage, preset, commit), a description linking the run, the logged
+    model named after what it is, and the registered model's own description."""
+    from mlflow import MlflowClient
+
+    from animatediff.checkpoints import save_motion_modules
+    from tracking.provenance import code_version
+    from tracking.registry import register_motion_module
+    from tracking.runs import client, experiment_id
+
+    store = f"sqlite:///{tmp_path}/a.db"
+    directory = tmp_path / "motion_module"
+    save_motion_modules(random_motion_modules(CFG, 1), CFG.model.motion, directory)
+    run = client(store).create_run(experiment_id(CFG.mlflow, store), run_name="trainer")
+    version = register_motion_module(CFG, directory, run.info.run_id, store, val_loss=0.25, step=7)
+    store_client = MlflowClient(store)
+    found = store_client.get_model_version(CFG.mlflow.registered_model, version)
+    assert (found.tags["step"], found.tags["stage"], found.tags["preset"]) == (
+        "7",
+        "motion",
+        "tiny",
+    )
+    assert found.tags["val_loss"] == "0.25"
+    code = code_version()
+    if code is not None:
+        assert found.tags["git_commit"] == code.commit
+    link = f"[trainer](#/experiments/{run.info.experiment_id}/runs/{run.info.run_id})"
+    assert found.description.startswith(f"Trained by {link}: `motion` stage, 7 steps")
+    assert found.tags["weights_sha256"] in found.description
+    registered = store_client.get_registered_model(CFG.mlflow.registered_model)
+    assert "Identical weights are never registered twice" in registered.description
+    (logged,) = store_client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    assert logged.name == "motion-module" and logged.tags["step"] == "7"
+    assert logged.params["train.max_steps"] == str(CFG.train.max_steps)
+
+
+def test_promotion_reads_a_versions_loss_from_its_tag_else_its_runs_val_loss(tmp_path):
+    from types import SimpleNamespace
+
+    from tracking.registry import version_loss
+    from tracking.runs import RunLogger, client, experiment_id
+
+    store = f"sqlite:///{tmp_path}/a.db"
+    mlflow_client = client(store)
+    run = mlflow_client.create_run(experiment_id(CFG.mlflow, store))
+    RunLogger(store, run.info.run_id).log_metrics({"val/loss": 0.75}, step=6)
+    untagged = SimpleNamespace(tags={}, run_id=run.info.run_id)
+    assert version_loss(mlflow_client, "m", untagged) == 0.75
+    tagged = SimpleNamespace(tags={"val_loss": "0.5"}, run_id=run.info.run_id)
+    assert version_loss(mlflow_client, "m", tagged) == 0.5

@@ -1,7 +1,7 @@
 """``jobs.train`` end to end on the session Ray cluster: 2 CPU workers, DeepSpeed over gloo.
 
-One uninterrupted ZeRO-2 run (module fixture, 6 steps, checkpoints every 2, keep 2) is the
-reference: a run killed mid-way and a run stopped and re-run on S3 must end with the same motion
+One uninterrupted ZeRO-2 run (the session fixture ``reference`` of ``conftest``, 6 steps,
+checkpoints every 2, keep 2) is the reference: a run killed mid-way and a run stopped and re-run on S3 must end with the same motion
 weights, and a ZeRO-3 run must match its step-4 checkpoint. MLflow: SQLite for the reference run,
 a real ``mlflow server`` for the ZeRO-3 run.
 """
@@ -11,21 +11,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
+import shutil
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from mlflow_helpers import tracking_server
 from safetensors.torch import load_file
-from train_helpers import CONFIG, KillOnce, tiny_train_config, write_latent_shards
+from train_helpers import CONFIG, STEPS, KillOnce, tiny_train_config
 
-from trainer import TrainOutcome, run_training
-
-STEPS = ["train.max_steps=6", "train.checkpoint_every=2", "train.keep_last=2"]
+from trainer import run_training
 
 
 def _motion(directory: str | Path) -> dict[str, torch.Tensor]:
@@ -45,19 +41,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("train")
-    write_latent_shards(tiny_train_config(root))
-    return root
-
-
-@pytest.fixture(scope="module")
-def reference(ray_cluster, shards: Path) -> tuple[TrainOutcome, object]:
-    cfg = tiny_train_config(shards, *STEPS, "train.run_name=reference")
-    return run_training(cfg), cfg
 
 
 def test_reference_run_checkpoints_every_rank_and_keeps_the_last_two(reference) -> None:
@@ -98,24 +81,41 @@ def test_reference_run_is_tracked_in_mlflow(reference) -> None:
     assert run.info.status == "FINISHED"
     params = run.data.params
     assert params["train.max_steps"] == "6" and params["model.base.pretrained"] == "builtin:tiny"
-    assert any(k.startswith("data.fingerprint.") for k in params)
-    for key in ("loss", "lr", "grad_norm", "samples_per_s", "step_time_s", "data_wait_fraction"):
+    assert params["data.fingerprint"].startswith("fp-")
+    for key in (
+        "train/loss",
+        "train/lr",
+        "train/grad_norm",
+        "perf/clips_per_s",
+        "perf/step_time_s",
+        "perf/data_wait_fraction",
+    ):
         history = client.get_metric_history(outcome.run_id, key)
         assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6], key
-    assert run.data.metrics["rss_gib"] > 0
-    assert run.data.metrics["val_loss"] == pytest.approx(outcome.val_loss)
+    assert run.data.metrics["memory/rss_gib_rank0"] > 0
+    assert run.data.metrics["val/loss"] == pytest.approx(outcome.val_loss)
     lrs = [
         m.value
-        for m in sorted(client.get_metric_history(outcome.run_id, "lr"), key=lambda m: m.step)
+        for m in sorted(client.get_metric_history(outcome.run_id, "train/lr"), key=lambda m: m.step)
     ]
     assert lrs == pytest.approx([5e-5, 1e-4, 1e-4, 1e-4, 1e-4, 1e-4])  # 2 warm-up steps
     artifacts = {a.path for a in client.list_artifacts(outcome.run_id)}
     assert {"config.yaml", "samples", "motion_module"} <= artifacts
-    samples = [a.path for a in client.list_artifacts(outcome.run_id, "samples")]
-    assert samples == ["samples/step00000006_prompt0.gif"]
 
 
-def test_registered_version_loads_and_predicts_and_promotes(reference, capsys) -> None:
+def _nudged(motion_dir: Path, target: Path, amount: float) -> Path:
+    """A copy of a native motion module with one tensor moved by ``amount``: other weights."""
+    from safetensors.torch import save_file
+
+    shutil.copytree(motion_dir, target)
+    weights = _motion(target)
+    first = sorted(weights)[0]
+    weights[first] = weights[first] + amount
+    save_file(weights, str(target / "motion_module.safetensors"))
+    return target
+
+
+def test_registered_version_loads_and_predicts_and_promotes(reference, capsys, tmp_path) -> None:
     import mlflow
     import pandas as pd
 
@@ -144,15 +144,18 @@ def test_registered_version_loads_and_predicts_and_promotes(reference, capsys) -
 
     argv = ["--config", str(CONFIG), f"mlflow.tracking_uri={uri}"]
     assert promote.main(argv) == 0  # no champion yet
+    # Versions hold distinct weights (identical ones are not registered twice).
     worse = register_motion_module(
-        cfg, outcome.motion_dir, outcome.run_id, uri, val_loss=outcome.val_loss + 1
-    )
+        cfg, _nudged(outcome.motion_dir, tmp_path / "a", 1e-3), outcome.run_id, uri,
+        val_loss=outcome.val_loss + 1,
+    )  # fmt: skip
     assert promote.main(argv) == 1  # the new candidate is worse: champion stays
     champion = mlflow.MlflowClient(uri).get_model_version_by_alias(name, "champion")
     assert str(champion.version) == outcome.model_version
     better = register_motion_module(
-        cfg, outcome.motion_dir, outcome.run_id, uri, val_loss=outcome.val_loss - 0.01
-    )
+        cfg, _nudged(outcome.motion_dir, tmp_path / "b", 2e-3), outcome.run_id, uri,
+        val_loss=outcome.val_loss - 0.01,
+    )  # fmt: skip
     assert promote.main(argv) == 0
     champion = mlflow.MlflowClient(uri).get_model_version_by_alias(name, "champion")
     assert str(champion.version) == better and worse != better
@@ -181,12 +184,17 @@ def test_killed_worker_restores_from_the_last_checkpoint_and_matches(
     # One MLflow run across the restart, which resumed from the step-2 checkpoint: step 3 was
     # trained twice but is logged once.
     client = MlflowClient(cfg.mlflow.tracking_uri)
-    resumed = client.get_metric_history(killed.run_id, "resumed_from_step")
-    assert [m.value for m in resumed] == [2.0]
-    for key in ("loss", "grad_norm", "val_loss"):
+    run = client.get_run(killed.run_id)
+    # The restart is an event of the run (tags and its description), not a metric.
+    assert "resumed_from_step" not in run.data.metrics
+    assert (run.data.tags["resumed_from_step"], run.data.tags["attempts"]) == ("2", "2")
+    description = run.data.tags["mlflow.note.content"]
+    assert "attempt 1: started at step 0" in description
+    assert "attempt 2: resumed from the step-2 checkpoint" in description
+    for key in ("train/loss", "train/grad_norm", "val/loss"):
         steps = [m.step for m in client.get_metric_history(killed.run_id, key)]
         assert sorted(steps) == sorted(set(steps)), key
-    history = client.get_metric_history(killed.run_id, "loss")
+    history = client.get_metric_history(killed.run_id, "train/loss")
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
 
 
@@ -238,42 +246,10 @@ def test_rerun_resumes_from_s3_and_matches_the_uninterrupted_run(
 
 @pytest.fixture
 def mlflow_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    port = _free_port()
     artifacts = tmp_path / "server-artifacts"
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-            "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination", str(artifacts), "--workers", "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        # MLflow 3 would also start 7 job-runner processes (~250 MB each) that we do not use.
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        start_new_session=True,  # its own process group: teardown stops the server's children too
-    )  # fmt: skip
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        import urllib.request
-
-        deadline = time.time() + 240  # a loaded 2-core machine starts it slowly
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or process.poll() is not None:
-                    raise RuntimeError("mlflow server did not start") from None
-                time.sleep(0.5)
+    with tracking_server(f"sqlite:///{tmp_path / 'server.db'}", artifacts) as uri:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         yield uri, artifacts
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
 
 
 def test_zero3_run_tracked_on_a_tracking_server(reference, shards, mlflow_server) -> None:
@@ -304,7 +280,7 @@ def test_zero3_run_tracked_on_a_tracking_server(reference, shards, mlflow_server
     client = MlflowClient(uri)
     run = client.get_run(zero3.run_id)
     assert run.info.status == "FINISHED" and run.data.params["train.zero_stage"] == "3"
-    assert len(client.get_metric_history(zero3.run_id, "loss")) == 4
+    assert len(client.get_metric_history(zero3.run_id, "train/loss")) == 4
     name = cfg.mlflow.registered_model
     modules, _, meta = load_registered_motion_module(f"models:/{name}@candidate")
     assert meta["version"] == zero3.model_version == "1"
@@ -420,9 +396,14 @@ def test_accumulation_and_cosine_schedule_match_a_plain_pytorch_loop(ray_cluster
     def history(key: str) -> list:
         return sorted(client.get_metric_history(outcome.run_id, key), key=lambda m: m.step)
 
-    assert [m.step for m in history("lr")] == [2, 3, 4, 5]
-    assert [m.value for m in history("lr")] == pytest.approx(expected[1:])
-    for key in ("loss", "step_time_s", "iteration_time_s", "data_wait_fraction"):
+    assert [m.step for m in history("train/lr")] == [2, 3, 4, 5]
+    assert [m.value for m in history("train/lr")] == pytest.approx(expected[1:])
+    for key in (
+        "train/loss",
+        "perf/step_time_s",
+        "perf/iteration_time_s",
+        "perf/data_wait_fraction",
+    ):
         assert [m.step for m in history(key)] == [2, 3, 4, 5], key
         assert all(m.value >= 0 for m in history(key)), key
 
@@ -561,5 +542,5 @@ def test_rerunning_a_finished_run_changes_nothing_unless_max_steps_grows(
     more = run_training(tiny_train_config(shards, "train.max_steps=3", *steps))
     assert more.step == 3 and more.run_id == first.run_id
     assert int(more.model_version) > int(first.model_version)
-    steps_logged = [m.step for m in client.get_metric_history(first.run_id, "loss")]
+    steps_logged = [m.step for m in client.get_metric_history(first.run_id, "train/loss")]
     assert sorted(steps_logged) == [1, 2, 3]

@@ -19,6 +19,8 @@ from trainer.loop import StepInfo
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+STEPS = ["train.max_steps=6", "train.checkpoint_every=2", "train.keep_last=2"]
+"""The reference run's length and checkpoints (``conftest.reference``)."""
 
 
 def tiny_train_config(tmp: Path, *overrides: str) -> Config:
@@ -78,6 +80,73 @@ def write_latent_shards(cfg: Config, clips: int = 8, shards: int = 2, seed: int 
         store.commit(shard_table(batch), f"part-test-{s:06d}.parquet")
     store.write_manifest()
     return cfg.train.data_uri
+
+
+def log_preprocess_run_for(cfg: Config, failed: int = 1) -> str:
+    """What ``jobs.preprocess`` with ``data.log_mlflow`` records at the end of a run, for the
+    shards of ``write_latent_shards``: an errors table with ``failed`` rows, the run's summary in
+    the manifest's ``runs``, and the MLflow preprocess run (whose id the manifest then holds).
+    Returns the MLflow run id."""
+    import dataclasses
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from animatediff.storage import locate
+    from pipelines.decode import OUTCOME_SCHEMA
+    from pipelines.fingerprint import data_fingerprint, fingerprint_dir_name, fingerprint_hash
+    from pipelines.shards import ShardStore
+    from tracking.preprocess import log_preprocess_run
+
+    cfg = dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, input="synthetic clips (tests/train_helpers.py)")
+    )
+    fingerprint = data_fingerprint(cfg)
+    store = ShardStore(
+        locate(cfg.train.data_uri, cfg.storage).join(fingerprint_dir_name(fingerprint)),
+        fingerprint,
+    )
+    store.open()
+    run = "20260101T000000-test00"
+    rows = [
+        {
+            "key": f"missing{i}",
+            "video_id": f"missing{i}",
+            "source": f"videos/missing{i}.mp4",
+            "status": "failed",
+            "reason": "missing_file",
+            "message": f"videos/missing{i}.mp4: no such file",
+            "clips": 0,
+            "cached_clips": 0,
+        }
+        for i in range(failed)
+    ]
+    errors = store.directory.join("runs", run, "errors.parquet")
+    Path(errors.path).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=OUTCOME_SCHEMA), errors.path)
+    clips = store.manifest["num_clips"]
+    summary = {
+        "run_id": run,
+        "fingerprint_hash": fingerprint_hash(fingerprint),
+        "output": store.directory.uri,
+        "rows_read": clips // 2 + failed,
+        "rows_encoded": clips // 2,
+        "rows_cached": 0,
+        "rows_failed": failed,
+        "failed_by_reason": {"missing_file": failed} if failed else {},
+        "clips_encoded": clips,
+        "clips_cached": 0,
+        "shards_written": len(store.manifest["shards"]),
+        "cache_size_clips": clips,
+        "elapsed_s": 1.0,
+        "clips_per_s": float(clips),
+    }
+    store.manifest["runs"].append(summary)
+    summary["mlflow_run_id"] = log_preprocess_run(
+        cfg, summary, fingerprint, store.directory, store.manifest, errors
+    )
+    store.write_manifest()
+    return summary["mlflow_run_id"]
 
 
 @dataclass(frozen=True)

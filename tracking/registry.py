@@ -9,10 +9,17 @@ native ``motion_module.safetensors`` + ``motion_module.json``) and ``config.yaml
 config: ``model.base`` is the reference to the frozen base it animates, ``sample`` the sampling
 defaults). New versions get the alias ``candidate``; ``promote`` moves ``champion`` after
 comparing validation losses.
+
+A version is created only for new weights: its tag ``weights_sha256`` (the sha256 of the
+export's weight file) is looked up first, and identical weights move ``candidate`` to the version
+that already holds them. Version tags: ``weights_sha256``, ``step``, ``data_fingerprint``,
+``git_commit``, ``stage``, ``base``, ``preset``, ``val_loss``; its description says what trained
+it, and ``record_evaluation`` adds what ``jobs.evaluate`` measured.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -35,13 +42,27 @@ from animatediff.config import (
     to_dict,
 )
 from animatediff.generation import GenerationParams, generate_all
+from tracking import notes
+from tracking.datasets import CONTEXT_TAG
 from tracking.model_refs import read_snapshot, resolve_model_ref
-from tracking.runs import client, resolve_tracking_uri
+from tracking.provenance import code_version, source_tags
+from tracking.runs import (
+    LOSS_METRIC,
+    TRAIN_PARAM_SECTIONS,
+    VAL_LOSS_METRIC,
+    add_event,
+    client,
+    resolve_tracking_uri,
+    run_link,
+    section_params,
+)
 
 MOTION_ARTIFACT = "motion_module"
 CONFIG_ARTIFACT = "config.yaml"
 BASE_ARTIFACT = "base.json"
 VAL_LOSS_TAG = "val_loss"
+WEIGHTS_TAG = "weights_sha256"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
 # Optional request columns and how they map onto TextToVideo arguments.
 OPTIONAL_COLUMNS = {
     "negative_prompt": "string",
@@ -166,6 +187,110 @@ def registered_name(cfg: Config) -> str:
     return f"{cfg.mlflow.registered_model}-{cfg.train.stage}"
 
 
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_sha256(export_path: str | Path) -> str:
+    """The sha256 of an export's weights: of the file itself, of a directory's one weight file
+    (``sha256sum motion_module.safetensors`` gives the same), else of the sorted lines
+    ``<relative path> <sha256>`` of its weight files (all its files when none has a weight
+    suffix)."""
+    path = Path(export_path)
+    if path.is_file():
+        return _file_sha256(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    weights = [p for p in files if p.suffix in WEIGHT_SUFFIXES] or files
+    if len(weights) == 1:
+        return _file_sha256(weights[0])
+    lines = "".join(f"{p.relative_to(path).as_posix()} {_file_sha256(p)}\n" for p in weights)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def _identical_version(cfg: Config, tracking_uri: str, run_id: str, sha256: str) -> str | None:
+    """The version of ``registered_name(cfg)`` that already holds these weights, if any: then
+    ``candidate`` moves to it (it is what this training produced), and the run and the log say
+    so. None when the weights are new."""
+    name = registered_name(cfg)
+    mlflow_client = client(tracking_uri)
+    found = mlflow_client.search_model_versions(
+        f"name = '{name}' and tags.{WEIGHTS_TAG} = '{sha256}'"
+    )
+    if not found:
+        return None
+    version = str(min(int(v.version) for v in found))
+    mlflow_client.set_registered_model_alias(name, cfg.mlflow.candidate_alias, version)
+    message = (
+        f"identical weights (sha256 {sha256[:12]}) are already {name} version {version}: "
+        f"no new version; @{cfg.mlflow.candidate_alias} -> version {version}"
+    )
+    print(f"registry: {message}", flush=True)
+    add_event(tracking_uri, run_id, message)
+    return version
+
+
+def _training_data(run: Any, tracking_uri: str) -> tuple[str | None, Any]:
+    """``(markdown line, dataset)`` of the run's ``training`` dataset input, if it logged one:
+    name, clips, URI, digest and links to the preprocess runs that wrote it."""
+    for dataset_input in run.inputs.dataset_inputs if run.inputs else []:
+        tags = {tag.key: tag.value for tag in dataset_input.tags}
+        if tags.get(CONTEXT_TAG) == "training":
+            dataset = dataset_input.dataset
+            profile = json.loads(dataset.profile or "{}")
+            uri = json.loads(dataset.source or "{}").get("uri", "?")
+            line = (
+                f"`{dataset.name}`: {profile.get('clips', '?')} clips at `{uri}` "
+                f"(digest `{dataset.digest}`)"
+            )
+            preprocess = [run_link(tracking_uri, r) for r in profile.get("preprocess_runs", [])]
+            if preprocess:
+                line += "; written by preprocess run " + ", ".join(preprocess)
+            return line, dataset
+    return None, None
+
+
+def _attach_metrics(mlflow_client: Any, run_id: str, model_id: str, dataset: Any) -> None:
+    """The run's last training and validation losses, attached to the logged model (re-logged
+    with their own step and time: the run's history gains no point)."""
+    from mlflow.entities import Metric
+
+    metrics = []
+    for key in (LOSS_METRIC, VAL_LOSS_METRIC):
+        history = mlflow_client.get_metric_history(run_id, key)
+        if not history:
+            continue
+        last = max(history, key=lambda m: (m.step, m.timestamp))
+        metrics.append(
+            Metric(
+                key,
+                last.value,
+                last.timestamp,
+                last.step,
+                model_id=model_id,
+                dataset_name=dataset.name if dataset is not None else None,
+                dataset_digest=dataset.digest if dataset is not None else None,
+            )
+        )
+    if metrics:
+        mlflow_client.log_batch(run_id, metrics=metrics)
+
+
+def _ensure_registered_model(mlflow_client: Any, name: str, description: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow_client.create_registered_model(name, description=description)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        if not mlflow_client.get_registered_model(name).description:
+            mlflow_client.update_registered_model(name, description=description)
+
+
 def _register(
     cfg: Config,
     model_dir: Path,
@@ -173,34 +298,68 @@ def _register(
     tracking_uri: str,
     val_loss: float | None,
     model_type: str,
+    sha256: str,
+    step: int | None = None,
 ) -> str:
-    """Log ``model_dir`` as an MLflow logged model of ``run_id``, register it under
+    """Log ``model_dir`` as an MLflow logged model of ``run_id`` (named ``model_type``, with
+    the version's tags, the training params and the run's last losses), register it under
     ``registered_name(cfg)`` with alias ``mlflow.candidate_alias``; returns the version. Only
     client calls on ``tracking_uri``: MLflow's process-wide settings are untouched."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.entities import LoggedModelOutput
 
     mlflow_client = client(tracking_uri)
     name = registered_name(cfg)
-    experiment = mlflow_client.get_run(run_id).info.experiment_id
+    run = mlflow_client.get_run(run_id)
+    data_line, dataset = _training_data(run, tracking_uri)
+    code = code_version()
+    tags = {
+        WEIGHTS_TAG: sha256,
+        "base": cfg.model.base.pretrained,
+        "stage": cfg.train.stage,
+    }
+    optional = {
+        "step": step,
+        "data_fingerprint": run.data.tags.get("data_fingerprint"),
+        "git_commit": code.commit if code else None,
+        "preset": cfg.preset or None,
+        VAL_LOSS_TAG: None if val_loss is None else repr(float(val_loss)),
+    }
+    tags |= {key: str(value) for key, value in optional.items() if value is not None}
+    params = {k: str(v) for k, v in section_params(cfg, TRAIN_PARAM_SECTIONS).items()}
     logged = mlflow_client.create_logged_model(
-        experiment, name=model_type, source_run_id=run_id, model_type=model_type
+        run.info.experiment_id,
+        name=model_type,
+        source_run_id=run_id,
+        model_type=model_type,
+        tags={**source_tags("train"), **tags},
+        params=params,
     )
     mlflow_client.log_model_artifacts(logged.model_id, str(model_dir))
     mlflow_client.finalize_logged_model(logged.model_id, "READY")
-    try:
-        mlflow_client.create_registered_model(name)
-    except MlflowException as error:
-        if error.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-    tags = {"base": cfg.model.base.pretrained, "stage": cfg.train.stage}
-    if val_loss is not None:
-        tags[VAL_LOSS_TAG] = repr(float(val_loss))
+    # The run lists it among its Logged models (the source run id alone does not).
+    mlflow_client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step or 0)])
+    _attach_metrics(mlflow_client, run_id, logged.model_id, dataset)
+    _ensure_registered_model(mlflow_client, name, notes.registered_model(cfg, cfg.train.stage))
+    description = notes.model_version(
+        cfg, run_link(tracking_uri, run_id), step, data_line, val_loss, sha256, code
+    )
     # The logged model's artifact location as the source, not ``models:/<id>``: MLflow's SQL
     # registry would look that id up through the process-wide tracking URI.
     version = mlflow_client.create_model_version(
-        name, logged.artifact_location, run_id=run_id, tags=tags, model_id=logged.model_id
+        name,
+        logged.artifact_location,
+        run_id=run_id,
+        tags=tags,
+        description=description,
+        model_id=logged.model_id,
     ).version
     mlflow_client.set_registered_model_alias(name, cfg.mlflow.candidate_alias, str(version))
+    add_event(
+        tracking_uri,
+        run_id,
+        f"registered {name} version {version} (@{cfg.mlflow.candidate_alias}), "
+        f"weights sha256 {sha256[:12]}",
+    )
     return str(version)
 
 
@@ -218,10 +377,16 @@ def register_motion_module(
     run_id: str,
     tracking_uri: str,
     val_loss: float | None = None,
+    step: int | None = None,
 ) -> str:
     """Register a native motion-module directory as a text-to-video pyfunc model (see
-    ``_register``); returns the version."""
+    ``_register``); returns the version, an existing one when it holds the same weights."""
     import mlflow.pyfunc
+
+    sha256 = weights_sha256(motion_dir)
+    existing = _identical_version(cfg, tracking_uri, run_id, sha256)
+    if existing is not None:
+        return existing
 
     with tempfile.TemporaryDirectory() as directory:
         config_path = Path(directory) / CONFIG_ARTIFACT
@@ -241,16 +406,28 @@ def register_motion_module(
             input_example=_input_example(cfg),
             pip_requirements=["animatediff-ray"],
         )
-        return _register(cfg, model_dir, run_id, tracking_uri, val_loss, "motion-module")
+        return _register(
+            cfg, model_dir, run_id, tracking_uri, val_loss, "motion-module", sha256, step
+        )
 
 
 def register_export(
-    cfg: Config, export_path: Path, run_id: str, tracking_uri: str, val_loss: float | None = None
+    cfg: Config,
+    export_path: Path,
+    run_id: str,
+    tracking_uri: str,
+    val_loss: float | None = None,
+    step: int | None = None,
 ) -> str:
     """Register what a training run exported: a motion module as a pyfunc model, an image-stage
-    StableDiffusion directory or LoRA file as plain artifacts (with the training config)."""
+    StableDiffusion directory or LoRA file as plain artifacts (with the training config).
+    Identical weights are not registered again (see ``_identical_version``)."""
     if cfg.train.stage == "motion":
-        return register_motion_module(cfg, export_path, run_id, tracking_uri, val_loss)
+        return register_motion_module(cfg, export_path, run_id, tracking_uri, val_loss, step)
+    sha256 = weights_sha256(export_path)
+    existing = _identical_version(cfg, tracking_uri, run_id, sha256)
+    if existing is not None:
+        return existing
     with tempfile.TemporaryDirectory() as directory:
         model_dir = Path(directory)
         save_config(cfg, model_dir / CONFIG_ARTIFACT)
@@ -258,7 +435,8 @@ def register_export(
             shutil.copytree(export_path, model_dir / export_path.name)
         else:
             shutil.copyfile(export_path, model_dir / export_path.name)
-        return _register(cfg, model_dir, run_id, tracking_uri, val_loss, f"{cfg.train.stage}-model")
+        model_type = f"{cfg.train.stage}-model"
+        return _register(cfg, model_dir, run_id, tracking_uri, val_loss, model_type, sha256, step)
 
 
 def _parse_models_uri(model_uri: str) -> tuple[str, str | None, str | None]:
@@ -446,13 +624,13 @@ def should_promote(candidate_loss: float | None, champion_loss: float | None) ->
     return Decision(False, f"val_loss {candidate_loss:.6g} > champion's {champion_loss:.6g}")
 
 
-def _version_loss(mlflow_client: Any, name: str, version: Any) -> float | None:
-    """The validation loss of a version: its tag, else the ``val_loss`` metric of its run."""
+def version_loss(mlflow_client: Any, name: str, version: Any) -> float | None:
+    """The validation loss of a version: its tag, else the ``val/loss`` metric of its run."""
     tags = dict(version.tags or {})
     if VAL_LOSS_TAG in tags:
         return float(tags[VAL_LOSS_TAG])
     if version.run_id:
-        metric = mlflow_client.get_run(version.run_id).data.metrics.get("val_loss")
+        metric = mlflow_client.get_run(version.run_id).data.metrics.get(VAL_LOSS_METRIC)
         return None if metric is None else float(metric)
     return None
 
@@ -582,8 +760,8 @@ def promote(
         reason = f"version {candidate.version} already is the champion"
         return Decision(True, reason, changed=False), str(candidate.version)
     decision = should_promote(
-        _version_loss(mlflow_client, name, candidate),
-        None if champion is None else _version_loss(mlflow_client, name, champion),
+        version_loss(mlflow_client, name, candidate),
+        None if champion is None else version_loss(mlflow_client, name, champion),
     )
     for requirement in map(Requirement.parse, cfg.mlflow.promote_require):
         failure = requirement.failure(
@@ -599,3 +777,16 @@ def promote(
             name, cfg.mlflow.champion_alias, str(candidate.version)
         )
     return decision, str(candidate.version)
+
+
+def record_evaluation(
+    tracking_uri: str, name: str, version: str, summary: dict[str, float], run_id: str
+) -> None:
+    """Put ``summary`` (what ``jobs.evaluate`` measured) in the version's description, replacing
+    an earlier evaluation's, with a link to the run that holds the details."""
+    mlflow_client = client(tracking_uri)
+    current = mlflow_client.get_model_version(name, version).description or ""
+    where = f"details in run {run_link(tracking_uri, run_id)}"
+    mlflow_client.update_model_version(
+        name, version, description=notes.with_evaluation(current, summary, where)
+    )

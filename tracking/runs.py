@@ -2,7 +2,8 @@
 
 The driver calls ``start_or_resume_run`` (a re-run of the same Ray Train run name and storage path
 finds its MLflow run again by tag, so a resumed training run keeps one run id); workers log to that
-run id through ``RunLogger`` (only rank 0 constructs one).
+run id through ``RunLogger`` (only rank 0 constructs one) and ``SystemMetrics`` (one per node).
+Only client calls on an explicit tracking URI: MLflow's process-wide settings are never touched.
 """
 
 from __future__ import annotations
@@ -12,10 +13,22 @@ from pathlib import Path
 from typing import Any
 
 from animatediff.config import Config, MlflowConfig, flatten
+from tracking import notes
+from tracking.provenance import NOTE_TAG
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 RUN_KEY_TAG = "animatediff.train_run"
 PARAM_VALUE_LIMIT = 6000  # MLflow rejects longer param values
+TRAIN_PARAM_SECTIONS = ("model", "train", "sample")
+"""The config sections a training run uses, logged as its params (the whole config is the
+``config.yaml`` artifact)."""
+LOSS_METRIC = "train/loss"
+VAL_LOSS_METRIC = "val/loss"
+ATTEMPTS_TAG = "attempts"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+"""MLflow 3's UI shows such an experiment as model training (runs, charts), not GenAI."""
+RESUMED_TAG = "resumed_from_step"
 
 
 def resolve_tracking_uri(cfg: MlflowConfig) -> str:
@@ -48,24 +61,49 @@ def client(tracking_uri: str):
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-def experiment_id(cfg: MlflowConfig, tracking_uri: str) -> str:
-    """The experiment's id, creating it on first use."""
+def experiment_id(cfg: MlflowConfig, tracking_uri: str, description: str = "") -> str:
+    """The experiment's id, creating it on first use as a model-training experiment;
+    ``description`` becomes its description unless it already has one (a person's edit in the
+    UI is kept)."""
     mlflow_client = client(tracking_uri)
     experiment = mlflow_client.get_experiment_by_name(cfg.experiment)
-    if experiment is not None:
-        return experiment.experiment_id
-    return mlflow_client.create_experiment(
-        cfg.experiment, artifact_location=resolve_artifact_location(cfg, tracking_uri)
-    )
+    tags = {EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}
+    if description:
+        tags[NOTE_TAG] = description
+    if experiment is None:
+        return mlflow_client.create_experiment(
+            cfg.experiment,
+            artifact_location=resolve_artifact_location(cfg, tracking_uri),
+            tags=tags,
+        )
+    for key, value in tags.items():
+        if not experiment.tags.get(key):
+            mlflow_client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
+
+
+def section_params(cfg: Config, sections: tuple[str, ...]) -> dict[str, Any]:
+    """The flattened options under ``sections`` (dotted prefixes)."""
+    return {
+        key: value
+        for key, value in flatten(cfg).items()
+        if any(key == section or key.startswith(section + ".") for section in sections)
+    }
 
 
 def start_or_resume_run(
-    cfg: Config, run_key: str, tracking_uri: str, extra_params: dict[str, Any]
+    cfg: Config,
+    run_key: str,
+    tracking_uri: str,
+    extra_params: dict[str, Any],
+    tags: dict[str, str] | None = None,
+    description: str = "",
 ) -> tuple[str, bool]:
     """``(run_id, created)``: the MLflow run tagged with ``run_key`` (storage path + run name), or a
-    new one with the flattened config and ``extra_params`` (e.g. the data fingerprint) as params."""
+    new one with ``tags``, ``description``, and the ``TRAIN_PARAM_SECTIONS`` of the config and
+    ``extra_params`` as params."""
     mlflow_client = client(tracking_uri)
-    exp_id = experiment_id(cfg.mlflow, tracking_uri)
+    exp_id = experiment_id(cfg.mlflow, tracking_uri, notes.training_experiment(cfg))
     escaped = run_key.replace("'", "\\'")
     found = mlflow_client.search_runs(
         [exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{escaped}'", max_results=1
@@ -74,12 +112,31 @@ def start_or_resume_run(
         run_id = found[0].info.run_id
         mlflow_client.update_run(run_id, status="RUNNING")
         return run_id, False
-    run = mlflow_client.create_run(
-        exp_id, run_name=cfg.train.run_name, tags={RUN_KEY_TAG: run_key, "job": "train"}
-    )
-    params = {**flatten(cfg), **extra_params}
+    all_tags = {**(tags or {}), RUN_KEY_TAG: run_key, "job": "train"}
+    if description:
+        all_tags[NOTE_TAG] = description[: notes.NOTE_LIMIT]
+    run = mlflow_client.create_run(exp_id, run_name=cfg.train.run_name, tags=all_tags)
+    params = {**section_params(cfg, TRAIN_PARAM_SECTIONS), **extra_params}
     log_params(run.info.run_id, params, tracking_uri)
     return run.info.run_id, True
+
+
+def run_link(tracking_uri: str, run_id: str) -> str:
+    """A markdown link to a run's page in MLflow's UI (relative: it works wherever the UI is
+    served), or the bare id when the run is not in this store."""
+    try:
+        run = client(tracking_uri).get_run(run_id)
+    except Exception:  # another store, or deleted
+        return f"`{run_id}`"
+    name = run.info.run_name or run_id
+    return f"[{name}](#/experiments/{run.info.experiment_id}/runs/{run_id})"
+
+
+def add_event(tracking_uri: str, run_id: str, text: str) -> None:
+    """Append ``- <UTC time> <text>`` to the run's description (its Events list)."""
+    mlflow_client = client(tracking_uri)
+    note = mlflow_client.get_run(run_id).data.tags.get(NOTE_TAG, "")
+    mlflow_client.set_tag(run_id, NOTE_TAG, notes.add_event(note, text))
 
 
 def log_params(run_id: str, params: dict[str, Any], tracking_uri: str) -> None:
@@ -118,5 +175,43 @@ class RunLogger:
     def log_artifacts(self, directory: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(self.run_id, str(directory), artifact_path)
 
+    def log_image(self, image: Any, key: str, step: int) -> None:
+        """A step-indexed image: the Images section of the run's Model metrics, with a slider."""
+        self.client.log_image(self.run_id, image, key=key, step=step)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
+    def tag(self, key: str) -> str | None:
+        return self.client.get_run(self.run_id).data.tags.get(key)
+
     def set_terminated(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+
+class SystemMetrics:
+    """MLflow's system metrics monitor on an existing run: CPU, memory, disk and network, and
+    GPU utilisation and memory where ``nvidia-ml-py`` finds a GPU, every ``interval_s`` seconds
+    (``$MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` overrides it) as ``system/<node>/<metric>``.
+    A background thread; ``stop`` ends it and flushes what it sampled. One per node: the
+    machine-wide figures would otherwise be logged once per worker."""
+
+    def __init__(self, tracking_uri: str, run_id: str, node: str, interval_s: float) -> None:
+        import logging
+
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        # It reports each start and stop at INFO, and the absence of a GPU: not worth a line.
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+        self.monitor = SystemMetricsMonitor(
+            run_id,
+            sampling_interval=interval_s,
+            resume_logging=True,  # a restarted worker continues the sample count
+            node_id=node,
+            tracking_uri=tracking_uri,
+        )
+        self.monitor.start()
+
+    def stop(self) -> None:
+        self.monitor.finish()

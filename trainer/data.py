@@ -17,6 +17,7 @@ import numpy as np
 from animatediff.config import Config, ConfigError
 from animatediff.storage import Location
 from animatediff.training import BATCH_COLUMNS, OPTIONAL_BATCH_COLUMNS, Batch, collate
+from tracking.datasets import ShardSet, columns_of
 from trainer.checkpoint import Position
 
 
@@ -34,6 +35,10 @@ class TrainingData:
     """The fingerprint directory of the shard set."""
     validation: str
     """Where the validation clips come from, in words (logged)."""
+    shards: ShardSet | None = None
+    """The shard set, as MLflow logs it (the run's ``training`` dataset)."""
+    val_shards: ShardSet | None = None
+    """The separate validation shard set of ``train.val_data_uri`` (a ``validation`` dataset)."""
 
 
 def _read_table(location: Location, manifest: dict, columns: list[str]) -> Any:
@@ -134,13 +139,16 @@ def load_training_data(cfg: Config) -> TrainingData:
     fingerprint = data_fingerprint(cfg)
     location, manifest = find_shard_set(train.data_uri, fingerprint, cfg.storage)
     dataset = shard_set_dataset(location, manifest)
-    names = set(dataset.schema().names)
+    schema = dataset.schema()
+    names = set(schema.names)
+    val_shards = None
     columns = list(BATCH_COLUMNS) + [c for c in OPTIONAL_BATCH_COLUMNS if c in names]
     if train.val_data_uri:
         val_location, val_manifest = find_shard_set(train.val_data_uri, fingerprint, cfg.storage)
         val_clips = read_clips(val_location, val_manifest, train.val_max_clips, columns)
         dataset = dataset.select_columns(columns)
         validation = f"a separate set, {val_location.uri}"
+        val_shards = ShardSet.of(val_location.uri, val_manifest, columns_of(schema))
     else:
         clip_ids, videos = held_out_clips(location, manifest, train.val_max_clips)
         val_clips = read_clips(location, manifest, train.val_max_clips, columns, clip_ids)
@@ -155,7 +163,8 @@ def load_training_data(cfg: Config) -> TrainingData:
         # must see the same order), and each epoch is served from Ray's object store.
         dataset.context.execution_options.preserve_order = True
         dataset = dataset.materialize()
-    return TrainingData(dataset, val_clips, fingerprint, location, validation)
+    shards = ShardSet.of(location.uri, manifest, columns_of(schema))
+    return TrainingData(dataset, val_clips, fingerprint, location, validation, shards, val_shards)
 
 
 def validation_batches(clips: dict[str, np.ndarray], batch_size: int) -> list[Batch]:

@@ -54,15 +54,44 @@ def _worker_env() -> dict[str, str]:
 
 
 def _start_tracking(cfg: Config, data: TrainingData) -> tuple[str | None, str | None]:
-    """``(run_id, tracking_uri)`` of the run's MLflow run (created, or found again on resume)."""
-    from tracking import runs
+    """``(run_id, tracking_uri)`` of the run's MLflow run (created, or found again on resume),
+    with its provenance tags, description, params and data inputs."""
+    import functools
+
+    from tracking import notes, runs
+    from tracking.datasets import log_shard_set
+    from tracking.provenance import code_version, run_tags
 
     if not cfg.mlflow.enabled:
         return None, None
     tracking_uri = runs.resolve_tracking_uri(cfg.mlflow)
-    params = {f"data.fingerprint.{k}": v for k, v in data.fingerprint.items()}
-    params["train.validation_set"] = data.validation
-    run_id, _ = runs.start_or_resume_run(cfg, run_directory(cfg), tracking_uri, params)
+    train = cfg.train
+    params = {
+        # Absolute, as the jobs resolve them (a relative path means nothing in the UI).
+        "train.data_uri": locate(train.data_uri, cfg.storage).uri,
+        "train.storage_path": locate(train.storage_path, cfg.storage).uri,
+        "train.validation_set": data.validation,
+    }
+    if train.val_data_uri:
+        params["train.val_data_uri"] = locate(train.val_data_uri, cfg.storage).uri
+    shards = data.shards
+    description = ""
+    if shards is not None:
+        params["data.fingerprint"] = shards.fingerprint
+        link = functools.partial(runs.run_link, tracking_uri)
+        description = notes.training_run(cfg, shards, data.validation, code_version(), link)
+    tags = run_tags(cfg, "train", shards.fingerprint if shards else None)
+    run_id, created = runs.start_or_resume_run(
+        cfg, run_directory(cfg), tracking_uri, params, tags, description
+    )
+    if not created:
+        runs.add_event(
+            tracking_uri, run_id, f"re-run of `jobs.train`, code {notes.code_line(code_version())}"
+        )
+    if shards is not None:
+        log_shard_set(tracking_uri, run_id, shards, "training")
+    if data.val_shards is not None:
+        log_shard_set(tracking_uri, run_id, data.val_shards, "validation")
     with tempfile.TemporaryDirectory() as directory:
         save_config(cfg, Path(directory) / "config.yaml")
         runs.RunLogger(tracking_uri, run_id).log_artifact(Path(directory) / "config.yaml")
@@ -159,7 +188,7 @@ def _finish(
     StableDiffusion directory), log it, register it. A run that ``finished_before`` is only
     read back: nothing is logged or registered again."""
     from tracking.registry import register_export, registered_versions
-    from tracking.runs import RunLogger, resolve_tracking_uri
+    from tracking.runs import RunLogger, add_event, resolve_tracking_uri
 
     name = export_name(cfg.train)
     local = Path(tempfile.mkdtemp(prefix="animatediff-train-"))
@@ -187,8 +216,14 @@ def _finish(
             logger.log_artifact(export_path)
         if cfg.train.register:
             version = register_export(
-                cfg, export_path, run_id, tracking_uri, val_loss=state.val_loss
+                cfg,
+                export_path,
+                run_id,
+                tracking_uri,
+                val_loss=state.val_loss,
+                step=state.position.step,
             )
+        add_event(tracking_uri, run_id, f"finished at step {state.position.step}")
         logger.set_terminated("FINISHED")
     return TrainOutcome(
         run_id=run_id,

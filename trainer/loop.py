@@ -7,10 +7,15 @@
     each checkpoint step: every rank saves its part, Ray Train merges them
 
 Every rank takes the same branches (the all-reduces and ZeRO-3 gathers below are collective).
+MLflow metric names are namespaced for the UI's chart sections (``train/``, ``val/``, ``perf/``,
+``memory/``; ``tracking.notes.METRICS`` explains each); one worker per node samples MLflow's
+``system/`` metrics.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import resource
 import tempfile
 import time
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 import torch
 import torch.distributed as dist
@@ -98,22 +104,52 @@ def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def render_samples(cfg: Config, export: Export, directory: Path, step: int) -> list[Path]:
-    """Validation GIFs: fixed prompts and seed, so steps are comparable by eye."""
+SAMPLE_MIN_SIDE = 256
+"""Validation samples are enlarged (nearest neighbour) to at least this many pixels a side: a
+32-pixel sample of a tiny model is a speck in the UI."""
+STRIP_FRAMES = 8
+"""Frames of a sample shown side by side in the step-indexed image."""
+
+
+def prompt_slug(prompt: str, limit: int = 60) -> str:
+    """``a red ball, bouncing!`` -> ``a-red-ball-bouncing`` (file names, image keys)."""
+    return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:limit].rstrip("-") or "prompt"
+
+
+def enlarge(frames: np.ndarray, min_side: int = SAMPLE_MIN_SIDE) -> np.ndarray:
+    """``(frames, H, W, 3)`` repeated to at least ``min_side`` pixels on the shorter side."""
+    scale = max(1, math.ceil(min_side / min(frames.shape[1:3])))
+    return frames.repeat(scale, axis=1).repeat(scale, axis=2) if scale > 1 else frames
+
+
+def frame_strip(frames: np.ndarray, count: int = STRIP_FRAMES) -> np.ndarray:
+    """Up to ``count`` evenly spaced frames side by side: ``(H, count * W, 3)``."""
+    picked = np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int)
+    return np.concatenate(list(frames[picked]), axis=1)
+
+
+def render_samples(
+    cfg: Config, export: Export, directory: Path, step: int
+) -> list[tuple[str, np.ndarray, Path]]:
+    """Validation samples, fixed prompts and seed (steps are comparable by eye): one GIF per
+    prompt, ``step<N>/prompt<i>-<prompt>.gif``, enlarged to ``SAMPLE_MIN_SIDE``. Returns
+    ``(prompt, frames, path)`` per prompt."""
     from animatediff.export import save_video
 
     pipe = export.sampler(device="cpu" if not cfg.train.use_gpu else None)
-    paths = []
+    samples = []
     for index, prompt in enumerate(cfg.train.validation_prompts):
-        frames = pipe(
-            prompt,
-            seed=cfg.train.validation_seed,
-            num_inference_steps=cfg.train.validation_steps or None,
+        frames = enlarge(
+            pipe(
+                prompt,
+                seed=cfg.train.validation_seed,
+                num_inference_steps=cfg.train.validation_steps or None,
+            )
         )
-        paths.append(
-            save_video(frames, directory / f"step{step:08d}_prompt{index}.gif", cfg.sample.fps)
-        )
-    return paths
+        path = directory / f"step{step:08d}" / f"prompt{index}-{prompt_slug(prompt)}.gif"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        samples.append((prompt, frames, save_video(frames, path, cfg.sample.fps)))
+    return samples
 
 
 class Worker:
@@ -122,7 +158,7 @@ class Worker:
     def __init__(self, loop_config: dict[str, Any]) -> None:
         import ray.train
 
-        from tracking.runs import RunLogger
+        from tracking import runs
 
         self.cfg: Config = from_dict(Config, loop_config["config"])
         self.train = self.cfg.train
@@ -150,14 +186,21 @@ class Worker:
         self.logger = None
         self.logged_through = -1
         if self.rank == 0 and self.run_id:
-            self.logger = RunLogger(loop_config["tracking_uri"], self.run_id)
+            self.logger = runs.RunLogger(loop_config["tracking_uri"], self.run_id)
+            attempt = int(self.logger.tag(runs.ATTEMPTS_TAG) or 0) + 1
+            tags = {runs.ATTEMPTS_TAG: attempt}
             if restored is not None:
                 # Steps between the checkpoint and a failure were logged by the failed attempt;
                 # they are trained again (identically) but logged once.
-                self.logged_through = self.logger.last_step("loss")
-                self.logger.log_metrics(
-                    {"resumed_from_step": float(self.position.step)}, step=self.position.step
-                )
+                self.logged_through = self.logger.last_step(runs.LOSS_METRIC)
+                tags[runs.RESUMED_TAG] = self.position.step
+                event = f"attempt {attempt}: resumed from the step-{self.position.step} checkpoint"
+            else:
+                event = f"attempt {attempt}: started at step 0"
+            self.logger.set_tags(tags)
+            runs.add_event(
+                loop_config["tracking_uri"], self.run_id, f"{event} ({self.world} workers)"
+            )
         self.val_batches = validation_batches(loop_config["val_clips"], self.train.batch_size)
         self.stream = batch_stream(ray.train.get_dataset_shard("train"), self.cfg, self.position)
         self.samples_per_step = self.train.batch_size * self.train.grad_accum_steps * self.world
@@ -185,7 +228,7 @@ class Worker:
             exported = None
             if validating:
                 self.val_loss, exported = self.validate()
-                metrics["val_loss"] = self.val_loss
+                metrics["val/loss"] = self.val_loss
             self.log(metrics, samples_from=exported)
             if checkpointing:
                 self.checkpoint(metrics, exported)
@@ -224,22 +267,23 @@ class Worker:
         (peak_rss,) = _all_reduce([_peak_rss_gib()], op="max")
         step_time = step_sum / self.world / window.steps
         metrics = {
-            "loss": loss_sum / self.world,
-            "lr": learning_rate(step, self.train),
-            "grad_norm": window.mean_grad_norm(),
-            "samples_per_s": self.samples_per_step / step_time,
-            "step_time_s": step_time,
-            "data_wait_fraction": wait_sum / step_sum,
-            "rss_gib": psutil.Process().memory_info().rss / 2**30,
-            "peak_rss_gib_max_worker": peak_rss,
-            "epoch": float(self.position.epoch),
+            "train/loss": loss_sum / self.world,
+            "train/lr": learning_rate(step, self.train),
+            "train/grad_norm": window.mean_grad_norm(),
+            "train/epoch": float(self.position.epoch),
+            # Training clips per second, summed over all workers.
+            "perf/clips_per_s": self.samples_per_step / step_time,
+            "perf/step_time_s": step_time,
+            "perf/data_wait_fraction": wait_sum / step_sum,
+            "memory/rss_gib_rank0": psutil.Process().memory_info().rss / 2**30,
+            "memory/peak_rss_gib_max_worker": peak_rss,
         }
         if step > window.first_step:
             # Whole iterations since the last log (that log's own cost, checkpoints and
             # validation included): what a user waits for per step.
-            metrics["iteration_time_s"] = (top - window.top) / (step - window.first_step)
+            metrics["perf/iteration_time_s"] = (top - window.top) / (step - window.first_step)
         if self.train.use_gpu and torch.cuda.is_available():
-            metrics["gpu_peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            metrics["memory/gpu_peak_gib_rank0"] = torch.cuda.max_memory_allocated() / 2**30
         self.window = LogWindow(step, top)
         return metrics
 
@@ -257,8 +301,11 @@ class Worker:
         self.logger.log_metrics(metrics, step=done)
         if samples_from is not None and self.train.validation_prompts:
             with tempfile.TemporaryDirectory() as directory:
-                render_samples(self.cfg, samples_from, Path(directory), done)
+                samples = render_samples(self.cfg, samples_from, Path(directory), done)
                 self.logger.log_artifacts(directory, "samples")
+            for index, (prompt, frames, _) in enumerate(samples):
+                key = f"samples/{index} {prompt_slug(prompt).replace('-', ' ')}"
+                self.logger.log_image(frame_strip(frames), key=key, step=done)
 
     def checkpoint(self, metrics: dict[str, float], exported: Export | None) -> None:
         """Every rank writes its part; Ray registers the checkpoint once all have reported."""
@@ -286,6 +333,26 @@ class Worker:
             )
 
 
+def _system_metrics(loop_config: dict[str, Any]) -> Any:
+    """MLflow's system metrics of this node, sampled by its first worker (None elsewhere, or
+    without MLflow, or with ``train.system_metrics_interval_s: 0``)."""
+    import ray.train
+
+    from tracking.runs import SystemMetrics
+
+    interval = loop_config["config"]["train"].get("system_metrics_interval_s", 0)
+    context = ray.train.get_context()
+    if not (loop_config.get("run_id") and interval > 0 and context.get_local_rank() == 0):
+        return None
+    node = f"node{context.get_node_rank()}"
+    return SystemMetrics(loop_config["tracking_uri"], loop_config["run_id"], node, interval)
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """The ``TorchTrainer`` entry point of every rank."""
-    Worker(loop_config).run()
+    monitor = _system_metrics(loop_config)
+    try:
+        Worker(loop_config).run()
+    finally:
+        if monitor is not None:
+            monitor.stop()

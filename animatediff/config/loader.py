@@ -202,7 +202,9 @@ def _deep_copy(data: Any) -> Any:
 def load_config(
     path: str | Path | None = None, overrides: Sequence[str] = (), cls: type[T] = Config
 ) -> T:
-    """Load a YAML preset (or the defaults when ``path`` is None) and apply dotted overrides."""
+    """Load a YAML preset (or the defaults when ``path`` is None) and apply dotted overrides.
+
+    A ``Config`` loaded from a file whose YAML sets no ``preset`` gets the file's stem."""
     data: dict[str, Any] = {}
     if path is not None:
         text = Path(path).read_text()
@@ -210,6 +212,8 @@ def load_config(
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
         data = loaded or {}
+        if cls is Config and "preset" not in data:
+            data = {**data, "preset": Path(path).stem}
     return from_dict(cls, apply_overrides(data, overrides))
 
 

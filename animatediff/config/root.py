@@ -48,6 +48,10 @@ class Config:
     """Scoring a motion module: held-out loss, generated videos' metrics (``jobs.evaluate``)."""
     reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
     """The Moving Digits reproduction's own settings (``jobs.reproduce``)."""
+    preset: str = ""
+    """The preset this config came from: set by ``load_config`` to the YAML file's name without
+    its extension (``configs/tiny.yaml`` -> ``tiny``) unless the YAML sets it; tagged on MLflow
+    runs and model versions (``preset``) to search them by."""
 
     def with_motion(self, motion: MotionModuleConfig) -> Config:
         """This config animating with ``motion`` (e.g. the config a checkpoint was saved with)."""

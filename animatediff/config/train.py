@@ -105,6 +105,9 @@ class TrainConfig:
     """Worker-group restarts (from the latest checkpoint) before the run fails; -1: unlimited."""
     log_every: int = 1
     """Log metrics every this many optimizer steps."""
+    system_metrics_interval_s: float = 10.0
+    """Seconds between MLflow system-metrics samples (CPU, memory, disk, network, GPU), taken on
+    one worker per node; 0 disables them."""
     validate_every: int = 0
     """Validation loss and sample GIFs every this many steps (and at the end); 0: only at the end."""
     validation_prompts: tuple[str, ...] = ("a corgi running on the beach",)
@@ -126,6 +129,11 @@ class TrainConfig:
         check(self.cache_data_max_gib >= 0, "train.cache_data_max_gib", "must be >= 0")
         check(self.validation_steps >= 0, "train.validation_steps", "must be >= 0")
         check(self.log_every >= 1, "train.log_every", "must be >= 1")
+        check(
+            self.system_metrics_interval_s >= 0,
+            "train.system_metrics_interval_s",
+            "must be >= 0 (0 disables)",
+        )
         check(self.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0")
         check(self.lr > 0, "train.lr", "must be > 0")
         check(
