@@ -218,8 +218,9 @@ def run_preprocess(cfg: Config, run_id: str | None = None) -> dict:
         summary["mlflow_run_id"] = log_preprocess_run(
             cfg, summary, fingerprint, store.directory, store.manifest, errors
         )
-        store.write_manifest()  # its entry in ``runs`` now leads to the MLflow run
-    write_atomic(writer.run_dir.join("summary.json"), _json(summary))
+        # Its entry in ``runs`` (the same dict) and its summary now lead to the MLflow run.
+        store.write_manifest()
+        store.write_summary(writer.run_dir, summary)
     return summary
 
 

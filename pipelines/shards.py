@@ -232,6 +232,11 @@ class ShardStore:
     def record_run(self, run_dir: Location, summary: dict) -> None:
         """List a run in the manifest (written by ``write_manifest``) and write its summary."""
         self.manifest["runs"].append(summary)
+        self.write_summary(run_dir, summary)
+
+    @staticmethod
+    def write_summary(run_dir: Location, summary: dict) -> None:
+        """``runs/<run id>/summary.json``."""
         write_atomic(run_dir.join(SUMMARY), json.dumps(summary, indent=1, sort_keys=True).encode())
 
     def _adopt_unlisted(self) -> None:
