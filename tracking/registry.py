@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from animatediff.checkpoints import NATIVE_CONFIG, load_any, load_motion_modules
+from animatediff.checkpoints import NATIVE_CONFIG, adapt_to, load_any, load_motion_modules
 from animatediff.config import (
     Config,
     ConfigError,
@@ -403,12 +403,13 @@ def resolve_motion_source(ref: str, cfg: Config) -> MotionSource:
 
 def load_motion(source: MotionSource, cfg: Config) -> tuple[Any, Config]:
     """``(MotionModules, cfg animating with them)``: the loaded weights and ``cfg`` with the
-    motion-module config they were saved with."""
+    motion-module config they were saved with, adapted to ``cfg.model.motion``
+    (``checkpoints.adapt_to``: e.g. position tables resized to ``model.motion.max_frames``)."""
     if source.version == "local":
         modules, motion_cfg = load_any(source.uri, defaults=cfg.model.motion)
     else:
         modules, motion_cfg, _ = load_registered_motion_module(source.uri, source.tracking_uri)
-    return modules, cfg.with_motion(motion_cfg)
+    return modules, cfg.with_motion(adapt_to(modules, motion_cfg, cfg.model.motion))
 
 
 # ---------------------------------------------------------------------------------------------
