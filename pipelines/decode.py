@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from animatediff.storage import Location, write_atomic
 from pipelines import windows
+from pipelines.camera import apply_camera_motion
 from pipelines.paths import locate_path
 from pipelines.sources import STATUS_CACHED, STATUS_FAILED, STATUS_TODO
 
@@ -71,6 +72,9 @@ class DecodeSpec:
     root: Location
     outcomes: Location
     """Directory of this run's outcome parts."""
+    camera_motion: str = "none"
+    """``data.camera_motion``, applied to every clip after the centre crop (``pipelines.camera``)."""
+    camera_strength: float = 0.0
 
 
 def resize_shape(width: int, height: int, resolution: int) -> tuple[int, int]:
@@ -220,9 +224,9 @@ def decode_clips(
                 raise DecodeFailure(
                     DECODE_ERROR, f"decoded {frames.shape[0]} of {spec.num_frames} frames"
                 )
-            clips.append(
-                (ordinal, indices, np.ascontiguousarray(center_crop(frames, spec.resolution)))
-            )
+            frames = center_crop(frames, spec.resolution)
+            frames = apply_camera_motion(frames, spec.camera_motion, spec.camera_strength)
+            clips.append((ordinal, indices, np.ascontiguousarray(frames)))
         return clips, fps
     finally:
         # decord keeps decoder state and buffers alive with the reader (known leaks upstream).
@@ -253,7 +257,8 @@ def decode_batch(batch: dict[str, np.ndarray], spec: DecodeSpec) -> Iterator[dic
 
 def decode_rows(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np.ndarray]:
     """Plan rows -> clip rows ``key, video_id, caption, source, ordinal, frame_indices (frames,),
-    fps, pixels uint8 (frames, R, R, 3), need_mask, row_first``."""
+    fps, pixels uint8 (frames, R, R, 3), need_mask, row_first`` (and ``camera_motion``,
+    ``camera_strength`` when the spec moves the camera)."""
     records: list[dict] = []
     rows: dict[str, list] = {
         k: []
@@ -306,7 +311,14 @@ def decode_rows(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np.
     if records:
         _write_outcomes(records, spec.outcomes)
     size = (spec.num_frames, spec.resolution, spec.resolution, 3)
-    return {
+    count = len(rows["key"])
+    camera = {}
+    if spec.camera_motion != "none":
+        camera = {
+            "camera_motion": np.array([spec.camera_motion] * count, dtype=object),
+            "camera_strength": np.full(count, spec.camera_strength, np.float32),
+        }
+    return camera | {
         "key": np.array(rows["key"], dtype=object),
         "video_id": np.array(rows["video_id"], dtype=object),
         "caption": np.array(rows["caption"], dtype=object),

@@ -137,6 +137,8 @@ def run_preprocess(cfg: Config, run_id: str | None = None) -> dict:
         threads=data.decode_threads,
         root=root,
         outcomes=writer.outcome_dir,
+        camera_motion=data.camera_motion,
+        camera_strength=data.camera_strength,
     )
     ds = build_pipeline(cfg, plan, decode, cached, input_location, columns)
     for batch in ds.iter_batches(

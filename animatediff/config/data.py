@@ -46,6 +46,23 @@ class DataConfig:
     """Distinct windows drawn per video (fewer when the video has fewer distinct starts)."""
     flip: bool = False
     """Also store each clip horizontally flipped, as its own row with ``flipped=True``."""
+    camera_motion: Literal[
+        "none",
+        "zoom_in",
+        "zoom_out",
+        "pan_left",
+        "pan_right",
+        "tilt_up",
+        "tilt_down",
+        "roll_clockwise",
+        "roll_anticlockwise",
+    ] = "none"
+    """Camera motion made by rule on every clip after decoding: a crop window that moves over
+    time (``pipelines/camera.py``), as the paper makes MotionLoRA data. Part of the fingerprint
+    and recorded per clip in the shards, so one corpus gives one training set per motion."""
+    camera_strength: float = 0.25
+    """How far ``data.camera_motion`` moves, in (0, 1): a zoom to ``1 - s`` of the frame side, a
+    window ``1 - s`` wide panning/tilting across the frame, a roll of ``s * 90`` degrees."""
     seed: int = 0
     """Seed of the window draws; the same seed and inputs give the same clips."""
     shard_size: int = 256
@@ -88,3 +105,10 @@ class DataConfig:
             check(getattr(self, name) > 0, f"data.{name}", "must be > 0")
         check(self.video_ext.startswith("."), "data.video_ext", "must start with '.'")
         check(bool(self.path_column), "data.path_column", "must not be empty")
+        check(0 < self.camera_strength < 1, "data.camera_strength", "must be in (0, 1)")
+        mirrored = ("pan_left", "pan_right", "roll_clockwise", "roll_anticlockwise")
+        check(
+            not (self.flip and self.camera_motion in mirrored),
+            "data.flip",
+            f"a flipped {self.camera_motion} clip moves the other way; turn data.flip off",
+        )
