@@ -25,6 +25,9 @@ class SampleConfig:
     """Sliding-window length over the frame axis (the training length)."""
     context_overlap: int = 4
     """Frames shared by neighbouring windows, blended with weights."""
+    context_batch_size: int = 4
+    """Windows of one denoising step run through the UNet together (stacked along the batch):
+    fewer, larger calls; memory grows with it. 1 runs them one after another."""
     decode_chunk_frames: int = 8
     """Frames decoded by the VAE at once, bounding decode memory."""
     fps: int = 8
@@ -39,7 +42,13 @@ class SampleConfig:
     their own seeds uses ``seed``, ``seed + 1``, ... in order."""
 
     def __post_init__(self) -> None:
-        for name in ("num_inference_steps", "num_frames", "context_frames", "decode_chunk_frames"):
+        for name in (
+            "num_inference_steps",
+            "num_frames",
+            "context_frames",
+            "context_batch_size",
+            "decode_chunk_frames",
+        ):
             check(getattr(self, name) >= 1, f"sample.{name}", "must be >= 1")
         for name in ("height", "width"):
             value = getattr(self, name)
