@@ -164,8 +164,8 @@ class VideoUNet(nn.Module):
         return cls(unet2d, motion_modules, motion_cfg)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """The motion-module parameters: the only ones that train."""
-        return list(self.motion_modules.parameters())
+        """The motion-module parameters that train (all of them, or a MotionLoRA's adapters)."""
+        return [p for p in self.motion_modules.parameters() if p.requires_grad]
 
     def enable_gradient_checkpointing(self, motion_modules: bool = True) -> None:
         """Recompute activations in the backward pass.

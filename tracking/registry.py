@@ -35,7 +35,13 @@ from animatediff.config import (
     to_dict,
 )
 from animatediff.generation import GenerationParams, generate_all
-from tracking.model_refs import read_snapshot, resolve_model_ref
+from tracking.model_refs import (
+    motion_lora_model_name,
+    read_motion_lora_snapshots,
+    read_snapshot,
+    resolve_lora_ref,
+    resolve_model_ref,
+)
 from tracking.runs import client, resolve_tracking_uri
 
 MOTION_ARTIFACT = "motion_module"
@@ -160,9 +166,12 @@ def _input_example(cfg: Config):
 def registered_name(cfg: Config) -> str:
     """Where a training run registers its result: ``mlflow.registered_model`` for motion modules,
     ``<mlflow.registered_model>-<stage>`` for other stages (an image-stage UNet or LoRA must never
-    become a version that Serve loads as a motion module)."""
+    become a version that Serve loads as a motion module), and for each MotionLoRA its own model
+    ``<mlflow.registered_model>-motion_lora-<train.lora.name>``."""
     if cfg.train.stage == "motion":
         return cfg.mlflow.registered_model
+    if cfg.train.stage == "motion_lora":
+        return motion_lora_model_name(cfg.mlflow.registered_model, cfg.train.lora.name)
     return f"{cfg.mlflow.registered_model}-{cfg.train.stage}"
 
 
@@ -173,10 +182,12 @@ def _register(
     tracking_uri: str,
     val_loss: float | None,
     model_type: str,
+    tags: dict[str, str] | None = None,
 ) -> str:
     """Log ``model_dir`` as an MLflow logged model of ``run_id``, register it under
-    ``registered_name(cfg)`` with alias ``mlflow.candidate_alias``; returns the version. Only
-    client calls on ``tracking_uri``: MLflow's process-wide settings are untouched."""
+    ``registered_name(cfg)`` with alias ``mlflow.candidate_alias`` (and ``tags`` on the version);
+    returns the version. Only client calls on ``tracking_uri``: MLflow's process-wide settings are
+    untouched."""
     from mlflow.exceptions import MlflowException
 
     mlflow_client = client(tracking_uri)
@@ -192,7 +203,7 @@ def _register(
     except MlflowException as error:
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    tags = {"base": cfg.model.base.pretrained, "stage": cfg.train.stage}
+    tags = {"base": cfg.model.base.pretrained, "stage": cfg.train.stage, **(tags or {})}
     if val_loss is not None:
         tags[VAL_LOSS_TAG] = repr(float(val_loss))
     # The logged model's artifact location as the source, not ``models:/<id>``: MLflow's SQL
@@ -210,6 +221,7 @@ def register_motion_module(
     run_id: str,
     tracking_uri: str,
     val_loss: float | None = None,
+    tags: dict[str, str] | None = None,
 ) -> str:
     """Register a native motion-module directory as a text-to-video pyfunc model (see
     ``_register``); returns the version."""
@@ -233,16 +245,22 @@ def register_motion_module(
             input_example=_input_example(cfg),
             pip_requirements=["animatediff-ray"],
         )
-        return _register(cfg, model_dir, run_id, tracking_uri, val_loss, "motion-module")
+        return _register(cfg, model_dir, run_id, tracking_uri, val_loss, "motion-module", tags)
 
 
 def register_export(
-    cfg: Config, export_path: Path, run_id: str, tracking_uri: str, val_loss: float | None = None
+    cfg: Config,
+    export_path: Path,
+    run_id: str,
+    tracking_uri: str,
+    val_loss: float | None = None,
+    tags: dict[str, str] | None = None,
 ) -> str:
     """Register what a training run exported: a motion module as a pyfunc model, an image-stage
-    StableDiffusion directory or LoRA file as plain artifacts (with the training config)."""
+    StableDiffusion directory or LoRA file, or a MotionLoRA directory as plain artifacts (with the
+    training config). ``tags`` go on the version (e.g. the motion module a run started from)."""
     if cfg.train.stage == "motion":
-        return register_motion_module(cfg, export_path, run_id, tracking_uri, val_loss)
+        return register_motion_module(cfg, export_path, run_id, tracking_uri, val_loss, tags)
     with tempfile.TemporaryDirectory() as directory:
         model_dir = Path(directory)
         save_config(cfg, model_dir / CONFIG_ARTIFACT)
@@ -250,7 +268,8 @@ def register_export(
             shutil.copytree(export_path, model_dir / export_path.name)
         else:
             shutil.copyfile(export_path, model_dir / export_path.name)
-        return _register(cfg, model_dir, run_id, tracking_uri, val_loss, f"{cfg.train.stage}-model")
+        model_type = f"{cfg.train.stage}-model"
+        return _register(cfg, model_dir, run_id, tracking_uri, val_loss, model_type, tags)
 
 
 def _parse_models_uri(model_uri: str) -> tuple[str, str | None, str | None]:
@@ -318,6 +337,19 @@ def load_registered_motion_module(
     ``version``, ``aliases``, ``run_id``, ``val_loss``, ``base`` (the ``model.base`` config dict of
     the frozen base it animates) and ``config`` (the full training config dict, for sampling
     defaults)."""
+    with tempfile.TemporaryDirectory() as directory:
+        local, metadata = _download_model(model_uri, tracking_uri, directory)
+        modules, motion_cfg = load_motion_modules(_find_artifact(local, MOTION_ARTIFACT))
+        metadata["base"] = json.loads(_find_artifact(local, "base", BASE_ARTIFACT).read_text())
+        metadata["config"] = to_dict(load_config(_find_artifact(local, "config", CONFIG_ARTIFACT)))
+    return modules, motion_cfg, metadata
+
+
+def _download_model(
+    model_uri: str, tracking_uri: str | None, directory: str
+) -> tuple[Path, dict[str, Any]]:
+    """``(local directory, metadata)`` of a registered or logged model (or a local directory
+    as is), downloaded into ``directory``; see ``load_registered_motion_module``."""
     import mlflow
 
     # The same store as training: explicit, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db.
@@ -345,23 +377,20 @@ def load_registered_motion_module(
                 aliases=list(found.aliases or []),
                 run_id=found.run_id,
                 val_loss=float(tags[VAL_LOSS_TAG]) if VAL_LOSS_TAG in tags else None,
+                tags=tags,
             )
         location = _download_location(mlflow_client, model_uri, found)
     local = Path(model_uri)
-    with tempfile.TemporaryDirectory() as directory:
-        if not local.exists():
-            local = Path(
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=location,
-                    dst_path=directory,
-                    tracking_uri=tracking_uri,
-                    registry_uri=tracking_uri,
-                )
+    if not local.exists():
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=location,
+                dst_path=directory,
+                tracking_uri=tracking_uri,
+                registry_uri=tracking_uri,
             )
-        modules, motion_cfg = load_motion_modules(_find_artifact(local, MOTION_ARTIFACT))
-        metadata["base"] = json.loads(_find_artifact(local, "base", BASE_ARTIFACT).read_text())
-        metadata["config"] = to_dict(load_config(_find_artifact(local, "config", CONFIG_ARTIFACT)))
-    return modules, motion_cfg, metadata
+        )
+    return local, metadata
 
 
 def registered_model_name(cfg: Config) -> str:
@@ -410,6 +439,72 @@ def load_motion(source: MotionSource, cfg: Config) -> tuple[Any, Config]:
     else:
         modules, motion_cfg, _ = load_registered_motion_module(source.uri, source.tracking_uri)
     return modules, cfg.with_motion(adapt_to(modules, motion_cfg, cfg.model.motion))
+
+
+@dataclass(frozen=True)
+class MotionLoraSource:
+    """A MotionLoRA pinned to concrete weights, and the scale to merge it at."""
+
+    name: str
+    """What was asked for (a registered LoRA name, a URI or a path)."""
+    uri: str
+    """A MotionLoRA file or directory (either format), or ``models:/<name>/<version>``."""
+    version: str
+    """The registered version, or ``local``."""
+    tracking_uri: str
+    scale: float = 1.0
+
+    def label(self) -> str:
+        """``name:version@scale``: how indexes and response headers name it."""
+        return f"{self.name}:{self.version}@{self.scale:g}"
+
+
+def resolve_motion_lora(ref: str, cfg: Config, scale: float = 1.0) -> MotionLoraSource:
+    """What a MotionLoRA reference names, pinned: a file or directory (local or ``s3://``), a
+    ``models:/`` URI, or ``name`` / ``name@alias`` / ``name/version`` among the MotionLoRAs
+    registered for ``registered_model_name(cfg)`` (``tracking.model_refs.resolve_lora_ref``)."""
+    tracking_uri = resolve_tracking_uri(cfg.mlflow)
+    if ref.startswith("s3://") or Path(ref).expanduser().exists():
+        uri = ref if ref.startswith("s3://") else str(Path(ref).expanduser().resolve())
+        return MotionLoraSource(ref, uri, "local", tracking_uri, scale)
+    if ref.startswith("models:/"):
+        name, version, alias = _parse_models_uri(ref)
+        pinned = resolve_model_ref(
+            alias or version, read_snapshot(tracking_uri, name), cfg.mlflow.champion_alias
+        )
+        return MotionLoraSource(ref, f"models:/{name}/{pinned}", pinned, tracking_uri, scale)
+    loras = read_motion_lora_snapshots(tracking_uri, registered_model_name(cfg))
+    name, version = resolve_lora_ref(ref, loras, cfg.mlflow.champion_alias, "motion_loras")
+    return MotionLoraSource(ref, f"models:/{name}/{version}", version, tracking_uri, scale)
+
+
+def load_motion_lora(source: MotionLoraSource) -> Any:
+    """The ``animatediff.motion_lora.MotionLora`` a source names (downloaded when registered)."""
+    from animatediff.motion_lora import META_FILE, ORIGINAL_FILE, read_motion_lora
+    from animatediff.storage import locate, read_bytes
+
+    with tempfile.TemporaryDirectory() as directory:
+        if source.version != "local":
+            local, _ = _download_model(source.uri, source.tracking_uri, directory)
+            found = sorted({p.parent for p in local.rglob(META_FILE)})
+            found = found or sorted({p.parent for p in local.rglob(ORIGINAL_FILE)})
+            if len(found) != 1:
+                raise FileNotFoundError(f"{source.uri}: expected one MotionLoRA, found {found}")
+            return read_motion_lora(found[0])
+        if source.uri.startswith("s3://"):  # a single file: fetched, then read like a local one
+            target = Path(directory) / source.uri.rstrip("/").rsplit("/", 1)[-1]
+            target.write_bytes(read_bytes(locate(source.uri)))
+            return read_motion_lora(target)
+        return read_motion_lora(source.uri)
+
+
+def apply_motion_loras(modules: Any, sources: list[MotionLoraSource]) -> Any:
+    """``modules`` with every source's MotionLoRA merged at its scale (a copy; ``modules`` is
+    left as it is)."""
+    from animatediff.motion_lora import merge_motion_loras
+
+    loras = [(load_motion_lora(source), source.scale) for source in sources]
+    return merge_motion_loras(modules, loras, [source.label() for source in sources])
 
 
 # ---------------------------------------------------------------------------------------------
