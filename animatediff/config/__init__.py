@@ -35,6 +35,7 @@ from animatediff.config.root import Config, StorageConfig
 from animatediff.config.sample import SampleConfig
 from animatediff.config.serve import (
     GenerateConfig,
+    MotionLoraRef,
     ServeAutoscalingConfig,
     ServeConfig,
     ServeLimitsConfig,
@@ -54,6 +55,7 @@ __all__ = [
     "LoraTrainConfig",
     "MlflowConfig",
     "ModelConfig",
+    "MotionLoraRef",
     "MotionModuleConfig",
     "SampleConfig",
     "ServeAutoscalingConfig",
