@@ -317,3 +317,33 @@ def test_bad_requests_are_named(t2v: TextToVideo) -> None:
         t2v("a cat", guidance_scale=0.5)
     with pytest.raises(ValueError, match="context_frames"):
         TextToVideo(_config(Path("unused"), "sample.context_frames=40"))
+
+
+@pytest.mark.parametrize("method", ["extend", "interpolate"])
+def test_a_module_samples_windows_longer_than_its_file_once_its_table_is_resized(
+    tiny_base_dir: Path, base, tmp_path: Path, method: str
+) -> None:
+    """A 24-frame (v1-length) file samples 40-frame windows under model.motion.max_frames=40:
+    loading resizes its tables (model.motion.pe_resize); without that it is refused."""
+    from animatediff.checkpoints import save_original
+    from animatediff.motion_module import MotionModules
+    from tracking.registry import MotionSource, load_motion
+
+    short = _config(tiny_base_dir, "model.motion.max_frames=24", "model.motion.zero_init_out=false")
+    modules = MotionModules((32, 64), 2, short.model.motion)
+    save_original(modules, short.model.motion, tmp_path / "mm.safetensors")
+    source = MotionSource(str(tmp_path / "mm.safetensors"), "local", "")
+    with pytest.raises(ValueError, match="context_frames"):
+        TextToVideo(_config(tiny_base_dir, "sample.context_frames=40"), modules, base=base)
+    cfg = _config(
+        tiny_base_dir,
+        "model.motion.max_frames=40",
+        f"model.motion.pe_resize={method}",
+        "sample.context_frames=40",
+        "sample.context_overlap=8",
+    )
+    loaded, adapted = load_motion(source, cfg)
+    assert (adapted.model.motion.max_frames, adapted.model.motion.pe_resize) == (40, method)
+    pipe = TextToVideo(adapted, loaded, base=base, device="cpu")
+    video = pipe("a long cat", num_frames=40, num_inference_steps=1, height=16, width=16)
+    assert video.shape == (40, 16, 16, 3)
