@@ -251,15 +251,13 @@ def _video_unet(unet2d: torch.nn.Module, cfg: Config) -> torch.nn.Module:
 
     modules = None
     if cfg.train.init_from:
-        loaded, motion_cfg = initial_motion_modules(cfg)
+        modules, motion_cfg = initial_motion_modules(cfg)
         if motion_cfg != cfg.model.motion:
             raise ConfigError(
                 f"model.motion: {cfg.model.motion} is not the config train.init_from trains with "
                 f"({motion_cfg}); start runs through trainer.run_training, which sets it"
             )
-        modules = new_motion_modules_for(unet2d, motion_cfg)
-        modules.load_state_dict(loaded.state_dict(), strict=True)
-    unet = VideoUNet.from_unet2d(unet2d, cfg.model.motion, modules)
+    unet = VideoUNet.from_unet2d(unet2d, cfg.model.motion, modules)  # checks the layout fits
     if cfg.train.stage == "motion_lora":
         lora = cfg.train.lora
         add_lora(unet.motion_modules, lora.target_modules, lora.rank, lora.scale_alpha)
