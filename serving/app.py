@@ -7,8 +7,9 @@ and a web page at ``/``.
 
 Two deployments:
 - ``Ingress`` validates requests (422 naming the field), checks the optional bearer token, resolves
-  the requested model (alias or version) against the MLflow registry through a short-TTL cache, and
-  forwards to the generator with ``multiplexed_model_id="<version>/<base>"``. It turns the
+  the requested model (alias or version) and MotionLoRAs against the MLflow registry through
+  short-TTL caches, and forwards to the generator with ``multiplexed_model_id=
+  "<version>/<base>[/<lora>:<version>:<scale>...]"`` (``multiplexed_id``). It turns the
   generator's back-pressure into 503 at once.
 - ``VideoGenerator`` keeps up to ``serve.max_models_per_replica`` (version, base, MotionLoRAs
   with their scales) pipelines per replica (``serve.multiplexed``, LRU; the LoRAs are merged into a
@@ -98,8 +99,9 @@ def parse_multiplexed_id(model_id: str) -> tuple[str, str, tuple[LoraChoice, ...
 
 
 class LoadedModel:
-    """One (motion-module version, base) pipeline held by a generator replica. ``fresh`` until
-    the first batch uses it, so that batch's responses can say they paid for the load."""
+    """One (motion-module version, base, MotionLoRAs) pipeline held by a generator replica.
+    ``fresh`` until the first batch uses it, so that batch's responses can say they paid for the
+    load."""
 
     def __init__(
         self, pipeline: Any, version: str, base: str, load_ms: float, loras: str = ""
