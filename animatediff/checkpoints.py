@@ -27,7 +27,9 @@ diffusers (the only behaviour the file is known to have). Pass ``cross_frame_nor
 converted original release (e.g. ``guoyww/animatediff-motion-adapter-v1-5-2``) as AnimateDiff
 trained it. Our exports record the full config under the private ``_animatediff_motion`` key of
 ``config.json`` (diffusers ignores ``_``-prefixed keys), so native -> diffusers -> native keeps the
-setting it had; diffusers itself always runs the module with cross-frame statistics.
+setting it had; diffusers itself always runs the module with cross-frame statistics. The same holds
+for ``base_norm``: diffusers normalises the base UNet per frame, so a foreign directory imports
+with that (a converted v1 release runs as the original v1 with ``base_norm=across_frames``).
 """
 
 from __future__ import annotations
