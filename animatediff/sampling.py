@@ -7,8 +7,8 @@
 
 Each denoising step runs the UNet on sliding context windows over the frame axis (``context_frames``
 long, ``context_overlap`` shared between neighbours) and blends the overlapping predictions with
-weights that taper at window edges. Up to ``context_batch_size`` windows go through the UNet in one
-call, stacked along the batch axis (the same result as one call per window). Cost and memory grow linearly with the number of frames instead
+weights that taper at window edges. Up to ``sample.context_batch_size`` windows go through the UNet
+in one call, stacked along the batch axis (the same result as one call per window). Cost and memory grow linearly with the number of frames instead
 of quadratically (the temporal attention is quadratic in its sequence length), and clips longer
 than the motion module's position encoding become possible. With ``num_frames <= context_frames``
 there is a single window and the UNet sees the whole clip, exactly as without windowing.
@@ -299,7 +299,7 @@ class TextToVideo:
         ``(windows * batch, C, window, h, w)``, the text repeated to match. Every window has the
         same length (``context_windows``), and each sample of a batch is computed on its own, so
         the outputs are those of one call per window."""
-        size = self.cfg.sample.context_batch_size
+        size = self.cfg.sample.context_batch_size or (4 if self.device.type == "cuda" else 1)
         for start in range(0, len(windows), size):
             chunk = windows[start : start + size]
             stacked = torch.cat([model_input[:, :, list(frames)] for frames in chunk])

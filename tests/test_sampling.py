@@ -254,7 +254,9 @@ def test_windows_blend_per_frame_predictions_exactly(tiny_base_dir: Path, base) 
     )
 
 
-@pytest.mark.parametrize("windows_per_call, calls", [(1, [1, 1, 1]), (2, [2, 1]), (4, [3])])
+@pytest.mark.parametrize(
+    "windows_per_call, calls", [(0, [1, 1, 1]), (1, [1, 1, 1]), (2, [2, 1]), (4, [3])]
+)
 def test_long_video_runs_the_unet_on_batches_of_windows(
     tiny_base_dir: Path, base, t2v: TextToVideo, monkeypatch, windows_per_call, calls
 ) -> None:
