@@ -9,7 +9,13 @@
   ``attention_blocks``, ``max_frames``, ``ff_mult`` and the mid block are inferred from the keys and
   shapes; what shapes cannot tell (``num_heads``, ``norm_groups``, ``norm_eps``, the norm semantics)
   comes from ``defaults`` (the released modules use 8 heads, 32 groups, eps 1e-6, per-frame norm).
-  Our own ``.safetensors`` exports also store the config in the header metadata.
+  Our own ``.safetensors`` exports also store the config in the header metadata. State dicts saved
+  by the original code itself (``train.py`` checkpoints, whole UNets: pass
+  ``ignore_non_motion_keys``) have no ``pos_encoder.pe`` keys (it registers the table with
+  ``persistent=False``): the tables are recomputed (the sinusoid, ``defaults.max_frames`` long).
+  ``base_norm: auto`` resolves from the file: the v1 signature (24-frame tables, no mid block)
+  means the original v1's ``use_inflated_groupnorm: false`` (the base UNet's GroupNorms across
+  frames); a file without tables does not tell, and keeps ``auto`` (per frame).
 - **diffusers**: a ``MotionAdapter`` directory (``config.json`` +
   ``diffusion_pytorch_model.safetensors``) that ``diffusers.MotionAdapter.from_pretrained`` loads.
 
@@ -21,7 +27,9 @@ diffusers (the only behaviour the file is known to have). Pass ``cross_frame_nor
 converted original release (e.g. ``guoyww/animatediff-motion-adapter-v1-5-2``) as AnimateDiff
 trained it. Our exports record the full config under the private ``_animatediff_motion`` key of
 ``config.json`` (diffusers ignores ``_``-prefixed keys), so native -> diffusers -> native keeps the
-setting it had; diffusers itself always runs the module with cross-frame statistics.
+setting it had; diffusers itself always runs the module with cross-frame statistics. The same holds
+for ``base_norm``: diffusers normalises the base UNet per frame, so a foreign directory imports
+with that (a converted v1 release runs as the original v1 with ``base_norm=across_frames``).
 """
 
 from __future__ import annotations
@@ -103,6 +111,7 @@ _MODULE_KEY = re.compile(
     r"\.motion_modules\.(?P<index>\d+)\.(?P<rest>temporal_transformer\..+)$"
 )
 _BLOCK_KEY = re.compile(r"transformer_blocks\.(\d+)\.attention_blocks\.(\d+)\.")
+_PE = re.compile(r"\.attention_blocks\.(\d+)\.pos_encoder\.pe$")
 
 
 def _unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:
@@ -113,6 +122,8 @@ def _unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{source}: expected a dict of tensors, got {type(obj).__name__}")
     tensors = {}
     for key, value in obj.items():
+        if key == "animatediff_config":  # the original's loader drops it too (non-tensor metadata)
+            continue
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(
                 f"{source}: entry {key!r} is a {type(value).__name__}, not a tensor"
@@ -190,12 +201,25 @@ def infer_layout(state_dict: Mapping[str, torch.Tensor], source: str = "checkpoi
     return UNetLayout(tuple(channels), layers)
 
 
+V1_MAX_FRAMES = 24
+"""The released v1 module's position-table length (v2 and v3: 32)."""
+
+
+def has_position_tables(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    return any(_PE.search(key) for key in state_dict)
+
+
 def infer_config(
     state_dict: Mapping[str, torch.Tensor],
     defaults: MotionModuleConfig | None = None,
     source: str = "checkpoint",
+    infer_base_norm: bool = True,
 ) -> MotionModuleConfig:
-    """``defaults`` with the fields that the keys and shapes determine replaced by what they say."""
+    """``defaults`` with the fields that the keys and shapes determine replaced by what they say.
+
+    Without position tables (a state dict of the original code) ``max_frames`` stays the
+    default's. ``infer_base_norm``: resolve ``base_norm: auto`` from the v1 signature (module
+    docstring)."""
     defaults = defaults or MotionModuleConfig()
     prefix = "down_blocks.0.motion_modules.0.temporal_transformer."
     channels = infer_layout(state_dict, source).block_out_channels[0]
@@ -211,26 +235,54 @@ def infer_config(
         raise CheckpointError(f"{source}: no {prefix}transformer_blocks.*.attention_blocks.* keys")
     pe_key = f"{prefix}transformer_blocks.0.attention_blocks.0.pos_encoder.pe"
     ff_key = f"{prefix}transformer_blocks.0.ff.net.0.proj.weight"
-    for key in (pe_key, ff_key):
+    tables = has_position_tables(state_dict)
+    for key in (pe_key, ff_key) if tables else (ff_key,):
         if key not in state_dict:
             raise CheckpointError(f"{source}: missing key {key}")
-    pe, ff = state_dict[pe_key], state_dict[ff_key]
-    if pe.ndim != 3 or ff.ndim != 2 or ff.shape[0] % (2 * channels):
+    ff = state_dict[ff_key]
+    max_frames = defaults.max_frames
+    if tables:
+        pe = state_dict[pe_key]
+        if pe.ndim != 3:
+            raise CheckpointError(f"{source}: {pe_key} has shape {tuple(pe.shape)}, not 3-D")
+        max_frames = int(pe.shape[1])
+    if ff.ndim != 2 or ff.shape[0] % (2 * channels):
         raise CheckpointError(
-            f"{source}: {pe_key} {tuple(pe.shape)} / {ff_key} {tuple(ff.shape)} do not fit "
-            f"{channels} channels"
+            f"{source}: {ff_key} {tuple(ff.shape)} does not fit {channels} channels"
         )
+    mid_block = any(key.startswith("mid_block.") for key in state_dict)
+    base_norm = defaults.base_norm
+    if infer_base_norm and base_norm == "auto" and tables:
+        v1 = max_frames == V1_MAX_FRAMES and not mid_block
+        base_norm = "across_frames" if v1 else "auto"
     try:
         return dataclasses.replace(
             defaults,
             num_layers=len(blocks),
             attention_blocks=len(attentions),
-            max_frames=int(pe.shape[1]),
+            max_frames=max_frames,
             ff_mult=int(ff.shape[0]) // (2 * channels),
-            mid_block=any(key.startswith("mid_block.") for key in state_dict),
+            mid_block=mid_block,
+            base_norm=base_norm,
         )
     except ConfigError as error:
         raise CheckpointError(f"{source}: inferred an invalid config: {error}") from error
+
+
+def with_position_tables(
+    state_dict: Mapping[str, torch.Tensor], layout: UNetLayout, cfg: MotionModuleConfig
+) -> dict[str, torch.Tensor]:
+    """``state_dict`` with every ``pos_encoder.pe`` recomputed (the sinusoid, ``cfg.max_frames``
+    rows) when it has none at all; unchanged otherwise (a partial set stays a missing key)."""
+    from animatediff.motion_module import sinusoidal_position_encoding
+
+    if has_position_tables(state_dict):
+        return dict(state_dict)
+    completed = dict(state_dict)
+    for key, shape in expected_shapes(layout, cfg).items():
+        if _PE.search(key):
+            completed[key] = sinusoidal_position_encoding(shape[1], shape[2])
+    return completed
 
 
 def expected_shapes(layout: UNetLayout, cfg: MotionModuleConfig) -> dict[str, tuple[int, ...]]:
@@ -418,8 +470,11 @@ def load_original(
     Fields that shapes cannot tell come from ``defaults``, else from the config our own exports
     store in the safetensors header, else from ``MotionModuleConfig()``."""
     state_dict, stored_cfg = read_original_state_dict(path, ignore_non_motion_keys)
-    cfg = infer_config(state_dict, defaults or stored_cfg, str(path))
-    return modules_from_state_dict(state_dict, cfg, source=str(path)), cfg
+    # Our own exports say what they are: only foreign files get their base norm inferred.
+    cfg = infer_config(state_dict, defaults or stored_cfg, str(path), stored_cfg is None)
+    layout = infer_layout(state_dict, str(path))
+    state_dict = with_position_tables(state_dict, layout, cfg)
+    return modules_from_state_dict(state_dict, cfg, layout, source=str(path)), cfg
 
 
 def save_original(
@@ -450,8 +505,6 @@ def save_original(
 # ---------------------------------------------------------------------------------------------
 # diffusers MotionAdapter directories
 # ---------------------------------------------------------------------------------------------
-
-_PE = re.compile(r"\.attention_blocks\.(\d+)\.pos_encoder\.pe$")
 
 
 def to_diffusers_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -672,13 +725,36 @@ def detect_format(path: str | Path) -> Format:
     )
 
 
-def load_any(path: str | Path, defaults: MotionModuleConfig | None = None):
+def load_any(
+    path: str | Path,
+    defaults: MotionModuleConfig | None = None,
+    ignore_non_motion_keys: bool = False,
+):
     """``(MotionModules, MotionModuleConfig)`` from any of the three formats.
 
-    ``defaults`` only matters for original files (fields the shapes do not determine)."""
+    ``defaults`` and ``ignore_non_motion_keys`` only matter for original files (fields the shapes
+    do not determine; a whole-UNet checkpoint of the original ``train.py``)."""
     kind = detect_format(path)
     if kind == "native":
         return load_motion_modules(path)
     if kind == "diffusers":
         return load_diffusers(path)
-    return load_original(path, defaults)
+    return load_original(path, defaults, ignore_non_motion_keys)
+
+
+def adapt_to(modules, loaded: MotionModuleConfig, wanted: MotionModuleConfig) -> MotionModuleConfig:
+    """The config a loaded module runs with under the user's ``wanted`` (``model.motion``).
+
+    The file decides what its weights are: the architecture and both norm semantics. ``wanted``
+    decides how they run: gradient checkpointing, and the position-table length: a table shorter
+    than ``wanted.max_frames`` is resized (in ``modules``, in place) by ``wanted.pe_resize``."""
+    cfg = dataclasses.replace(
+        loaded,
+        pe_resize=wanted.pe_resize,
+        gradient_checkpointing=wanted.gradient_checkpointing,
+        zero_init_out=wanted.zero_init_out,
+    )
+    if wanted.max_frames > loaded.max_frames:
+        modules.resize_position_tables(wanted.max_frames, wanted.pe_resize)
+        cfg = dataclasses.replace(cfg, max_frames=wanted.max_frames)
+    return cfg

@@ -41,6 +41,9 @@ class GenerationParams:
     """What the request named as its motion module (Serve resolves it against the registry)."""
     base: str = "default"
     """The named base (``default`` or one of ``serve.bases``)."""
+    motion_loras: tuple[tuple[str, float], ...] = ()
+    """``(reference, scale)`` of each MotionLoRA merged into the motion module (Serve resolves the
+    references against the registry; they are part of the model, not of the batch shape)."""
 
     def shape_key(self) -> tuple:
         """Requests with equal keys can be denoised together in one batch."""
@@ -83,6 +86,9 @@ class GenerationParams:
             output_format=pick("output_format", output_format),
             model=fields.get("model"),
             base=pick("base", "default"),
+            motion_loras=tuple(
+                (str(name), float(scale)) for name, scale in fields.get("motion_loras") or ()
+            ),
         )
 
 

@@ -14,6 +14,7 @@ State-dict keys are the original ones (``temporal_transformer.transformer_blocks
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
@@ -36,12 +37,39 @@ def sinusoidal_position_encoding(max_frames: int, channels: int) -> torch.Tensor
     return pe
 
 
+def resize_position_table(table: torch.Tensor, length: int, method: str) -> torch.Tensor:
+    """A ``(1, frames, channels)`` position table made ``length`` (>= frames) rows long.
+
+    ``extend``: the table's rows are kept and the sinusoid continues after them (the rows a clip
+    of at most ``frames`` frames uses do not change). ``interpolate``: the table is stretched,
+    row ``i`` of the result sampling the old table at ``(i + 0.5) * frames / length - 0.5``
+    (linear, clamped at the ends: ``F.interpolate(..., mode="bilinear", align_corners=False)``,
+    the formula of ComfyUI-AnimateDiff-Evolved's ``interpolate_pe_to_length``)."""
+    _, frames, channels = table.shape
+    if length < frames:
+        raise ValueError(f"position tables only grow: {frames} rows cannot become {length}")
+    if length == frames:
+        return table.clone()
+    if method == "extend":
+        tail = sinusoidal_position_encoding(length, channels)[:, frames:]
+        return torch.cat([table, tail.to(table.dtype)], dim=1)
+    if method == "interpolate":
+        # (1, frames, channels) -> (1, 1, frames, channels): an image whose rows are positions.
+        stretched = F.interpolate(
+            table[None].float(), size=(length, channels), mode="bilinear", align_corners=False
+        )
+        return stretched[0].to(table.dtype)
+    raise ValueError(f"model.motion.pe_resize: 'extend' or 'interpolate', got {method!r}")
+
+
 class PositionalEncoding(nn.Module):
     """Adds the sinusoidal table to ``(sequences, frames, channels)`` inputs."""
 
     def __init__(self, channels: int, max_frames: int) -> None:
         super().__init__()
-        # A persistent buffer because the released checkpoints carry it (``pos_encoder.pe``).
+        # Persistent (the released checkpoints carry ``pos_encoder.pe``), although the original
+        # code now registers it with ``persistent=False``: its own state dicts have no tables and
+        # ``animatediff.checkpoints`` recomputes them.
         self.register_buffer("pe", sinusoidal_position_encoding(max_frames, channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -248,6 +276,16 @@ class MotionModules(nn.Module):
     def modules_list(self) -> list[MotionModule]:
         """Every ``MotionModule``, in state-dict order."""
         return [m for m in self.modules() if isinstance(m, MotionModule)]
+
+    def resize_position_tables(self, length: int, method: str) -> None:
+        """Make every position table ``length`` rows long (``resize_position_table``), in place;
+        the modules then accept clips of up to ``length`` frames."""
+        for module in self.modules_list():
+            for encoder in module.modules():
+                if isinstance(encoder, PositionalEncoding):
+                    encoder.pe = resize_position_table(encoder.pe, length, method)
+            module.max_frames = length
+        self.cfg = dataclasses.replace(self.cfg, max_frames=length, pe_resize=method)
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """Recompute each module's activations in the backward pass (saves its input only)."""

@@ -7,7 +7,8 @@
 
 Each denoising step runs the UNet on sliding context windows over the frame axis (``context_frames``
 long, ``context_overlap`` shared between neighbours) and blends the overlapping predictions with
-weights that taper at window edges. Cost and memory grow linearly with the number of frames instead
+weights that taper at window edges. Up to ``sample.context_batch_size`` windows go through the UNet
+in one call, stacked along the batch axis (the same result as one call per window). Cost and memory grow linearly with the number of frames instead
 of quadratically (the temporal attention is quadratic in its sequence length), and clips longer
 than the motion module's position encoding become possible. With ``num_frames <= context_frames``
 there is a single window and the UNet sees the whole clip, exactly as without windowing.
@@ -279,15 +280,32 @@ class TextToVideo:
         num_frames = latents.shape[2]
         sample = self.cfg.sample
         windows = context_windows(num_frames, sample.context_frames, sample.context_overlap)
-        predictions = (
-            self.unet(model_input[:, :, frames].to(self.dtype), timestep, text).float()
-            for frames in windows
-        )
+        predictions = self._window_predictions(model_input, timestep, text, windows)
         output = blend_windows(predictions, windows, num_frames, sample.context_overlap)
         if not guided:
             return output
         uncond, cond = output.chunk(2)
         return classifier_free_guidance(uncond, cond, guidance_scale)
+
+    def _window_predictions(
+        self,
+        model_input: torch.Tensor,
+        timestep: torch.Tensor,
+        text: torch.Tensor,
+        windows: Sequence[Sequence[int]],
+    ) -> Iterator[torch.Tensor]:
+        """The UNet's float32 output for each window, in order, ``sample.context_batch_size``
+        windows per UNet call: ``(batch, C, window, h, w)`` inputs stacked window-major into
+        ``(windows * batch, C, window, h, w)``, the text repeated to match. Every window has the
+        same length (``context_windows``), and each sample of a batch is computed on its own, so
+        the outputs are those of one call per window."""
+        size = self.cfg.sample.context_batch_size or (4 if self.device.type == "cuda" else 1)
+        for start in range(0, len(windows), size):
+            chunk = windows[start : start + size]
+            stacked = torch.cat([model_input[:, :, list(frames)] for frames in chunk])
+            context = text.repeat(len(chunk), 1, 1)
+            output = self.unet(stacked.to(self.dtype), timestep, context).float()
+            yield from output.chunk(len(chunk))
 
     # -- entry points ---------------------------------------------------------------------------
 

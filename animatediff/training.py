@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from animatediff.base_model import tokenize
-from animatediff.config import Config, MotionModuleConfig, TrainConfig
+from animatediff.config import Config, ConfigError, MotionModuleConfig, TrainConfig
 from animatediff.diffusion import (
     add_noise,
     alphas_cumprod,
@@ -221,25 +221,68 @@ def _image_stage_unet(unet2d: torch.nn.Module, cfg: Config) -> torch.nn.Module:
     return FrameUNet(unet2d.train())
 
 
+def initial_motion_modules(cfg: Config) -> tuple[MotionModules, MotionModuleConfig]:
+    """``train.init_from``'s weights and the config they train with under ``model.motion``
+    (``checkpoints.adapt_to``: the file's architecture and norms, the user's run-time settings,
+    position tables lengthened to ``model.motion.max_frames``). A whole-UNet checkpoint of the
+    original ``train.py`` gives its motion modules."""
+    from animatediff.checkpoints import adapt_to, load_any
+
+    modules, loaded = load_any(
+        cfg.train.init_from, defaults=cfg.model.motion, ignore_non_motion_keys=True
+    )
+    return modules, adapt_to(modules, loaded, cfg.model.motion)
+
+
+def with_init_from_config(cfg: Config) -> Config:
+    """``cfg`` with ``model.motion`` replaced by the config ``train.init_from`` trains with (the
+    driver calls it once, so the run logs, checkpoints and exports the real config)."""
+    if not cfg.train.init_from:
+        return cfg
+    _, motion_cfg = initial_motion_modules(cfg)
+    return cfg.with_motion(motion_cfg)
+
+
+def _video_unet(unet2d: torch.nn.Module, cfg: Config) -> torch.nn.Module:
+    """The inflated UNet of the motion stages: fresh motion modules, or ``train.init_from``'s;
+    for ``motion_lora`` frozen, with LoRA adapters on their attention projections."""
+    from animatediff.lora import add_lora
+    from animatediff.unet import VideoUNet
+
+    modules = None
+    if cfg.train.init_from:
+        modules, motion_cfg = initial_motion_modules(cfg)
+        if motion_cfg != cfg.model.motion:
+            raise ConfigError(
+                f"model.motion: {cfg.model.motion} is not the config train.init_from trains with "
+                f"({motion_cfg}); start runs through trainer.run_training, which sets it"
+            )
+    unet = VideoUNet.from_unet2d(unet2d, cfg.model.motion, modules)  # checks the layout fits
+    if cfg.train.stage == "motion_lora":
+        lora = cfg.train.lora
+        add_lora(unet.motion_modules, lora.target_modules, lora.rank, lora.scale_alpha)
+    if cfg.model.motion.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    return unet
+
+
 def build_training_model(cfg: Config, seed: int | None = None) -> TrainingModel:
     """Load the frozen base and make the stage's trainable UNet (seeded, so every rank builds
-    identical weights): ``motion`` inflates the base UNet with fresh motion modules, ``image``
-    trains the base UNet itself (or LoRA adapters on it). Gradient checkpointing per
-    ``model.motion.gradient_checkpointing``."""
+    identical weights): ``motion`` inflates the base UNet with fresh motion modules (or
+    ``train.init_from``'s), ``motion_lora`` adds LoRA adapters to ``train.init_from``'s frozen
+    modules, ``image`` trains the base UNet itself (or LoRA adapters on it). Gradient
+    checkpointing per ``model.motion.gradient_checkpointing``."""
     from animatediff.base_model import load_base_model
-    from animatediff.unet import VideoUNet
 
     base = load_base_model(cfg.model.base)
     torch.manual_seed(cfg.train.seed if seed is None else seed)
     if cfg.train.stage == "image":
         unet = _image_stage_unet(base.unet, cfg)
     else:
-        unet = VideoUNet.from_unet2d(base.unet, cfg.model.motion)
-        if cfg.model.motion.gradient_checkpointing:
-            unet.enable_gradient_checkpointing()
-        trainable = {id(p) for p in unet.trainable_parameters()}
+        unet = _video_unet(base.unet, cfg)
+        trainable = {id(p) for p in unet.parameters() if p.requires_grad}
         motion = {id(p) for p in unet.motion_modules.parameters()}
-        if trainable != motion:
+        if not trainable or not trainable <= motion:
             raise RuntimeError("only motion-module parameters may be trainable in the VideoUNet")
     return TrainingModel(
         unet=unet,
@@ -255,6 +298,14 @@ def new_motion_modules(unet: torch.nn.Module, motion_cfg: MotionModuleConfig) ->
     """An empty CPU ``MotionModules`` shaped like ``unet``'s (target of the native export)."""
     mm = unet.motion_modules
     return MotionModules(mm.block_out_channels, mm.layers_per_block, motion_cfg)
+
+
+def new_motion_modules_for(
+    unet2d: torch.nn.Module, motion_cfg: MotionModuleConfig
+) -> MotionModules:
+    """An empty ``MotionModules`` for a 2D UNet's layout."""
+    config = unet2d.config
+    return MotionModules(tuple(config.block_out_channels), config.layers_per_block, motion_cfg)
 
 
 def one_frame_per_clip(batch: Batch, generator: torch.Generator) -> Batch:

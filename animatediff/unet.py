@@ -5,6 +5,11 @@ follows every resnet/attention pair at every resolution level of the down and up
 attention of the mid block when the motion config asks for it (v2 layout). The forward re-runs the
 diffusers blocks' loops (resnets, attentions, down/upsamplers) so the motion modules slot in exactly
 where diffusers' ``UNetMotionModel`` puts them.
+
+The base's GroupNorms normalise each frame (v2/v3, diffusers). ``model.motion.base_norm:
+across_frames`` reproduces the original v1 (``use_inflated_groupnorm: false``), which applies the
+frozen UNet's resnet and output ``nn.GroupNorm`` to the 5-D video tensor: one set of statistics per
+clip and group, over all its frames (the 2D transformers' norms stay per frame, as there).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import Callable
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -53,6 +59,53 @@ def _check_supported(unet2d: nn.Module) -> None:
         )
 
 
+def group_norm_across_frames(
+    norm: nn.GroupNorm, hidden: torch.Tensor, num_frames: int
+) -> torch.Tensor:
+    """``norm`` with the original v1's statistics: ``hidden`` (batch*frames, C, H, W) is
+    normalised per clip and group over all frames, as ``nn.GroupNorm`` on (batch, C, frames, H, W)."""
+    batch_frames, channels, height, width = hidden.shape
+    # (b f) c h w -> b c f h w
+    video = hidden.view(batch_frames // num_frames, num_frames, channels, height, width)
+    video = F.group_norm(video.transpose(1, 2), norm.num_groups, norm.weight, norm.bias, norm.eps)
+    return video.transpose(1, 2).reshape(batch_frames, channels, height, width)
+
+
+def resnet_forward(
+    resnet: nn.Module,
+    hidden: torch.Tensor,
+    emb: torch.Tensor,
+    norm: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """diffusers' ``ResnetBlock2D.forward`` (SD's ``time_embedding_norm="default"``, no resampling
+    inside the block) with its two GroupNorms computed by ``norm(module, x)``."""
+    x = resnet.nonlinearity(norm(resnet.norm1, hidden))
+    x = resnet.conv1(x)
+    if resnet.time_emb_proj is not None:
+        t = emb if resnet.skip_time_act else resnet.nonlinearity(emb)
+        x = x + resnet.time_emb_proj(t)[:, :, None, None]
+    x = resnet.nonlinearity(norm(resnet.norm2, x))
+    x = resnet.conv2(resnet.dropout(x))
+    shortcut = hidden if resnet.conv_shortcut is None else resnet.conv_shortcut(hidden)
+    return (shortcut + x) / resnet.output_scale_factor
+
+
+def _check_norm_across_frames_supported(unet2d: nn.Module) -> None:
+    from diffusers.models.resnet import ResnetBlock2D
+
+    for name, module in unet2d.named_modules():
+        if isinstance(module, ResnetBlock2D) and (
+            module.time_embedding_norm != "default"
+            or module.upsample is not None
+            or module.downsample is not None
+        ):
+            raise ValueError(
+                f"model.motion.base_norm=across_frames: resnet {name} uses "
+                f"time_embedding_norm={module.time_embedding_norm!r} or resamples inside the block "
+                "(only SD 1.x resnets are supported)"
+            )
+
+
 class VideoUNet(nn.Module):
     """A frozen 2D UNet (``.unet2d``, the caller's modules, shared not copied) and trainable
     ``.motion_modules``.
@@ -78,10 +131,13 @@ class VideoUNet(nn.Module):
                 "motion modules do not fit this UNet: (block_out_channels, layers_per_block, "
                 f"model.motion.mid_block) is {expected} for the UNet/config but {found} for the modules"
             )
+        if motion_cfg.base_norm == "across_frames":
+            _check_norm_across_frames_supported(unet2d)
         unet2d.requires_grad_(False)
         self.unet2d = unet2d
         self.motion_modules = motion_modules
         self.motion_cfg = motion_cfg
+        self.base_norm_across_frames = motion_cfg.base_norm == "across_frames"
         self.gradient_checkpointing = False
         self.checkpoint_motion_modules = True
         if motion_cfg.gradient_checkpointing:
@@ -108,8 +164,8 @@ class VideoUNet(nn.Module):
         return cls(unet2d, motion_modules, motion_cfg)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """The motion-module parameters: the only ones that train."""
-        return list(self.motion_modules.parameters())
+        """The motion-module parameters that train (all of them, or a MotionLoRA's adapters)."""
+        return [p for p in self.motion_modules.parameters() if p.requires_grad]
 
     def enable_gradient_checkpointing(self, motion_modules: bool = True) -> None:
         """Recompute activations in the backward pass.
@@ -144,9 +200,13 @@ class VideoUNet(nn.Module):
     ) -> torch.Tensor:
         """Run resnet / cross-attention / motion-module steps on (batch*frames, C, H, W)."""
 
+        across = partial(group_norm_across_frames, num_frames=num_frames)
+
         def run(steps: list[Step], hidden: torch.Tensor, emb: torch.Tensor, text: torch.Tensor):
             for kind, module in steps:
-                if kind == "resnet":
+                if kind == "resnet" and self.base_norm_across_frames:
+                    hidden = resnet_forward(module, hidden, emb, across)
+                elif kind == "resnet":
                     hidden = module(hidden, emb)
                 elif kind == "attn":
                     hidden = module(hidden, encoder_hidden_states=text, return_dict=False)[0]
@@ -260,13 +320,17 @@ class VideoUNet(nn.Module):
                 # partial, not a closure: the recomputation runs after the loop has moved on.
                 hidden = self._checkpointed(partial(upsampler, output_size=upsample_size), hidden)
 
-        hidden = self._checkpointed(self._head, hidden)
+        hidden = self._checkpointed(partial(self._head, num_frames=frames), hidden)
         return hidden.reshape(batch, frames, -1, height, width).transpose(1, 2)
 
-    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+    def _head(self, hidden: torch.Tensor, num_frames: int) -> torch.Tensor:
         unet = self.unet2d
         if unet.conv_norm_out is not None:
-            hidden = unet.conv_act(unet.conv_norm_out(hidden))
+            if self.base_norm_across_frames:
+                hidden = group_norm_across_frames(unet.conv_norm_out, hidden, num_frames)
+            else:
+                hidden = unet.conv_norm_out(hidden)
+            hidden = unet.conv_act(hidden)
         return unet.conv_out(hidden)
 
 

@@ -1,12 +1,17 @@
-"""Long-video cost of sliding-window sampling: time and peak memory at 128 vs 32 frames.
+"""Long-video cost of sliding-window sampling: time and peak memory at 128 vs 32 frames, and the
+speed-up of running the windows of a step in batches instead of one after another.
 
     .venv/bin/python -m benchmarks.long_video                     # tiny base, CPU, 64x64, 10 steps
     .venv/bin/python -m benchmarks.long_video --device cuda --height 256 --width 256 --steps 25
+    .venv/bin/python -m benchmarks.long_video --compare batching --context-batch 0  # all windows
 
 Targets (issue 2): time(128) / time(32) <= 4.5 (linear growth is 4) and peak memory(128) <=
-1.5 x peak memory(32). Each size runs in its own fresh process (so one run's peak cannot hide the
-other's), after a warm-up generation, sizes interleaved over ``--repeats`` rounds; the best time
-counts (process CPU time is printed too: on a shared CPU, wall time moves with other people's load).
+1.5 x peak memory(32), at the default ``sample.context_batch_size``. Batching (issue 13): the long
+run with ``sample.context_batch_size=1`` (one UNet call per window) against ``--context-batch``
+windows per call (0: all windows of a step in one call); the ratio of their times is printed.
+Each run is its own fresh process (so one run's peak cannot hide the other's), after a warm-up
+generation, runs interleaved over ``--repeats`` rounds; the best time counts (process CPU time is
+printed too: on a shared CPU, wall time moves with other people's load).
 Peak memory is the sampling run's peak of tensor memory above what was live before it (models,
 caches): the torch profiler's allocator records on CPU, ``torch.cuda.max_memory_allocated`` on
 CUDA. The processes' peak RSS (models and libraries included) is printed as well.
@@ -105,7 +110,7 @@ def _worker(args: argparse.Namespace) -> dict:
     }
 
 
-def _run_child(args: argparse.Namespace, frames: int) -> dict:
+def _run_child(args: argparse.Namespace, frames: int, extra: tuple[str, ...] = ()) -> dict:
     command = [sys.executable, "-m", "benchmarks.long_video", "--worker", "--frames", str(frames)]
     for name in (
         "config",
@@ -122,7 +127,7 @@ def _run_child(args: argparse.Namespace, frames: int) -> dict:
         value = getattr(args, name)
         if value is not None:
             command += [f"--{name.replace('_', '-')}", str(value)]
-    command += args.overrides
+    command += [*args.overrides, *extra]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"worker for {frames} frames failed:\n{result.stderr[-4000:]}")
@@ -144,6 +149,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; best time")
+    parser.add_argument(
+        "--compare",
+        default="both",
+        choices=["frames", "batching", "both"],
+        help="frames: --long vs --short frames; batching: --long frames with one window per "
+        "UNet call vs --context-batch windows per call",
+    )
+    parser.add_argument(
+        "--context-batch", type=int, default=0, help="windows per UNet call; 0: all of a step"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--frames", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument(
@@ -155,6 +170,53 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(_worker(args)))
         return
 
+    if args.compare in ("frames", "both"):
+        compare_frames(args)
+    if args.compare in ("batching", "both"):
+        compare_batching(args)
+
+
+def _report(label: str, result: dict) -> None:
+    print(
+        f"{label}  {result['seconds']:7.2f} s (cpu {result['cpu_seconds']:7.2f} s)  "
+        f"peak +{result['peak_delta_mib']:8.1f} MiB  (total {result['peak_total_mib']:.0f} MiB)",
+        flush=True,
+    )
+
+
+def compare_batching(args: argparse.Namespace) -> None:
+    """The long run with one window per UNet call against ``--context-batch`` per call."""
+    from animatediff.sampling import context_windows
+
+    windows = len(context_windows(args.long, args.context, args.overlap))
+    batch = args.context_batch or windows
+    sizes = {"sequential": 1, "batched": batch}
+    runs: dict[str, list[dict]] = {name: [] for name in sizes}
+    for round_index in range(args.repeats):
+        for name, size in sizes.items():
+            result = _run_child(args, args.long, (f"sample.context_batch_size={size}",))
+            runs[name].append(result)
+            _report(
+                f"round {round_index + 1}: {args.long} frames, {name:10s} ({size:2d}/call)", result
+            )
+    best = {name: min(r["seconds"] for r in rs) for name, rs in runs.items()}
+    cpu = {name: min(r["cpu_seconds"] for r in rs) for name, rs in runs.items()}
+    peak = {name: max(r["peak_delta_mib"] for r in rs) for name, rs in runs.items()}
+    print(
+        f"\nsetup: {args.config} {args.long} frames {args.height}x{args.width}, {args.steps} steps, "
+        f"window {args.context} overlap {args.overlap} ({windows} windows per step), device "
+        f"{args.device} {args.dtype}"
+    )
+    print(
+        f"window batching: sequential / batched ({batch} windows per call) time = "
+        f"{best['sequential']:.2f} s / {best['batched']:.2f} s = "
+        f"{best['sequential'] / best['batched']:.2f}x  (cpu time "
+        f"{cpu['sequential'] / cpu['batched']:.2f}x); sampling peak memory "
+        f"+{peak['sequential']:.1f} / +{peak['batched']:.1f} MiB"
+    )
+
+
+def compare_frames(args: argparse.Namespace) -> None:
     from animatediff.sampling import context_windows
 
     runs: dict[int, list[dict]] = {args.short: [], args.long: []}
@@ -162,12 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         for frames in (args.short, args.long):
             result = _run_child(args, frames)
             runs[frames].append(result)
-            print(
-                f"round {round_index + 1}: {frames:4d} frames  {result['seconds']:7.2f} s "
-                f"(cpu {result['cpu_seconds']:7.2f} s)  "
-                f"peak +{result['peak_delta_mib']:8.1f} MiB  (total {result['peak_total_mib']:.0f} MiB)",
-                flush=True,
-            )
+            _report(f"round {round_index + 1}: {frames:4d} frames", result)
     best = {f: min(r["seconds"] for r in rs) for f, rs in runs.items()}
     best_cpu = {f: min(r["cpu_seconds"] for r in rs) for f, rs in runs.items()}
     delta = {f: max(r["peak_delta_mib"] for r in rs) for f, rs in runs.items()}

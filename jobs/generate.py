@@ -13,6 +13,7 @@ JOB = cli.Job(
     examples="""
 python -m jobs.generate --config configs/tiny.yaml generate.prompts=configs/prompts.txt
 python -m jobs.generate --config configs/tiny.yaml generate.model=outputs/demo/motion_module
+python -m jobs.generate --config configs/tiny.yaml "generate.motion_loras=[{name: zoom_in, scale: 0.8}]"
 ray job submit --working-dir . -- python -m jobs.generate --config configs/sd15_webvid.yaml \\
     generate.model=3 output_dir=s3://bucket/videos
 """,

@@ -16,6 +16,9 @@ JOB = cli.Job(
     summary=__doc__.splitlines()[0],
     examples="""
 python -m jobs.train --config configs/tiny.yaml train.data_uri=outputs/latents train.max_steps=10
+python -m jobs.train --config configs/tiny.yaml train.data_uri=outputs/latents \\
+    data.camera_motion=zoom_in train.stage=motion_lora train.lora.rank=8 train.lora.name=zoom_in \\
+    train.init_from=models:/animatediff-tiny-motion@champion
 ray job submit --working-dir . -- python -m jobs.train --config configs/sd15_webvid.yaml \\
     train.data_uri=s3://bucket/latents train.num_workers=8 train.use_gpu=true
 """,

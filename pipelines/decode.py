@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from animatediff.storage import Location, write_atomic
 from animatediff.text import quote
 from pipelines import identity, windows
+from pipelines.camera import apply_camera_motion
 from pipelines.paths import UnsafePathError, confine, locate_path
 from pipelines.sources import STATUS_CACHED, STATUS_FAILED, STATUS_TODO, UNSAFE_PATH
 
@@ -77,6 +78,9 @@ class DecodeSpec:
     """Directory of this run's outcome parts."""
     follow_symlinks: bool = False
     content_hash: bool = False
+    camera_motion: str = "none"
+    """``data.camera_motion``, applied to every clip after the centre crop (``pipelines.camera``)."""
+    camera_strength: float = 0.0
 
 
 def resize_shape(width: int, height: int, resolution: int) -> tuple[int, int]:
@@ -235,9 +239,9 @@ def decode_clips(
                 raise DecodeFailure(
                     DECODE_ERROR, f"decoded {frames.shape[0]} of {spec.num_frames} frames"
                 )
-            clips.append(
-                (ordinal, indices, np.ascontiguousarray(center_crop(frames, spec.resolution)))
-            )
+            frames = center_crop(frames, spec.resolution)
+            frames = apply_camera_motion(frames, spec.camera_motion, spec.camera_strength)
+            clips.append((ordinal, indices, np.ascontiguousarray(frames)))
         return clips, fps, version
     finally:
         # decord keeps decoder state and buffers alive with the reader (known leaks upstream).
@@ -268,7 +272,8 @@ def decode_batch(batch: dict[str, np.ndarray], spec: DecodeSpec) -> Iterator[dic
 
 def decode_rows(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np.ndarray]:
     """Plan rows -> clip rows ``row, key, video_id, caption, source, source_version, ordinal,
-    frame_indices (frames,), fps, pixels uint8 (frames, R, R, 3), need_mask, row_first``."""
+    frame_indices (frames,), fps, pixels uint8 (frames, R, R, 3), need_mask, row_first`` (and
+    ``camera_motion``, ``camera_strength`` when the spec moves the camera)."""
     records: list[dict] = []
     rows: dict[str, list] = {
         k: []
@@ -325,7 +330,14 @@ def decode_rows(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np.
     if records:
         _write_outcomes(records, spec.outcomes)
     size = (spec.num_frames, spec.resolution, spec.resolution, 3)
-    return {
+    count = len(rows["key"])
+    camera = {}
+    if spec.camera_motion != "none":
+        camera = {
+            "camera_motion": np.array([spec.camera_motion] * count, dtype=object),
+            "camera_strength": np.full(count, spec.camera_strength, np.float32),
+        }
+    return camera | {
         "row": np.array(rows["row"], dtype=np.int64),
         "key": np.array(rows["key"], dtype=object),
         "video_id": np.array(rows["video_id"], dtype=object),

@@ -168,6 +168,9 @@ class EncodeClips:
             "row_clips": batch["row_clips"][take],
             "row_cached": batch["row_cached"][take],
         }
+        for name in ("camera_motion", "camera_strength"):  # per clip, when the camera moves
+            if name in batch:
+                out[name] = batch[name][take]
         if self.text_encoder is not None:
             captions = [str(c) for c in out["caption"]]
             if captions:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from animatediff.config import Config, from_dict, to_dict
+from animatediff.config import Config, LoraTrainConfig, from_dict, to_dict
 from animatediff.generation import GenerationParams, generate_all
 from animatediff.storage import locate, read_bytes, write_atomic
 from pipelines.generate import read_prompts
@@ -145,7 +145,10 @@ def held_out_metrics(
     from animatediff.training import build_training_model
 
     evaluate = cfg.evaluate
-    model = build_training_model(cfg)
+    # The model is ``modules`` on the frozen base: whatever a training section says about how a
+    # run starts (train.init_from) or what it trains (MotionLoRA adapters) does not apply.
+    plain = dataclasses.replace(cfg.train, stage="motion", init_from="", lora=LoraTrainConfig())
+    model = build_training_model(dataclasses.replace(cfg, train=plain))
     model.unet.motion_modules.load_state_dict(modules.state_dict())
     model.unet.eval()
     batches = _held_out_batches(cfg, shard_set)

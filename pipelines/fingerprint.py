@@ -45,6 +45,12 @@ def fingerprint_from_models(cfg: Config, vae: Any, text_encoder: Any | None = No
         "latent_dtype": LATENT_DTYPE,
         "text_encoder": None,
     }
+    if data.camera_motion != "none":
+        # Absent without camera motion: caches written before it existed keep their fingerprint.
+        fingerprint["camera_motion"] = {
+            "kind": data.camera_motion,
+            "strength": float(data.camera_strength),
+        }
     if data.cache_text_embeddings:
         if text_encoder is None:
             raise ValueError(

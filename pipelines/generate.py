@@ -2,12 +2,14 @@
 
     rows = read_prompts(text, cfg)                       # every setting resolved, seeds included
     source = resolve_motion_source(cfg.generate.model, cfg)   # pinned once on the driver
+    loras = [resolve_motion_lora(r.name, cfg, r.scale) for r in cfg.generate.motion_loras]
     summary = run_generate(cfg)                          # needs a running Ray
 
-``VideoWriter`` is a Ray Data actor: it loads the pipeline once, then generates each batch of rows
-(requests with the same sampling settings denoised together) and writes the videos. Output:
-``<output_dir>/<output_subdir>/`` with ``00000.gif``... and ``index.jsonl`` (one line per video:
-prompt, seed, settings, file, model).
+``VideoWriter`` is a Ray Data actor: it loads the pipeline once (``generate.motion_loras`` merged
+into the motion module), then generates each batch of rows (requests with the same sampling
+settings denoised together) and writes the videos. Output: ``<output_dir>/<output_subdir>/`` with
+``00000.gif``... and ``index.jsonl`` (one line per video: prompt, seed, settings, file, model,
+MotionLoRAs).
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ import numpy as np
 from animatediff.config import Config, from_dict, to_dict
 from animatediff.generation import GenerationParams, generate_all
 from animatediff.storage import locate, read_bytes, write_atomic
-from tracking.registry import MotionSource, load_motion, resolve_motion_source
+from tracking.registry import (
+    MotionLoraSource,
+    MotionSource,
+    apply_motion_loras,
+    load_motion,
+    resolve_motion_lora,
+    resolve_motion_source,
+)
 
 ROW_KEYS = (
     "negative_prompt",
@@ -65,7 +74,7 @@ def read_prompts(text: str, cfg: Config, extra_keys: tuple[str, ...] = ()) -> li
             output_format=cfg.generate.output_format,
         )
         row = {"index": index, **params.to_dict(), **extras}
-        del row["model"], row["base"]  # one model and base for the whole run
+        del row["model"], row["base"], row["motion_loras"]  # one model for the whole run
         rows.append(row)
     if not rows:
         raise ValueError("prompts: the file holds no prompt")
@@ -75,11 +84,18 @@ def read_prompts(text: str, cfg: Config, extra_keys: tuple[str, ...] = ()) -> li
 class VideoWriter:
     """A Ray Data actor: loads the pipeline once, then generates and writes batches of rows."""
 
-    def __init__(self, config: dict[str, Any], source: MotionSource, out_dir: str) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        source: MotionSource,
+        out_dir: str,
+        loras: tuple[MotionLoraSource, ...] = (),
+    ) -> None:
         from animatediff.sampling import TextToVideo
 
         cfg = from_dict(Config, config)
         modules, self.cfg = load_motion(source, cfg)
+        modules = apply_motion_loras(modules, list(loras))
         self.pipeline = TextToVideo(self.cfg, modules)
         self.root = locate(out_dir, cfg.storage)
 
@@ -137,11 +153,17 @@ def run_generate(cfg: Config) -> dict[str, Any]:
     gen = cfg.generate
     rows = read_prompts(read_bytes(locate(gen.prompts, cfg.storage)).decode("utf-8"), cfg)
     source = resolve_motion_source(gen.model, cfg)
+    loras = tuple(resolve_motion_lora(ref.name, cfg, ref.scale) for ref in gen.motion_loras)
     out_dir = f"{cfg.output_dir.rstrip('/')}/{gen.output_subdir}"
     start = time.perf_counter()
     dataset = ray.data.from_items(rows).map_batches(
         VideoWriter,
-        fn_constructor_kwargs={"config": to_dict(cfg), "source": source, "out_dir": out_dir},
+        fn_constructor_kwargs={
+            "config": to_dict(cfg),
+            "source": source,
+            "out_dir": out_dir,
+            "loras": loras,
+        },
         batch_size=gen.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=gen.num_workers),
@@ -164,6 +186,7 @@ def run_generate(cfg: Config) -> dict[str, Any]:
             seconds=round(float(result["seconds"]), 3),
             model_uri=source.uri,
             model_version=source.version,
+            motion_loras=[{"uri": lora.uri, "label": lora.label()} for lora in loras],
             format=row["output_format"],
         )
         lines.append(json.dumps(entry))

@@ -15,7 +15,9 @@ Shard schema (one row per clip): ``clip_id: string`` (16 hex digits, see
 URI), ``source_version: string`` (its content identity, ``pipelines.identity``), ``flipped:
 bool``, ``latent_mean``/``latent_std``: Ray tensor ``float16 (4, frames, H/8,
 W/8)`` (unscaled posterior; multiply samples by the fingerprint's ``scaling_factor``), and with
-``data.cache_text_embeddings``: ``text_embedding: float16 (77, dim)``, ``input_ids: list<int32>``.
+``data.cache_text_embeddings``: ``text_embedding: float16 (77, dim)``, ``input_ids: list<int32>``;
+with a ``data.camera_motion``: ``camera_motion: string`` and ``camera_strength: float32`` (the
+crop trajectory, ``pipelines.camera.crop_box``, also in the fingerprint).
 
 Commit protocol: a shard becomes visible all at once (temp file + rename locally, a single PUT on
 object stores) and readers only read shards listed in ``manifest.json``, itself replaced
@@ -98,15 +100,24 @@ SHARD_COLUMNS = {
 """Every shard's columns and how a numpy batch column becomes an Arrow column."""
 TEXT_COLUMNS = {"text_embedding": _tensors, "input_ids": _int_lists}
 """Present when ``data.cache_text_embeddings`` is on."""
+CAMERA_COLUMNS = {
+    "camera_motion": _strings,
+    "camera_strength": lambda values: pa.array(np.asarray(values, np.float32)),
+}
+"""Present when ``data.camera_motion`` is not ``none`` (so shards without camera motion keep the
+schema they always had)."""
+OPTIONAL_COLUMNS = {"text_embedding": TEXT_COLUMNS, "camera_motion": CAMERA_COLUMNS}
+"""Column groups a batch has or lacks as a whole, keyed by the column that marks the group."""
 
 
 def shard_table(batch: dict[str, np.ndarray]) -> pa.Table:
-    """Latent rows (numpy batch) -> the shard schema (``SHARD_COLUMNS`` [+ ``TEXT_COLUMNS``])."""
+    """Latent rows (numpy batch) -> the shard schema (``SHARD_COLUMNS`` [+ the optional groups])."""
     if "source_version" not in batch:  # written by other tools (synthetic shards): unknown
         batch = {**batch, "source_version": np.array([""] * len(batch["clip_id"]), dtype=object)}
     columns = {name: convert(batch[name]) for name, convert in SHARD_COLUMNS.items()}
-    if "text_embedding" in batch:
-        columns |= {name: convert(batch[name]) for name, convert in TEXT_COLUMNS.items()}
+    for marker, group in OPTIONAL_COLUMNS.items():
+        if marker in batch:
+            columns |= {name: convert(batch[name]) for name, convert in group.items()}
     return pa.table(columns)
 
 
@@ -324,7 +335,8 @@ class ShardWriter:
                 record |= {"clips": 0, "cached_clips": 0}
             records.append(record)
         if keep.any():
-            rows = {k: v[keep] for k, v in batch.items() if k in SHARD_COLUMNS or k in TEXT_COLUMNS}
+            known = SHARD_COLUMNS | TEXT_COLUMNS | CAMERA_COLUMNS
+            rows = {k: v[keep] for k, v in batch.items() if k in known}
             self.store.commit(
                 shard_table(rows), f"part-{self.run_id}-{self.shards_written:06d}.parquet"
             )

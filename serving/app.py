@@ -7,15 +7,17 @@ and a web page at ``/``.
 
 Two deployments:
 - ``Ingress`` validates requests (422 naming the field), checks the optional bearer token, resolves
-  the requested model (alias or version) against the MLflow registry through a short-TTL cache, and
-  forwards to the generator with ``multiplexed_model_id="<version>/<base>"``. Only JSON bodies
-  are read (415 otherwise). Over capacity it answers 503 with ``Retry-After`` itself: it admits
-  at most what the generators can hold (``admission_limit``) and turns the generators'
+  the requested model (alias or version) and MotionLoRAs against the MLflow registry through
+  short-TTL caches, and forwards to the generator with ``multiplexed_model_id=
+  "<version>/<base>[/<lora>:<version>:<scale>...]"`` (``multiplexed_id``). Only JSON bodies are
+  read (415 otherwise). Over capacity it answers 503 with ``Retry-After`` itself: it admits at
+  most what the generators can hold (``admission_limit``) and turns the generators'
   back-pressure into 503 at once. Serve's own limits on the ingress are set several times higher,
   so that its proxy (which answers a plain-text 503 without ``Retry-After``) refuses only far
   beyond that.
-- ``VideoGenerator`` keeps up to ``serve.max_models_per_replica`` (version, base) pipelines per
-  replica (``serve.multiplexed``, LRU) and groups compatible requests with ``serve.batch``: Serve
+- ``VideoGenerator`` keeps up to ``serve.max_models_per_replica`` (version, base, MotionLoRAs
+  with their scales) pipelines per replica (``serve.multiplexed``, LRU; the LoRAs are merged into a
+  copy of the motion module's weights) and groups compatible requests with ``serve.batch``: Serve
   splits a batch by model id, the replica splits it further by shape (frames, steps, size, guidance)
   and denoises each group as one batch. Heavy work runs in a thread so the replica stays responsive.
   A request that fails in a batch fails alone (``generate_batch``): the others still get videos.
@@ -53,7 +55,13 @@ from serving.schema import (
     response_headers,
     serve_defaults_caps,
 )
-from tracking.model_refs import RegistryView, UnknownModelError
+from tracking.model_refs import (
+    MotionLoraCatalog,
+    RegistryView,
+    UnknownModelError,
+    motion_lora_model_name,
+    split_lora_ref,
+)
 from tracking.registry import registered_model_name
 from tracking.runs import resolve_tracking_uri
 
@@ -105,15 +113,28 @@ async def docs_asset(name: str) -> Response:
     return Response(data, media_type=DOCS_ASSETS[name], headers=headers)
 
 
-def multiplexed_id(version: str, base: str) -> str:
-    return f"{version}/{base}"
+# (MotionLoRA name, its registered version, scale)
+LoraChoice = tuple[str, str, float]
 
 
-def parse_multiplexed_id(model_id: str) -> tuple[str, str]:
-    version, _, base = model_id.partition("/")
-    if not version.isdigit() or not base:
-        raise ValueError(f"model id {model_id!r}: expected '<version>/<base>'")
-    return version, base
+def multiplexed_id(version: str, base: str, loras: list[LoraChoice] | tuple = ()) -> str:
+    """``<version>/<base>[/<lora>:<lora version>:<scale>...]``, LoRAs sorted by name: one
+    pipeline per distinct combination (equal scales give equal ids)."""
+    parts = [version, base] + [f"{n}:{v}:{float(s)!r}" for n, v, s in sorted(loras)]
+    return "/".join(parts)
+
+
+def parse_multiplexed_id(model_id: str) -> tuple[str, str, tuple[LoraChoice, ...]]:
+    version, base, *loras = model_id.split("/")
+    choices = []
+    for lora in loras:
+        name, lora_version, scale = lora.split(":")
+        choices.append((name, lora_version, float(scale)))
+    if not version.isdigit() or not base or any(not v.isdigit() for _, v, _ in choices):
+        raise ValueError(
+            f"model id {model_id!r}: expected '<version>/<base>[/<lora>:<version>:<scale>...]'"
+        )
+    return version, base, tuple(choices)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,11 +143,16 @@ def parse_multiplexed_id(model_id: str) -> tuple[str, str]:
 
 
 class LoadedModel:
-    """One (motion-module version, base) pipeline held by a generator replica. ``fresh`` until
-    the first batch uses it, so that batch's responses can say they paid for the load."""
+    """One (motion-module version, base, MotionLoRAs) pipeline held by a generator replica.
+    ``fresh`` until the first batch uses it, so that batch's responses can say they paid for the
+    load."""
 
-    def __init__(self, pipeline: Any, version: str, base: str, load_ms: float) -> None:
+    def __init__(
+        self, pipeline: Any, version: str, base: str, load_ms: float, loras: str = ""
+    ) -> None:
         self.pipeline, self.version, self.base, self.load_ms = pipeline, version, base, load_ms
+        self.loras = loras
+        """``name:version@scale`` of each merged MotionLoRA, comma-separated."""
         self.fresh = True
 
 
@@ -162,18 +188,37 @@ class VideoGenerator:
     async def _load(self, model_id: str) -> LoadedModel:
         from animatediff.sampling import TextToVideo
         from animatediff.unet import VideoUNet
-        from tracking.registry import MotionSource, load_motion
+        from tracking.registry import (
+            MotionLoraSource,
+            MotionSource,
+            apply_motion_loras,
+            load_motion,
+        )
 
         start = time.perf_counter()
-        version, base_name = parse_multiplexed_id(model_id)
+        version, base_name, loras = parse_multiplexed_id(model_id)
         base = await self._base(base_name)
         source = MotionSource(f"models:/{self.name}/{version}", version, self.tracking_uri)
         modules, cfg = await asyncio.to_thread(load_motion, source, self.cfg)
+        lora_sources = [
+            MotionLoraSource(
+                name,
+                f"models:/{motion_lora_model_name(self.name, name)}/{lora_version}",
+                lora_version,
+                self.tracking_uri,
+                scale,
+            )
+            for name, lora_version, scale in loras
+        ]
+        if lora_sources:
+            modules = await asyncio.to_thread(apply_motion_loras, modules, lora_sources)
         if base_name != "default":
             cfg = cfg.with_base(self.cfg.serve.bases[base_name])
         unet = VideoUNet.from_unet2d(base.unet, cfg.model.motion, modules)
         pipeline = TextToVideo(cfg, base=base, unet=unet)
-        return LoadedModel(pipeline, version, base_name, (time.perf_counter() - start) * 1000)
+        labels = ",".join(lora.label() for lora in lora_sources)
+        load_ms = (time.perf_counter() - start) * 1000
+        return LoadedModel(pipeline, version, base_name, load_ms, labels)
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)
     async def generate(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -212,6 +257,7 @@ def run_batch(model: LoadedModel, batch: list[GenerationParams | Failed]) -> lis
                 "video": data,
                 "content_type": MIME_TYPES[params.output_format],
                 "version": model.version,
+                "motion_loras": model.loras,
                 "batch_size": made.batch_size,
                 "timings_ms": {
                     "generate": made.seconds * 1000,
@@ -255,6 +301,7 @@ _GENERATE_DOC = {
     "responses": {
         "200": {
             "description": "The video; headers X-Seed, X-Model-Version, X-Base, X-Batch-Size, "
+            "X-Motion-Loras (name:version@scale of each merged MotionLoRA), "
             "X-Model-Loaded (1 when the replica loaded the model for this request, 0 when it "
             "was cached), Server-Timing (with `load` when loaded).",
             "content": {mime: {} for mime in MIME_TYPES.values()},
@@ -298,9 +345,9 @@ class Ingress:
         self.cfg = from_dict(Config, config)
         self.generator = generator
         self.name = registered_model_name(self.cfg)
-        self.registry = RegistryView(
-            resolve_tracking_uri(self.cfg.mlflow), self.name, self.cfg.serve.alias_ttl_s
-        )
+        tracking_uri = resolve_tracking_uri(self.cfg.mlflow)
+        self.registry = RegistryView(tracking_uri, self.name, self.cfg.serve.alias_ttl_s)
+        self.motion_loras = MotionLoraCatalog(tracking_uri, self.name, self.cfg.serve.alias_ttl_s)
         self._page: str | None = None
         self._admitted = 0
         self._admission_limit = admission_limit(self.cfg)
@@ -313,6 +360,12 @@ class Ingress:
         scheme, _, value = given.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip(), token):
             raise RequestError("authorization", "missing or wrong bearer token", status=401)
+
+    async def _motion_lora(self, ref: str, index: int) -> tuple[str, str]:
+        """(registered model, version) of a requested MotionLoRA; 422 naming it if unknown."""
+        default = self.cfg.mlflow.champion_alias
+        field = f"motion_loras.{index}.name"
+        return await asyncio.to_thread(self.motion_loras.resolve, ref, default, field)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index(self) -> HTMLResponse:
@@ -328,6 +381,7 @@ class Ingress:
     async def models(self, request: Request) -> dict[str, Any]:
         self._authorize(request)
         snapshot = await asyncio.to_thread(self.registry.snapshot)
+        loras = await asyncio.to_thread(self.motion_loras.snapshot)
         limits = self.cfg.serve.limits
         defaults = GenerationParams.resolve(
             {"prompt": ""}, self.cfg.sample, default_seed=0, caps=serve_defaults_caps(self.cfg)
@@ -338,6 +392,15 @@ class Ingress:
             "aliases": snapshot.aliases,
             "versions": list(snapshot.versions),
             "bases": ["default", *self.cfg.serve.bases],
+            "motion_loras": [
+                {
+                    "name": name,
+                    "registered_model": lora.name,
+                    "aliases": lora.aliases,
+                    "versions": lora.version_numbers(),
+                }
+                for name, lora in loras.items()
+            ],
             "limits": to_dict(limits),
             "defaults": {
                 name: getattr(defaults, name)
@@ -368,9 +431,14 @@ class Ingress:
             version = await asyncio.to_thread(
                 self.registry.resolve, params.model, self.cfg.mlflow.champion_alias
             )
+            loras = []
+            for index, (ref, scale) in enumerate(params.motion_loras):
+                _, lora_version = await self._motion_lora(ref, index)
+                loras.append((split_lora_ref(ref)[0], lora_version, scale))
         except UnknownModelError as error:
             raise RequestError(error.field, error.reason) from error
-        handle = self.generator.options(multiplexed_model_id=multiplexed_id(version, params.base))
+        model_id = multiplexed_id(version, params.base, loras)
+        handle = self.generator.options(multiplexed_model_id=model_id)
         try:
             result = await handle.generate.remote(params.to_dict())
         except BackPressureError:
@@ -388,6 +456,7 @@ class Ingress:
         timings["total"] = total_ms
         headers = response_headers(params, self.name, result["version"], timings)
         headers["X-Batch-Size"] = str(result["batch_size"])
+        headers["X-Motion-Loras"] = result.get("motion_loras", "")
         headers["X-Model-Loaded"] = "1" if result["loaded"] else "0"
         return Response(content=result["video"], media_type=result["content_type"], headers=headers)
 

@@ -43,6 +43,9 @@ def _printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+MAX_LORA_SCALE = 4.0
+
+
 class RequestError(ValueError):
     """A request is invalid: ``field`` names the JSON field, ``reason`` says why."""
 
@@ -58,6 +61,20 @@ class RequestError(ValueError):
             "error": f"{self.field}: {self.reason}",
             "detail": [{"loc": ["body", self.field], "field": self.field, "msg": self.reason}],
         }
+
+
+class MotionLoraRequest(BaseModel):
+    """One MotionLoRA to merge into the motion module for this request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        description="A registered MotionLoRA (see GET /v1/models): 'zoom_in' (its champion, else "
+        "its latest version), 'zoom_in@<alias>' or 'zoom_in/<version>'."
+    )
+    scale: float = Field(
+        1.0, description="Strength of its update (W += scale * up @ down); negative reverses it."
+    )
 
 
 class GenerateRequest(BaseModel):
@@ -89,6 +106,10 @@ class GenerateRequest(BaseModel):
         "default",
         description="Base image model: 'default' or a configured "
         "personalized base (see GET /v1/models).",
+    )
+    motion_loras: list[MotionLoraRequest] = Field(
+        default_factory=list,
+        description="MotionLoRAs (e.g. camera motions) merged into the motion module, in order.",
     )
 
 
@@ -126,6 +147,24 @@ def serve_defaults_caps(cfg: Config) -> dict[str, int]:
     }
 
 
+def check_motion_loras(loras: list[MotionLoraRequest], limit: int) -> tuple[tuple[str, float], ...]:
+    """``(name, scale)`` of each requested MotionLoRA, checked: at most ``limit``, names given
+    once, scales within +-``MAX_LORA_SCALE`` (whether a name exists is the registry's answer)."""
+    if len(loras) > limit:
+        raise RequestError("motion_loras", f"at most {limit} per request, got {len(loras)}")
+    seen = set()
+    for index, lora in enumerate(loras):
+        name = lora.name.strip()
+        if not name:
+            raise RequestError(f"motion_loras.{index}.name", "must not be empty")
+        base_name = name.split("@")[0].split("/")[0]
+        if base_name in seen:
+            raise RequestError(f"motion_loras.{index}.name", f"{base_name!r} is listed twice")
+        seen.add(base_name)
+        _in_range(f"motion_loras.{index}.scale", lora.scale, -MAX_LORA_SCALE, MAX_LORA_SCALE)
+    return tuple((lora.name.strip(), float(lora.scale)) for lora in loras)
+
+
 def check_params(request: GenerateRequest, cfg: Config) -> GenerationParams:
     """Fill defaults (``GenerationParams.resolve``) and check ``cfg.serve.limits``; raise
     ``RequestError`` naming the field."""
@@ -150,6 +189,7 @@ def check_params(request: GenerateRequest, cfg: Config) -> GenerationParams:
         )
     fields = request.model_dump()
     fields["model"] = (request.model or "").strip() or None
+    fields["motion_loras"] = check_motion_loras(request.motion_loras, limits.max_motion_loras)
     params = GenerationParams.resolve(
         fields,
         cfg.sample,

@@ -36,6 +36,51 @@ def random_motion_modules(cfg: Config, seed: int) -> torch.nn.Module:
     return modules
 
 
+def random_motion_lora(cfg: Config, seed: int, std: float = 0.5):
+    """A rank-2 MotionLoRA for the tiny base's motion modules with random (trained-looking)
+    weights (``animatediff.motion_lora.MotionLora``)."""
+    from animatediff.lora import LoraLinear, add_lora
+    from animatediff.motion_lora import from_adapters
+
+    modules = random_motion_modules(cfg, seed)
+    torch.manual_seed(seed)
+    add_lora(modules, ("to_q", "to_k", "to_v", "to_out.0"), rank=2, alpha=2.0)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in modules.modules():
+            if isinstance(module, LoraLinear):
+                module.up.weight.copy_(
+                    std * torch.randn(module.up.weight.shape, generator=generator)
+                )
+    return from_adapters(modules)
+
+
+def register_motion_lora(cfg: Config, work: Path, name: str, seed: int) -> str:
+    """Register a random MotionLoRA as ``<registered_model>-motion_lora-<name>`` through the
+    training registry code (alias ``candidate``); returns the version."""
+    import dataclasses
+
+    from animatediff.motion_lora import save_motion_lora
+    from tracking.registry import register_export
+    from tracking.runs import client, experiment_id, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(cfg.mlflow)
+    directory = work / f"lora-{name}-{seed}" / "motion_lora"
+    save_motion_lora(random_motion_lora(cfg, seed), directory, {"name": name})
+    train = dataclasses.replace(
+        cfg.train,
+        stage="motion_lora",
+        init_from=f"models:/{cfg.mlflow.registered_model}@{cfg.mlflow.champion_alias}",
+        lora=dataclasses.replace(cfg.train.lora, rank=2, name=name),
+    )
+    lora_cfg = dataclasses.replace(cfg, train=train)
+    mlflow_client = client(uri)
+    run = mlflow_client.create_run(experiment_id(cfg.mlflow, uri), run_name=f"lora-{name}")
+    version = register_export(lora_cfg, directory, run.info.run_id, uri, val_loss=1.0)
+    mlflow_client.set_terminated(run.info.run_id)
+    return version
+
+
 def register_versions(cfg: Config, work: Path, seeds: list[int]) -> list[str]:
     """Register one motion module per seed through the training registry code (alias
     ``candidate`` on each); point ``champion`` at the first. Returns the versions."""

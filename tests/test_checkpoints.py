@@ -12,7 +12,11 @@ from safetensors.torch import load_file, save_file
 
 from animatediff import checkpoints as ck
 from animatediff.config import MotionModuleConfig
-from animatediff.motion_module import MotionModules, to_diffusers_key
+from animatediff.motion_module import (
+    MotionModules,
+    sinusoidal_position_encoding,
+    to_diffusers_key,
+)
 
 LAYOUT = ((32, 64), 2)  # the tiny base's UNet: block_out_channels, layers_per_block
 
@@ -40,7 +44,11 @@ def assert_same_tensors(a: dict, b: dict) -> None:
 
 @pytest.mark.parametrize("mid_block", [True, False])
 def test_round_trips_between_all_three_formats_are_exact(tmp_path, mid_block):
-    cfg = tiny_cfg(mid_block=mid_block, max_frames=24, cross_frame_norm=False)
+    # An explicit base_norm: a .ckpt carries no config, and 24 frames without a mid block is the
+    # v1 signature that `auto` would resolve to across_frames.
+    cfg = tiny_cfg(
+        mid_block=mid_block, max_frames=24, cross_frame_norm=False, base_norm="per_frame"
+    )
     modules = random_modules(cfg)
     reference = modules.state_dict()
 
@@ -102,14 +110,14 @@ def test_native_format_files_and_uri(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name, max_frames, mid_block",
+    "name, max_frames, mid_block, base_norm",
     [
-        ("mm_sd_v15.ckpt", 24, False),
-        ("mm_sd_v15_v2.ckpt", 32, True),
-        ("v3_sd15_mm.ckpt", 32, False),
+        ("mm_sd_v15.ckpt", 24, False, "across_frames"),
+        ("mm_sd_v15_v2.ckpt", 32, True, "auto"),
+        ("v3_sd15_mm.ckpt", 32, False, "auto"),
     ],
 )
-def test_config_inferred_from_released_layouts_at_sd15_size(name, max_frames, mid_block):
+def test_config_inferred_from_released_layouts_at_sd15_size(name, max_frames, mid_block, base_norm):
     """Released checkpoints' key sets and shapes (built on the meta device: no memory)."""
     cfg = MotionModuleConfig(max_frames=max_frames, mid_block=mid_block)
     with torch.device("meta"):
@@ -123,6 +131,11 @@ def test_config_inferred_from_released_layouts_at_sd15_size(name, max_frames, mi
         1,
     )
     assert (inferred.attention_blocks, inferred.ff_mult, inferred.num_heads) == (2, 4, 8)
+    # v1 normalises the base UNet across frames (the original's use_inflated_groupnorm: false);
+    # an explicit setting is never overridden.
+    assert inferred.base_norm == base_norm
+    explicit = MotionModuleConfig(base_norm="per_frame")
+    assert ck.infer_config(state, explicit, source=name).base_norm == "per_frame"
     ck.validate_state_dict(state, layout, inferred, name)
     count = sum(v.numel() for k, v in state.items() if not k.endswith(".pe"))
     assert count == (453_209_280 if mid_block else 417_137_600)
@@ -144,6 +157,62 @@ def test_ckpt_with_module_prefix_and_nested_state_dict(tmp_path):
         ck.load_original(tmp_path / "full.ckpt", defaults=tiny_cfg())
     modules, _ = ck.load_original(tmp_path / "full.ckpt", tiny_cfg(), ignore_non_motion_keys=True)
     assert_same_tensors(modules.state_dict(), reference)
+
+
+def test_state_dicts_of_the_original_code_have_no_position_tables(tmp_path):
+    """The original registers `pos_encoder.pe` with persistent=False: its train.py saves a whole
+    UNet's state_dict() without tables (and `animatediff_config` metadata may sit beside the
+    tensors). The tables are recomputed: the same sinusoid the released files carry."""
+    cfg = tiny_cfg(mid_block=False, max_frames=24)
+    reference = random_modules(cfg, seed=7).state_dict()
+    for key, value in reference.items():
+        if key.endswith("pos_encoder.pe"):
+            assert torch.equal(value, sinusoidal_position_encoding(24, value.shape[-1]))
+    motion = {k: v for k, v in reference.items() if not k.endswith("pos_encoder.pe")}
+    unet = {
+        "conv_in.weight": torch.zeros(32, 4, 3, 3),
+        "down_blocks.0.resnets.0.conv1.bias": torch.zeros(32),
+    }
+    saved = {"epoch": 3, "global_step": 1200, "state_dict": {**unet, **motion}}
+    torch.save(saved, tmp_path / "checkpoint.ckpt")
+    modules, loaded = ck.load_any(
+        tmp_path / "checkpoint.ckpt", defaults=tiny_cfg(max_frames=24), ignore_non_motion_keys=True
+    )
+    assert loaded == tiny_cfg(mid_block=False, max_frames=24)  # no tables: base_norm not inferred
+    assert_same_tensors(modules.state_dict(), reference)
+
+    torch.save({**motion, "animatediff_config": {"use_motion_module": True}}, tmp_path / "mm.ckpt")
+    modules, _ = ck.load_original(tmp_path / "mm.ckpt", defaults=tiny_cfg(max_frames=24))
+    assert_same_tensors(modules.state_dict(), reference)
+
+    # A partial set of tables is damage, not the original's convention: still an error.
+    some = {**motion, next(k for k in reference if k.endswith(".pe")): torch.zeros(1, 24, 32)}
+    save_file(some, tmp_path / "partial.safetensors")
+    with pytest.raises(ck.CheckpointError, match="missing key .*pos_encoder.pe"):
+        ck.load_original(tmp_path / "partial.safetensors", defaults=tiny_cfg(max_frames=24))
+
+
+@pytest.mark.parametrize("method", ["extend", "interpolate"])
+def test_a_short_table_is_resized_to_model_motion_max_frames(tmp_path, method):
+    """A 24-frame (v1-length) file runs 40-frame clips once adapted to max_frames=40."""
+    from animatediff.motion_module import resize_position_table
+
+    cfg = tiny_cfg(max_frames=24)
+    modules = random_modules(cfg, seed=8)
+    ck.save_original(modules, cfg, tmp_path / "mm.safetensors")
+    loaded, loaded_cfg = ck.load_any(tmp_path / "mm.safetensors")
+    wanted = tiny_cfg(max_frames=40, pe_resize=method, gradient_checkpointing=True)
+    adapted = ck.adapt_to(loaded, loaded_cfg, wanted)
+    assert adapted == dataclasses.replace(
+        loaded_cfg, max_frames=40, pe_resize=method, gradient_checkpointing=True
+    )
+    for key, value in loaded.state_dict().items():
+        if key.endswith(".pe"):
+            original = modules.state_dict()[key]
+            assert torch.equal(value, resize_position_table(original, 40, method)), key
+    assert all(m.max_frames == 40 for m in loaded.modules_list())
+    # Never shrunk: a longer table than asked for stays as it is.
+    assert ck.adapt_to(loaded, adapted, tiny_cfg(max_frames=16)).max_frames == 40
 
 
 class _Payload:

@@ -58,6 +58,48 @@ def test_resolve_model_pins_a_local_directory(tmp_path):
     assert (source.uri, source.version) == (str(tmp_path), "local")
 
 
+def test_generate_writer_merges_the_configured_motion_loras(tmp_path):
+    """``generate.motion_loras`` reach the writer pinned from the driver; the LoRA (a file in
+    the original format, as people download them) changes the videos."""
+    import numpy as np
+    from PIL import Image
+    from serve_helpers import random_motion_lora
+
+    from animatediff.checkpoints import save_motion_modules
+    from animatediff.config import to_dict
+    from animatediff.motion_lora import ORIGINAL_FILE, save_motion_lora
+    from pipelines.generate import VideoWriter
+    from tracking.registry import resolve_motion_lora
+
+    cfg = load_config(
+        ROOT / "configs/tiny.yaml",
+        [
+            f"model.base.cache_dir={tmp_path / 'cache'}",
+            "sample.num_frames=4",
+            "sample.num_inference_steps=2",
+            "generate.motion_loras=[{name: %s, scale: 0.8}]" % (tmp_path / "lora" / ORIGINAL_FILE),
+        ],
+    )
+    save_motion_modules(random_motion_modules(cfg, seed=3), cfg.model.motion, tmp_path / "mm")
+    save_motion_lora(random_motion_lora(cfg, seed=4), tmp_path / "lora")
+    (ref,) = cfg.generate.motion_loras
+    lora = resolve_motion_lora(ref.name, cfg, ref.scale)
+    assert (lora.version, lora.scale, lora.label()) == ("local", 0.8, f"{ref.name}:local@0.8")
+    rows = read_prompts("a red ball bouncing\n", cfg)
+    batch = {key: np.array([row[key] for row in rows]) for key in rows[0]}
+    source = resolve_motion_source(str(tmp_path / "mm"), cfg)
+    videos = {}
+    for name, loras in (("plain", ()), ("lora", (lora,))):
+        writer = VideoWriter(to_dict(cfg), source, str(tmp_path / name), loras)
+        (written,) = writer(batch)["file"]
+        image = Image.open(tmp_path / name / written)
+        videos[name] = np.stack(
+            [np.asarray(image.seek(i) or image.convert("RGB")) for i in range(image.n_frames)]
+        )
+    assert videos["lora"].shape == videos["plain"].shape == (4, 64, 64, 3)
+    assert not np.array_equal(videos["lora"], videos["plain"])
+
+
 class HeadNode:
     """`ray start --head --block` in its own session on free loopback ports and a private temp
     dir; `stop()` terminates that process tree only."""

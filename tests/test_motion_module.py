@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from animatediff.config import MotionModuleConfig
-from animatediff.motion_module import MotionModule, MotionModules, to_diffusers_key
+from animatediff.motion_module import (
+    MotionModule,
+    MotionModules,
+    resize_position_table,
+    sinusoidal_position_encoding,
+    to_diffusers_key,
+)
 
 TINY = dict(norm_groups=8, num_heads=4)
 
@@ -178,3 +185,51 @@ def test_parameter_counts_match_the_released_sd15_modules(mid_block, expected):
     with torch.device("meta"):
         modules = MotionModules((320, 640, 1280, 1280), 2, MotionModuleConfig(mid_block=mid_block))
     assert sum(p.numel() for p in modules.parameters()) == expected
+
+
+def _stretched_reference(table: np.ndarray, length: int) -> np.ndarray:
+    """Linear resampling with half-sample centres, written out: row i samples the old table at
+    (i + 0.5) * old / new - 0.5, clamped to the ends (ComfyUI-AnimateDiff-Evolved's rule)."""
+    old = table.shape[0]
+    out = np.empty((length, table.shape[1]), dtype=np.float64)
+    for i in range(length):
+        x = min(max((i + 0.5) * old / length - 0.5, 0.0), old - 1)
+        lo = int(np.floor(x))
+        hi = min(lo + 1, old - 1)
+        out[i] = (1 - (x - lo)) * table[lo] + (x - lo) * table[hi]
+    return out
+
+
+def test_position_tables_extend_the_sinusoid_or_stretch_the_trained_table():
+    table = sinusoidal_position_encoding(24, 32)
+    extended = resize_position_table(table, 64, "extend")
+    assert extended.shape == (1, 64, 32)
+    assert torch.allclose(extended, sinusoidal_position_encoding(64, 32), atol=1e-6)
+    assert torch.equal(extended[:, :24], table)  # the rows a 24-frame clip uses are untouched
+
+    trained = torch.randn(1, 24, 32, generator=torch.Generator().manual_seed(0))
+    stretched = resize_position_table(trained, 64, "interpolate")
+    expected = _stretched_reference(trained[0].double().numpy(), 64)
+    assert np.abs(stretched[0].double().numpy() - expected).max() < 1e-6
+    assert torch.equal(resize_position_table(trained, 24, "interpolate"), trained)
+    with pytest.raises(ValueError, match="only grow"):
+        resize_position_table(trained, 16, "extend")
+    with pytest.raises(ValueError, match="pe_resize"):
+        resize_position_table(trained, 32, "repeat")
+
+
+def test_extended_modules_run_longer_clips_and_keep_short_ones():
+    cfg = MotionModuleConfig(**TINY, max_frames=8)
+    modules = MotionModules((32, 64), 1, cfg)
+    _randomize(modules, seed=5)
+    module = modules.down_blocks[0].motion_modules[0]
+    short = torch.randn(2 * 6, 32, 3, 3, generator=torch.Generator().manual_seed(6))
+    before = module(short, 6)
+    with pytest.raises(ValueError, match="max_frames=8"):
+        module(torch.randn(20, 32, 3, 3), 20)
+    modules.resize_position_tables(20, "extend")
+    assert torch.equal(module(short, 6), before)
+    assert module(torch.randn(20, 32, 3, 3), 20).shape == (20, 32, 3, 3)
+    assert modules.cfg.max_frames == 20
+    modules.resize_position_tables(40, "interpolate")
+    assert not torch.equal(module(short, 6), before)  # positions moved: a stretched table

@@ -254,18 +254,42 @@ def test_windows_blend_per_frame_predictions_exactly(tiny_base_dir: Path, base) 
     )
 
 
-def test_long_video_runs_unet_per_window(t2v: TextToVideo, monkeypatch) -> None:
-    frames_seen = []
-    forward = t2v.unet.forward
+@pytest.mark.parametrize(
+    "windows_per_call, calls", [(0, [1, 1, 1]), (1, [1, 1, 1]), (2, [2, 1]), (4, [3])]
+)
+def test_long_video_runs_the_unet_on_batches_of_windows(
+    tiny_base_dir: Path, base, t2v: TextToVideo, monkeypatch, windows_per_call, calls
+) -> None:
+    cfg = _config(tiny_base_dir, f"sample.context_batch_size={windows_per_call}")
+    pipe = TextToVideo(cfg, base=base, unet=t2v.unet, device="cpu")
+    shapes = []
+    forward = pipe.unet.forward
 
     def recording(sample, timestep, text):
-        frames_seen.append(sample.shape[2])
+        assert text.shape[0] == sample.shape[0]
+        shapes.append(tuple(sample.shape[:3]))
         return forward(sample, timestep, text)
 
-    monkeypatch.setattr(t2v.unet, "forward", recording)
-    video = t2v("a long cat", num_frames=20, num_inference_steps=2, height=16, width=16)
+    monkeypatch.setattr(pipe.unet, "forward", recording)
+    video = pipe("a long cat", num_frames=20, num_inference_steps=2, height=16, width=16)
     assert video.shape == (20, 16, 16, 3)
-    assert frames_seen == [8, 8, 8] * 2  # 3 windows of context_frames per step, never 20 at once
+    # 3 windows of context_frames per step (never 20 frames at once), `windows_per_call` at a
+    # time, each window one sample of the batch; [uncond; cond] doubles it.
+    assert shapes == [(2 * n, 4, 8) for n in calls] * 2
+
+
+def test_batched_windows_give_what_one_call_per_window_gives(
+    tiny_base_dir: Path, base, t2v: TextToVideo
+) -> None:
+    latents = torch.randn(2, 4, 30, 4, 4, generator=torch.Generator().manual_seed(1))
+    text = torch.cat([t2v.encode_prompts(["", ""]), t2v.encode_prompts(["a cat", "a dog"])])
+    t = torch.tensor(600)
+    outputs = {}
+    for size in (1, 3, 16):  # one at a time, chunks of 3 (the last one short), all 5 at once
+        cfg = _config(tiny_base_dir, f"sample.context_batch_size={size}")
+        pipe = TextToVideo(cfg, base=base, unet=t2v.unet, device="cpu")
+        outputs[size] = pipe.predict_noise(latents, t, text, 7.5)
+    assert torch.equal(outputs[3], outputs[1]) and torch.equal(outputs[16], outputs[1])
 
 
 def test_chunked_decode_equals_unchunked(base) -> None:
@@ -295,3 +319,33 @@ def test_bad_requests_are_named(t2v: TextToVideo) -> None:
         t2v("a cat", guidance_scale=0.5)
     with pytest.raises(ValueError, match="context_frames"):
         TextToVideo(_config(Path("unused"), "sample.context_frames=40"))
+
+
+@pytest.mark.parametrize("method", ["extend", "interpolate"])
+def test_a_module_samples_windows_longer_than_its_file_once_its_table_is_resized(
+    tiny_base_dir: Path, base, tmp_path: Path, method: str
+) -> None:
+    """A 24-frame (v1-length) file samples 40-frame windows under model.motion.max_frames=40:
+    loading resizes its tables (model.motion.pe_resize); without that it is refused."""
+    from animatediff.checkpoints import save_original
+    from animatediff.motion_module import MotionModules
+    from tracking.registry import MotionSource, load_motion
+
+    short = _config(tiny_base_dir, "model.motion.max_frames=24", "model.motion.zero_init_out=false")
+    modules = MotionModules((32, 64), 2, short.model.motion)
+    save_original(modules, short.model.motion, tmp_path / "mm.safetensors")
+    source = MotionSource(str(tmp_path / "mm.safetensors"), "local", "")
+    with pytest.raises(ValueError, match="context_frames"):
+        TextToVideo(_config(tiny_base_dir, "sample.context_frames=40"), modules, base=base)
+    cfg = _config(
+        tiny_base_dir,
+        "model.motion.max_frames=40",
+        f"model.motion.pe_resize={method}",
+        "sample.context_frames=40",
+        "sample.context_overlap=8",
+    )
+    loaded, adapted = load_motion(source, cfg)
+    assert (adapted.model.motion.max_frames, adapted.model.motion.pe_resize) == (40, method)
+    pipe = TextToVideo(adapted, loaded, base=base, device="cpu")
+    video = pipe("a long cat", num_frames=40, num_inference_steps=1, height=16, width=16)
+    assert video.shape == (40, 16, 16, 3)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from serve_helpers import free_port, register_versions
+from serve_helpers import free_port, register_motion_lora, register_versions
 
 from animatediff.config import load_config
 
@@ -57,6 +57,7 @@ def server(ray_cluster, tmp_path_factory):
     ]
     cfg = load_config(ROOT / args["config"], overrides)
     versions = register_versions(cfg, work, seeds=[1, 2])
+    register_motion_lora(cfg, work, "zoom_in", seed=3)
     url = deploy(cfg)
     assert url.startswith("http://127.0.0.1:")
     client = httpx.Client(base_url=url, timeout=120)
@@ -130,6 +131,21 @@ def test_other_containers(server, fmt, mime):
         ({"prompt": "a", "height": 30}, "height", "multiple of 8"),
         ({"prompt": "a", "model": "v42"}, "model", "unknown model 'v42'"),
         ({"prompt": "a", "base": "nope"}, "base", "unknown base 'nope'"),
+        (
+            {"prompt": "a", "motion_loras": [{"name": "pan_up"}]},
+            "motion_loras.0.name",
+            "unknown MotionLoRA 'pan_up'; known: zoom_in",
+        ),
+        (
+            {"prompt": "a", "motion_loras": [{"name": "zoom_in/9"}]},
+            "motion_loras.0.name",
+            "unknown model '9'",
+        ),
+        (
+            {"prompt": "a", "motion_loras": [{"name": "zoom_in", "scale": 9}]},
+            "motion_loras.0.scale",
+            "between -4.0 and 4.0",
+        ),
         ({"prompt": "a", "negative_prompt": "x" * 9000}, "body", "limit is 8192"),
     ],
 )
@@ -170,6 +186,36 @@ def test_bodies_that_are_not_json_get_415(server, content_type):
     )
     assert response.status_code == 415, response.text
     assert response.json()["detail"][0]["field"] == "content-type"
+
+
+def test_motion_loras_are_listed_merged_per_scale_and_cached(server):
+    """A MotionLoRA changes the video; each (version, base, LoRAs, scales) is its own cached
+    pipeline; the response names what was merged."""
+    _, _, versions, client = server
+    listed = client.get("/v1/models").json()["motion_loras"]
+    assert [(m["name"], m["versions"]) for m in listed] == [("zoom_in", ["1"])]
+    assert listed[0]["registered_model"].endswith("-motion_lora-zoom_in")
+    request = {"prompt": "a red ball", "seed": 4, "num_frames": 4, "model": versions[0]}
+    plain = client.post("/v1/generate", json=request)
+    body = {**request, "motion_loras": [{"name": "zoom_in", "scale": 1.0}]}
+    first = client.post("/v1/generate", json=body)
+    assert first.status_code == 200, first.text
+    assert (
+        first.headers["x-motion-loras"] == "zoom_in:1@1" and plain.headers["x-motion-loras"] == ""
+    )
+    assert first.headers["x-model-loaded"] == "1"
+    assert not np.array_equal(_frames(first.content), _frames(plain.content))
+    again = client.post(
+        "/v1/generate", json={**body, "motion_loras": [{"name": "zoom_in@candidate"}]}
+    )
+    assert again.headers["x-model-loaded"] == "0" and again.content == first.content
+    half = client.post(
+        "/v1/generate", json={**body, "motion_loras": [{"name": "zoom_in", "scale": 0.5}]}
+    )
+    assert (
+        half.headers["x-model-loaded"] == "1" and half.headers["x-motion-loras"] == "zoom_in:1@0.5"
+    )
+    assert not np.array_equal(_frames(half.content), _frames(first.content))
 
 
 def test_personalized_base_changes_the_video(server):
@@ -359,6 +405,18 @@ def test_web_page_in_headless_chromium(server, tmp_path):
         )
         meta = driver.find_element(By.ID, "meta").text
         assert "seed    7" in meta and f"v{versions[0]}" in meta, meta
+        assert "loras" not in meta
+
+        lora = driver.find_element(By.CSS_SELECTOR, "#motion_loras .lora-use")
+        assert lora.get_attribute("data-name") == "zoom_in"
+        assert "zoom_in v1" in driver.find_element(By.ID, "motion_loras").text
+        lora.click()
+        scale = driver.find_element(By.CSS_SELECTOR, "#motion_loras .lora-scale")
+        scale.clear()
+        scale.send_keys("0.5")
+        driver.find_element(By.ID, "generate").click()
+        wait.until(lambda d: "loras   zoom_in:1@0.5" in d.find_element(By.ID, "meta").text)
+        lora.click()  # off again for the next check
         shots.append(tmp_path / "serve_web_generate.png")
         driver.save_screenshot(str(shots[-1]))
 

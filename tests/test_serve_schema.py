@@ -16,8 +16,10 @@ from serving.schema import (
 )
 from tracking.model_refs import (
     ModelSnapshot,
+    MotionLoraCatalog,
     RegistryView,
     UnknownModelError,
+    resolve_lora_ref,
     resolve_model_ref,
 )
 
@@ -222,3 +224,76 @@ def test_registry_view_rereads_after_the_ttl_only():
     with pytest.raises(UnknownModelError):
         view.resolve("v7", "champion")
     assert len(reads) == 3
+
+
+def test_motion_loras_in_requests_are_checked():
+    params = _parse(
+        prompt="a", motion_loras=[{"name": " zoom_in "}, {"name": "pan/2", "scale": -1}]
+    )
+    assert params.motion_loras == (("zoom_in", 1.0), ("pan/2", -1.0))
+    assert _parse(prompt="a").motion_loras == ()
+    limit = CFG.serve.limits.max_motion_loras
+    too_many = [{"name": f"l{i}"} for i in range(limit + 1)]
+    for loras, field, words in [
+        (too_many, "motion_loras", f"at most {limit}"),
+        ([{"name": " "}], "motion_loras.0.name", "must not be empty"),
+        ([{"name": "a"}, {"name": "a@champion"}], "motion_loras.1.name", "'a' is listed twice"),
+        ([{"name": "a", "scale": -4.5}], "motion_loras.0.scale", "between -4.0 and 4.0"),
+        ([{"scale": 1}], "motion_loras.0.name", "Field required"),
+        ([{"name": "a", "weight": 1}], "motion_loras.0.weight", "Extra inputs"),
+    ]:
+        error = _error({"prompt": "a", "motion_loras": loras})
+        assert (error.field, words in error.reason) == (field, True), (error.field, error.reason)
+
+
+LORAS = {
+    "zoom_in": ModelSnapshot("m-motion_lora-zoom_in", SNAPSHOT.versions, {"champion": "2"}),
+    "pan_left": ModelSnapshot("m-motion_lora-pan_left", ({"version": "1"}, {"version": "4"})),
+}
+
+
+@pytest.mark.parametrize(
+    ("ref", "expected"),
+    [
+        ("zoom_in", ("m-motion_lora-zoom_in", "2")),  # the champion
+        ("zoom_in@champion", ("m-motion_lora-zoom_in", "2")),
+        ("zoom_in/3", ("m-motion_lora-zoom_in", "3")),
+        ("pan_left", ("m-motion_lora-pan_left", "4")),  # no champion yet: the latest version
+        ("pan_left/1", ("m-motion_lora-pan_left", "1")),
+    ],
+)
+def test_motion_lora_refs_resolve_to_registered_versions(ref, expected):
+    assert resolve_lora_ref(ref, LORAS, "champion") == expected
+
+
+@pytest.mark.parametrize(
+    ("ref", "words"),
+    [
+        ("tilt_up", "unknown MotionLoRA 'tilt_up'; known: pan_left, zoom_in"),
+        ("pan_left@champion", "unknown model 'champion'"),
+        ("zoom_in/7", "unknown model '7'"),
+    ],
+)
+def test_unknown_motion_loras_name_the_field(ref, words):
+    with pytest.raises(UnknownModelError) as info:
+        resolve_lora_ref(ref, LORAS, "champion", field="motion_loras.1.name")
+    assert info.value.field == "motion_loras.1.name" and words in info.value.reason
+
+
+def test_motion_lora_catalog_rereads_after_the_ttl_and_on_a_miss():
+    now, reads = [0.0], []
+    catalog_state = {"zoom_in": LORAS["zoom_in"]}
+
+    def reader(uri: str, model: str) -> dict:
+        reads.append(now[0])
+        return dict(catalog_state)
+
+    catalog = MotionLoraCatalog("sqlite:///x.db", "m", 5.0, reader=reader, clock=lambda: now[0])
+    assert catalog.resolve("zoom_in", "champion", "f") == ("m-motion_lora-zoom_in", "2")
+    catalog_state["pan_left"] = LORAS["pan_left"]  # registered meanwhile
+    now[0] = 0.5
+    with pytest.raises(UnknownModelError):
+        catalog.resolve("pan_left", "champion", "f")  # re-read at most once a second
+    now[0] = 1.5
+    assert catalog.resolve("pan_left", "champion", "f")[1] == "4"
+    assert len(reads) == 2

@@ -13,6 +13,7 @@ from train_helpers import tiny_train_config
 from animatediff.base_model import load_base_model
 from animatediff.lora import LoraLinear, add_lora, kohya_state_dict, merge_lora
 from animatediff.training import Batch, batch_loss, build_training_model, one_frame_per_clip
+from animatediff.unet import VideoUNet
 
 
 def _batch(size: int = 2, frames: int = 4, seed: int = 0) -> Batch:
@@ -119,3 +120,160 @@ def test_lora_needs_the_image_stage():
 
     with pytest.raises(ConfigError, match="train.lora.rank"):
         load_config(None, ["train.lora.rank=4"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Starting from an existing motion module; MotionLoRA
+# ---------------------------------------------------------------------------------------------
+
+
+def _v1_like_file(tmp_path, cfg) -> tuple[str, dict]:
+    """An original-layout .safetensors with the v1 signature (24-frame tables, no mid block)
+    for the tiny base, random weights; returns its path and state dict."""
+    import dataclasses
+
+    from animatediff.checkpoints import save_original
+    from animatediff.training import new_motion_modules_for
+
+    v1 = dataclasses.replace(cfg.model.motion, max_frames=24, mid_block=False, zero_init_out=False)
+    modules = new_motion_modules_for(load_base_model(cfg.model.base).unet, v1)
+    generator = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for parameter in modules.parameters():
+            parameter.copy_(0.05 * torch.randn(parameter.shape, generator=generator))
+    path = tmp_path / "mm_v1.ckpt"
+    save_original(modules, v1, path)
+    return str(path), modules.state_dict()
+
+
+def test_init_from_starts_from_the_files_weights_and_config(tmp_path):
+    from animatediff.config import ConfigError
+    from animatediff.training import with_init_from_config
+
+    cfg = tiny_train_config(tmp_path)
+    path, weights = _v1_like_file(tmp_path, cfg)
+    wanted = tiny_train_config(tmp_path, f"train.init_from={path}", "model.motion.max_frames=40")
+    resolved = with_init_from_config(wanted)
+    motion = resolved.model.motion
+    # The file decides the architecture and (v1 signature) the base norm; the table is lengthened.
+    assert (motion.mid_block, motion.max_frames, motion.base_norm) == (False, 40, "across_frames")
+    model = build_training_model(resolved)
+    loaded = model.unet.motion_modules.state_dict()
+    for key, value in weights.items():
+        got = loaded[key][:, :24] if key.endswith(".pe") else loaded[key]
+        assert torch.equal(got, value), key
+    assert all(p.requires_grad for p in model.unet.motion_modules.parameters())
+    assert model.unet.base_norm_across_frames
+    loss = batch_loss(
+        model, model.unet, _batch(frames=4), resolved, torch.Generator().manual_seed(0)
+    )
+    loss.backward()
+    with pytest.raises(ConfigError, match="not the config train.init_from trains with"):
+        build_training_model(wanted)  # model.motion must be the resolved one
+
+
+def test_motion_lora_stage_trains_adapters_on_the_frozen_module(tmp_path):
+    from animatediff.training import with_init_from_config
+
+    base_cfg = tiny_train_config(tmp_path)
+    path, weights = _v1_like_file(tmp_path, base_cfg)
+    cfg = with_init_from_config(
+        tiny_train_config(
+            tmp_path,
+            "train.stage=motion_lora",
+            f"train.init_from={path}",
+            "train.lora.rank=2",
+            "train.lora.name=zoom_in",
+        )
+    )
+    model = build_training_model(cfg)
+    motion = model.unet.motion_modules
+    trainable = {name for name, p in motion.named_parameters() if p.requires_grad}
+    # q/k/v/out of both temporal attentions of every motion module, a down and an up each.
+    assert len(trainable) == len(motion.modules_list()) * 2 * 4 * 2
+    assert all(name.endswith((".down.weight", ".up.weight")) for name in trainable)
+    assert {id(p) for p in model.trainable_parameters()} == {
+        id(p) for p in motion.parameters() if p.requires_grad
+    }
+    sample, text = torch.randn(1, 4, 4, 4, 4), torch.randn(1, 77, 32)
+    plain = VideoUNet.from_unet2d(
+        load_base_model(cfg.model.base).unet,
+        cfg.model.motion,
+        _plain_modules(cfg, weights),
+    )
+    with torch.no_grad():  # a fresh adapter (up = 0) changes nothing
+        torch.testing.assert_close(model.unet(sample, 300, text), plain(sample, 300, text))
+    loss = batch_loss(model, model.unet, _batch(frames=4), cfg, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert all(p.grad is None for n, p in motion.named_parameters() if n not in trainable)
+
+
+def _plain_modules(cfg, weights):
+    import dataclasses
+
+    from animatediff.checkpoints import adapt_to, modules_from_state_dict
+
+    file_cfg = dataclasses.replace(cfg.model.motion, max_frames=24)
+    modules = modules_from_state_dict(weights, file_cfg)
+    adapt_to(modules, file_cfg, cfg.model.motion)
+    return modules
+
+
+def test_motion_lora_export_writes_both_formats_and_samples(tmp_path):
+    """The stage's export without Ray: the gathered adapters -> motion_lora/ (original +
+    diffusers + json), and a sampler over the frozen module with the LoRA merged."""
+    import json
+
+    from animatediff import motion_lora as ml
+    from animatediff.training import with_init_from_config
+    from trainer.export import Export, export_name
+
+    path, _ = _v1_like_file(tmp_path, tiny_train_config(tmp_path))
+    cfg = with_init_from_config(
+        tiny_train_config(
+            tmp_path,
+            "train.stage=motion_lora",
+            f"train.init_from={path}",
+            "train.lora.rank=2",
+            "train.lora.alpha=4",
+            "train.lora.name=pan_left",
+        )
+    )
+    model = build_training_model(cfg)
+    motion = model.unet.motion_modules
+    state = {
+        name: (0.2 * torch.ones_like(p) if name.endswith(".up.weight") else p.detach().clone())
+        for name, p in motion.named_parameters()
+        if p.requires_grad
+    }
+    export = Export(state, cfg, model.unet)
+    written = export.write(tmp_path / "checkpoint")
+    assert written.name == export_name(cfg.train) == "motion_lora"
+    meta = json.loads((written / ml.META_FILE).read_text())
+    assert meta["name"] == "pan_left" and meta["motion_module"] == path and meta["rank"] == 2
+    lora = ml.read_motion_lora(written)
+    diffusers = ml.read_motion_lora(written / ml.DIFFUSERS_FILE)
+    for key, (down, up) in lora.pairs.items():
+        name = key.removesuffix(".weight")
+        assert torch.equal(down, state[f"{name}.down.weight"])
+        assert torch.equal(up, state[f"{name}.up.weight"] * 2.0)  # alpha / rank folded in
+        assert torch.equal(diffusers.pairs[key][1], up)
+    video = export.sampler(device="cpu")("a ball", num_frames=4, num_inference_steps=1)
+    assert video.shape == (4, 32, 32, 3)
+
+
+def test_motion_lora_options_are_checked_together():
+    from animatediff.config import ConfigError, load_config
+
+    stage = ["train.stage=motion_lora", "train.lora.rank=2", "train.lora.name=zoom_in"]
+    with pytest.raises(ConfigError, match="train.init_from"):
+        load_config(None, stage)
+    with pytest.raises(ConfigError, match="train.lora.name"):
+        load_config(None, [*stage[:2], "train.init_from=x"])
+    with pytest.raises(ConfigError, match="train.lora.rank"):
+        load_config(None, [stage[0], stage[2], "train.init_from=x"])
+    with pytest.raises(ConfigError, match="train.lora.name"):
+        load_config(None, [*stage[:2], "train.init_from=x", "train.lora.name=zoom/in"])
+    with pytest.raises(ConfigError, match="train.init_from"):
+        load_config(None, ["train.stage=image", "train.init_from=x"])
+    load_config(None, [*stage, "train.init_from=models:/m@champion"])

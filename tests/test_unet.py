@@ -192,3 +192,67 @@ def test_sd15_trainable_parameter_counts(mid_block, expected):
     )
     assert sum(p.numel() for p in video.trainable_parameters()) == expected
     assert sum(p.numel() for p in video.parameters() if p.requires_grad) == expected
+
+
+class _VideoGroupNorm(torch.nn.Module):
+    """The original v1's base norm, written as it is there: ``nn.GroupNorm`` applied to the 5-D
+    video tensor ``(batch, channels, frames, height, width)``."""
+
+    def __init__(self, norm: torch.nn.GroupNorm, frames: int) -> None:
+        super().__init__()
+        self.norm, self.frames = norm, frames
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        video = x.reshape(-1, self.frames, *x.shape[1:]).permute(0, 2, 1, 3, 4)
+        return self.norm(video).permute(0, 2, 1, 3, 4).reshape(x.shape)
+
+
+def _original_v1_unet2d(unet2d: UNet2DConditionModel, frames: int) -> UNet2DConditionModel:
+    """A copy whose resnet norms and output norm are the original v1's (use_inflated_groupnorm:
+    false in its ResnetBlock3D and UNet3DConditionModel.conv_norm_out)."""
+    import copy
+
+    from diffusers.models.resnet import ResnetBlock2D
+
+    v1 = copy.deepcopy(unet2d)
+    for module in v1.modules():
+        if isinstance(module, ResnetBlock2D):
+            module.norm1 = _VideoGroupNorm(module.norm1, frames)
+            module.norm2 = _VideoGroupNorm(module.norm2, frames)
+    v1.conv_norm_out = _VideoGroupNorm(v1.conv_norm_out, frames)
+    return v1
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_v1_base_norm_across_frames_matches_the_original(unet2d, checkpointing):
+    """``base_norm: across_frames`` computes what the original v1 computes; per-frame statistics
+    (v2/v3, diffusers) give another function."""
+    frames = 5
+    sample, timestep, text = _inputs(frames=frames)
+    ours = _video_unet(unet2d, base_norm="across_frames", mid_block=False, max_frames=24)
+    if checkpointing:
+        ours.enable_gradient_checkpointing()
+    per_frame_cfg = MotionModuleConfig(**TINY_MOTION, mid_block=False, max_frames=24)
+    reference = VideoUNet(_original_v1_unet2d(unet2d, frames), ours.motion_modules, per_frame_cfg)
+    per_frame = VideoUNet(unet2d, ours.motion_modules, per_frame_cfg)
+    with torch.set_grad_enabled(checkpointing):
+        expected = reference(sample, timestep, text)
+        got = ours(sample, timestep, text)
+        other = per_frame(sample, timestep, text)
+    assert (got - expected).abs().max() <= 1e-5
+    assert (other - expected).abs().max() > 1e-2
+
+
+def test_resnet_forward_is_diffusers_resnet_forward(unet2d):
+    """The across-frames path re-runs ``ResnetBlock2D.forward``: with plain norms it must be that
+    forward exactly (a guard against drifting from diffusers)."""
+    from animatediff.unet import resnet_forward
+
+    generator = torch.Generator().manual_seed(3)
+    emb = torch.randn(6, unet2d.config.block_out_channels[0] * 4, generator=generator)
+    for resnet in (unet2d.down_blocks[1].resnets[0], unet2d.up_blocks[0].resnets[2]):
+        hidden = torch.randn(6, resnet.in_channels, 4, 4, generator=generator)
+        with torch.no_grad():
+            expected = resnet(hidden, emb)
+            got = resnet_forward(resnet, hidden, emb, lambda norm, x: norm(x))
+        assert torch.equal(got, expected)

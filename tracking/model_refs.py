@@ -15,15 +15,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MISS_REFRESH_S = 1.0
+MOTION_LORA_INFIX = "-motion_lora-"
+
+
+def motion_lora_model_name(model_name: str, lora_name: str) -> str:
+    """The registered model of MotionLoRA ``lora_name`` made for the motion modules registered as
+    ``model_name``: ``<model_name>-motion_lora-<lora_name>``."""
+    return f"{model_name}{MOTION_LORA_INFIX}{lora_name}"
 
 
 class UnknownModelError(ValueError):
     """A model reference matches no alias or version of the registered model (Serve answers
-    422 naming the ``model`` field)."""
+    422 naming the field, ``model`` unless said otherwise)."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"model: {reason}")
-        self.field = "model"
+    def __init__(self, reason: str, field: str = "model") -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
         self.reason = reason
 
 
@@ -94,6 +101,80 @@ def read_snapshot(tracking_uri: str, name: str) -> ModelSnapshot:
     return ModelSnapshot(
         name=name, versions=tuple(versions), aliases=aliases, taken_at=time.monotonic()
     )
+
+
+def split_lora_ref(ref: str) -> tuple[str, str | None]:
+    """``zoom_in`` / ``zoom_in@champion`` / ``zoom_in/3`` -> (``zoom_in``, alias or version)."""
+    for separator in ("@", "/"):
+        if separator in ref:
+            name, _, which = ref.partition(separator)
+            return name, which or None
+    return ref, None
+
+
+def resolve_lora_ref(
+    ref: str, loras: dict[str, ModelSnapshot], default_alias: str, field: str = "motion_loras"
+) -> tuple[str, str]:
+    """``(registered model, version)`` of a MotionLoRA reference among ``loras`` (by LoRA name):
+    ``name@alias`` and ``name/version`` as for motion modules; a bare name means its
+    ``default_alias``, or its latest version while it has none (a LoRA just trained is usable
+    before anyone promotes it). Raises ``UnknownModelError`` naming ``field``."""
+    name, which = split_lora_ref(ref.strip())
+    snapshot = loras.get(name)
+    if snapshot is None:
+        known = ", ".join(sorted(loras)) or "none registered"
+        raise UnknownModelError(f"unknown MotionLoRA {name!r}; known: {known}", field)
+    if which is None and default_alias not in snapshot.aliases and snapshot.versions:
+        return snapshot.name, snapshot.version_numbers()[-1]
+    try:
+        return snapshot.name, resolve_model_ref(which, snapshot, default_alias)
+    except UnknownModelError as error:
+        raise UnknownModelError(f"MotionLoRA {error.reason}", field) from error
+
+
+def read_motion_lora_snapshots(tracking_uri: str, model_name: str) -> dict[str, ModelSnapshot]:
+    """Every registered MotionLoRA for ``model_name``'s motion modules, by LoRA name."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    prefix = motion_lora_model_name(model_name, "")
+    # LIKE treats '_' as a wildcard: a superset, narrowed to the exact prefix here.
+    found = client.search_registered_models(filter_string=f"name LIKE '{prefix}%'")
+    names = sorted(m.name for m in found if m.name.startswith(prefix))
+    return {name[len(prefix) :]: read_snapshot(tracking_uri, name) for name in names}
+
+
+class MotionLoraCatalog:
+    """The registered MotionLoRAs of a motion model, re-read at most every ``ttl_s`` seconds
+    (and once a second on a miss), like ``RegistryView``."""
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        model_name: str,
+        ttl_s: float,
+        reader: Callable[[str, str], dict[str, ModelSnapshot]] = read_motion_lora_snapshots,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.tracking_uri, self.model_name, self.ttl_s = tracking_uri, model_name, ttl_s
+        self._reader, self._clock = reader, clock
+        self._loras: dict[str, ModelSnapshot] | None = None
+        self._taken_at = 0.0
+        self._lock = threading.Lock()
+
+    def snapshot(self, max_age_s: float | None = None) -> dict[str, ModelSnapshot]:
+        with self._lock:
+            age = self._clock() - self._taken_at
+            if self._loras is None or age >= (self.ttl_s if max_age_s is None else max_age_s):
+                self._loras = self._reader(self.tracking_uri, self.model_name)
+                self._taken_at = self._clock()
+            return self._loras
+
+    def resolve(self, ref: str, default_alias: str, field: str) -> tuple[str, str]:
+        try:
+            return resolve_lora_ref(ref, self.snapshot(), default_alias, field)
+        except UnknownModelError:
+            return resolve_lora_ref(ref, self.snapshot(MISS_REFRESH_S), default_alias, field)
 
 
 class RegistryView:

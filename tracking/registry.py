@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from animatediff.checkpoints import NATIVE_CONFIG, load_any, load_motion_modules
+from animatediff.checkpoints import NATIVE_CONFIG, adapt_to, load_any, load_motion_modules
 from animatediff.config import (
     Config,
     ConfigError,
@@ -44,7 +44,13 @@ from animatediff.config import (
 from animatediff.generation import GenerationParams, generate_all
 from tracking import notes
 from tracking.datasets import CONTEXT_TAG
-from tracking.model_refs import read_snapshot, resolve_model_ref
+from tracking.model_refs import (
+    motion_lora_model_name,
+    read_motion_lora_snapshots,
+    read_snapshot,
+    resolve_lora_ref,
+    resolve_model_ref,
+)
 from tracking.provenance import code_version, source_tags
 from tracking.runs import (
     LOSS_METRIC,
@@ -181,9 +187,12 @@ def _input_example(cfg: Config):
 def registered_name(cfg: Config) -> str:
     """Where a training run registers its result: ``mlflow.registered_model`` for motion modules,
     ``<mlflow.registered_model>-<stage>`` for other stages (an image-stage UNet or LoRA must never
-    become a version that Serve loads as a motion module)."""
+    become a version that Serve loads as a motion module), and for each MotionLoRA its own model
+    ``<mlflow.registered_model>-motion_lora-<train.lora.name>``."""
     if cfg.train.stage == "motion":
         return cfg.mlflow.registered_model
+    if cfg.train.stage == "motion_lora":
+        return motion_lora_model_name(cfg.mlflow.registered_model, cfg.train.lora.name)
     return f"{cfg.mlflow.registered_model}-{cfg.train.stage}"
 
 
@@ -300,11 +309,13 @@ def _register(
     model_type: str,
     sha256: str,
     step: int | None = None,
+    extra_tags: dict[str, str] | None = None,
 ) -> str:
     """Log ``model_dir`` as an MLflow logged model of ``run_id`` (named ``model_type``, with
     the version's tags, the training params and the run's last losses), register it under
-    ``registered_name(cfg)`` with alias ``mlflow.candidate_alias``; returns the version. Only
-    client calls on ``tracking_uri``: MLflow's process-wide settings are untouched."""
+    ``registered_name(cfg)`` with alias ``mlflow.candidate_alias`` (``extra_tags`` on the version
+    too, e.g. the motion module a run started from); returns the version. Only client calls on
+    ``tracking_uri``: MLflow's process-wide settings are untouched."""
     from mlflow.entities import LoggedModelOutput
 
     mlflow_client = client(tracking_uri)
@@ -325,6 +336,7 @@ def _register(
         VAL_LOSS_TAG: None if val_loss is None else repr(float(val_loss)),
     }
     tags |= {key: str(value) for key, value in optional.items() if value is not None}
+    tags |= extra_tags or {}
     params = {k: str(v) for k, v in section_params(cfg, TRAIN_PARAM_SECTIONS).items()}
     logged = mlflow_client.create_logged_model(
         run.info.experiment_id,
@@ -378,6 +390,7 @@ def register_motion_module(
     tracking_uri: str,
     val_loss: float | None = None,
     step: int | None = None,
+    tags: dict[str, str] | None = None,
 ) -> str:
     """Register a native motion-module directory as a text-to-video pyfunc model (see
     ``_register``); returns the version, an existing one when it holds the same weights."""
@@ -407,7 +420,7 @@ def register_motion_module(
             pip_requirements=["animatediff-ray"],
         )
         return _register(
-            cfg, model_dir, run_id, tracking_uri, val_loss, "motion-module", sha256, step
+            cfg, model_dir, run_id, tracking_uri, val_loss, "motion-module", sha256, step, tags
         )
 
 
@@ -418,12 +431,14 @@ def register_export(
     tracking_uri: str,
     val_loss: float | None = None,
     step: int | None = None,
+    tags: dict[str, str] | None = None,
 ) -> str:
     """Register what a training run exported: a motion module as a pyfunc model, an image-stage
-    StableDiffusion directory or LoRA file as plain artifacts (with the training config).
+    StableDiffusion directory or LoRA file, or a MotionLoRA directory as plain artifacts (with the
+    training config). ``tags`` go on the version (e.g. the motion module a run started from).
     Identical weights are not registered again (see ``_identical_version``)."""
     if cfg.train.stage == "motion":
-        return register_motion_module(cfg, export_path, run_id, tracking_uri, val_loss, step)
+        return register_motion_module(cfg, export_path, run_id, tracking_uri, val_loss, step, tags)
     sha256 = weights_sha256(export_path)
     existing = _identical_version(cfg, tracking_uri, run_id, sha256)
     if existing is not None:
@@ -436,7 +451,9 @@ def register_export(
         else:
             shutil.copyfile(export_path, model_dir / export_path.name)
         model_type = f"{cfg.train.stage}-model"
-        return _register(cfg, model_dir, run_id, tracking_uri, val_loss, model_type, sha256, step)
+        return _register(
+            cfg, model_dir, run_id, tracking_uri, val_loss, model_type, sha256, step, tags
+        )
 
 
 def _parse_models_uri(model_uri: str) -> tuple[str, str | None, str | None]:
@@ -504,6 +521,19 @@ def load_registered_motion_module(
     ``version``, ``aliases``, ``run_id``, ``val_loss``, ``base`` (the ``model.base`` config dict of
     the frozen base it animates) and ``config`` (the full training config dict, for sampling
     defaults)."""
+    with tempfile.TemporaryDirectory() as directory:
+        local, metadata = _download_model(model_uri, tracking_uri, directory)
+        modules, motion_cfg = load_motion_modules(_find_artifact(local, MOTION_ARTIFACT))
+        metadata["base"] = json.loads(_find_artifact(local, "base", BASE_ARTIFACT).read_text())
+        metadata["config"] = to_dict(load_config(_find_artifact(local, "config", CONFIG_ARTIFACT)))
+    return modules, motion_cfg, metadata
+
+
+def _download_model(
+    model_uri: str, tracking_uri: str | None, directory: str
+) -> tuple[Path, dict[str, Any]]:
+    """``(local directory, metadata)`` of a registered or logged model (or a local directory
+    as is), downloaded into ``directory``; see ``load_registered_motion_module``."""
     import mlflow
 
     # The same store as training: explicit, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db.
@@ -531,23 +561,20 @@ def load_registered_motion_module(
                 aliases=list(found.aliases or []),
                 run_id=found.run_id,
                 val_loss=float(tags[VAL_LOSS_TAG]) if VAL_LOSS_TAG in tags else None,
+                tags=tags,
             )
         location = _download_location(mlflow_client, model_uri, found)
     local = Path(model_uri)
-    with tempfile.TemporaryDirectory() as directory:
-        if not local.exists():
-            local = Path(
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=location,
-                    dst_path=directory,
-                    tracking_uri=tracking_uri,
-                    registry_uri=tracking_uri,
-                )
+    if not local.exists():
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=location,
+                dst_path=directory,
+                tracking_uri=tracking_uri,
+                registry_uri=tracking_uri,
             )
-        modules, motion_cfg = load_motion_modules(_find_artifact(local, MOTION_ARTIFACT))
-        metadata["base"] = json.loads(_find_artifact(local, "base", BASE_ARTIFACT).read_text())
-        metadata["config"] = to_dict(load_config(_find_artifact(local, "config", CONFIG_ARTIFACT)))
-    return modules, motion_cfg, metadata
+        )
+    return local, metadata
 
 
 def registered_model_name(cfg: Config) -> str:
@@ -589,12 +616,79 @@ def resolve_motion_source(ref: str, cfg: Config) -> MotionSource:
 
 def load_motion(source: MotionSource, cfg: Config) -> tuple[Any, Config]:
     """``(MotionModules, cfg animating with them)``: the loaded weights and ``cfg`` with the
-    motion-module config they were saved with."""
+    motion-module config they were saved with, adapted to ``cfg.model.motion``
+    (``checkpoints.adapt_to``: e.g. position tables resized to ``model.motion.max_frames``)."""
     if source.version == "local":
         modules, motion_cfg = load_any(source.uri, defaults=cfg.model.motion)
     else:
         modules, motion_cfg, _ = load_registered_motion_module(source.uri, source.tracking_uri)
-    return modules, cfg.with_motion(motion_cfg)
+    return modules, cfg.with_motion(adapt_to(modules, motion_cfg, cfg.model.motion))
+
+
+@dataclass(frozen=True)
+class MotionLoraSource:
+    """A MotionLoRA pinned to concrete weights, and the scale to merge it at."""
+
+    name: str
+    """What was asked for (a registered LoRA name, a URI or a path)."""
+    uri: str
+    """A MotionLoRA file or directory (either format), or ``models:/<name>/<version>``."""
+    version: str
+    """The registered version, or ``local``."""
+    tracking_uri: str
+    scale: float = 1.0
+
+    def label(self) -> str:
+        """``name:version@scale``: how indexes and response headers name it."""
+        return f"{self.name}:{self.version}@{self.scale:g}"
+
+
+def resolve_motion_lora(ref: str, cfg: Config, scale: float = 1.0) -> MotionLoraSource:
+    """What a MotionLoRA reference names, pinned: a file or directory (local or ``s3://``), a
+    ``models:/`` URI, or ``name`` / ``name@alias`` / ``name/version`` among the MotionLoRAs
+    registered for ``registered_model_name(cfg)`` (``tracking.model_refs.resolve_lora_ref``)."""
+    tracking_uri = resolve_tracking_uri(cfg.mlflow)
+    if ref.startswith("s3://") or Path(ref).expanduser().exists():
+        uri = ref if ref.startswith("s3://") else str(Path(ref).expanduser().resolve())
+        return MotionLoraSource(ref, uri, "local", tracking_uri, scale)
+    if ref.startswith("models:/"):
+        name, version, alias = _parse_models_uri(ref)
+        pinned = resolve_model_ref(
+            alias or version, read_snapshot(tracking_uri, name), cfg.mlflow.champion_alias
+        )
+        return MotionLoraSource(ref, f"models:/{name}/{pinned}", pinned, tracking_uri, scale)
+    loras = read_motion_lora_snapshots(tracking_uri, registered_model_name(cfg))
+    name, version = resolve_lora_ref(ref, loras, cfg.mlflow.champion_alias, "motion_loras")
+    return MotionLoraSource(ref, f"models:/{name}/{version}", version, tracking_uri, scale)
+
+
+def load_motion_lora(source: MotionLoraSource) -> Any:
+    """The ``animatediff.motion_lora.MotionLora`` a source names (downloaded when registered)."""
+    from animatediff.motion_lora import META_FILE, ORIGINAL_FILE, read_motion_lora
+    from animatediff.storage import locate, read_bytes
+
+    with tempfile.TemporaryDirectory() as directory:
+        if source.version != "local":
+            local, _ = _download_model(source.uri, source.tracking_uri, directory)
+            found = sorted({p.parent for p in local.rglob(META_FILE)})
+            found = found or sorted({p.parent for p in local.rglob(ORIGINAL_FILE)})
+            if len(found) != 1:
+                raise FileNotFoundError(f"{source.uri}: expected one MotionLoRA, found {found}")
+            return read_motion_lora(found[0])
+        if source.uri.startswith("s3://"):  # a single file: fetched, then read like a local one
+            target = Path(directory) / source.uri.rstrip("/").rsplit("/", 1)[-1]
+            target.write_bytes(read_bytes(locate(source.uri)))
+            return read_motion_lora(target)
+        return read_motion_lora(source.uri)
+
+
+def apply_motion_loras(modules: Any, sources: list[MotionLoraSource]) -> Any:
+    """``modules`` with every source's MotionLoRA merged at its scale (a copy; ``modules`` is
+    left as it is)."""
+    from animatediff.motion_lora import merge_motion_loras
+
+    loras = [(load_motion_lora(source), source.scale) for source in sources]
+    return merge_motion_loras(modules, loras, [source.label() for source in sources])
 
 
 # ---------------------------------------------------------------------------------------------

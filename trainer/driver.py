@@ -7,6 +7,8 @@ MLflow run. Worker failures restart the group from the latest checkpoint (``trai
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import tempfile
@@ -16,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from animatediff.base_model import resolve_pretrained
-from animatediff.config import BaseModelConfig, Config, save_config, to_dict
-from animatediff.storage import locate, ray_storage
+from animatediff.config import BaseModelConfig, Config, ConfigError, save_config, to_dict
+from animatediff.storage import exists, locate, ray_storage, read_bytes, write_atomic
 from trainer import checkpoint as checkpoint_store
 from trainer.checkpoint import TrainerState
 from trainer.data import TrainingData, load_training_data
@@ -37,7 +39,7 @@ class TrainOutcome:
     val_loss: float | None
     export_path: Path
     """A local copy of the final export: ``motion_module/``, a StableDiffusion directory
-    (``image`` stage) or ``lora.safetensors``."""
+    (``image`` stage), ``lora.safetensors`` or ``motion_lora/``."""
     model_version: str | None
     """The registered model version (None without registration)."""
 
@@ -53,7 +55,54 @@ def _worker_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "MLFLOW_", "MALLOC_"))}
 
 
-def _start_tracking(cfg: Config, data: TrainingData) -> tuple[str | None, str | None]:
+INIT_FROM_SOURCE = "source.json"
+
+
+def resolve_init_from(cfg: Config) -> tuple[Config, str | None]:
+    """``cfg`` with ``train.init_from`` readable by every worker and ``model.motion`` the config
+    that module trains with (``training.with_init_from_config``), and what it was pinned to.
+
+    A ``models:/`` reference is resolved here, once: its version is pinned and the module copied
+    next to the run's checkpoints (``<train.storage_path>/<train.run_name>.init_from``, local or
+    ``s3://``), so workers on every node read the same weights, and a resumed run keeps them even
+    if the alias has moved since (a MotionLoRA's frozen module is not in its checkpoints)."""
+    from animatediff.checkpoints import save_motion_modules
+    from animatediff.training import with_init_from_config
+
+    train = cfg.train
+    ref = train.init_from
+    if not ref:
+        return cfg, None
+    if ref.startswith("models:/"):
+        from tracking.registry import load_registered_motion_module, resolve_motion_source
+
+        target = f"{train.storage_path.rstrip('/')}/{train.run_name}.init_from"
+        record = locate(target, cfg.storage).join(INIT_FROM_SOURCE)
+        if exists(record):
+            pinned = json.loads(read_bytes(record))
+            if pinned["ref"] != ref:
+                raise ConfigError(
+                    f"train.init_from: run {train.run_name!r} started from {pinned['ref']} "
+                    f"({pinned['pinned']}), not {ref}: use another train.run_name"
+                )
+            label = pinned["pinned"]
+        else:
+            source = resolve_motion_source(ref, cfg)
+            modules, motion_cfg, _ = load_registered_motion_module(source.uri, source.tracking_uri)
+            save_motion_modules(modules, motion_cfg, target)
+            label = source.uri
+            write_atomic(record, json.dumps({"ref": ref, "pinned": label}).encode())
+        path = target
+    else:
+        path = ref if "://" in ref else str(Path(ref).expanduser().resolve())
+        label = path
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(train, init_from=path))
+    return with_init_from_config(cfg), label
+
+
+def _start_tracking(
+    cfg: Config, data: TrainingData, init_from: str | None = None
+) -> tuple[str | None, str | None]:
     """``(run_id, tracking_uri)`` of the run's MLflow run (created, or found again on resume),
     with its provenance tags, description, params and data inputs."""
     import functools
@@ -74,6 +123,8 @@ def _start_tracking(cfg: Config, data: TrainingData) -> tuple[str | None, str | 
     }
     if train.val_data_uri:
         params["train.val_data_uri"] = locate(train.val_data_uri, cfg.storage).uri
+    if init_from:
+        params["train.init_from.source"] = init_from
     shards = data.shards
     description = ""
     if shards is not None:
@@ -130,8 +181,10 @@ def run_training(cfg: Config, hooks: Sequence[StepHook] = ()) -> TrainOutcome:
     # Materialise a built-in base here, outside torch.distributed: transformers' save_pretrained
     # writes nothing on a non-zero rank, so racing workers could publish an empty copy.
     resolve_pretrained(cfg.model.base)
+    cfg, init_from = resolve_init_from(cfg)
+    train = cfg.train
     data = load_training_data(cfg)
-    run_id, tracking_uri = _start_tracking(cfg, data)
+    run_id, tracking_uri = _start_tracking(cfg, data, init_from)
     storage_path, filesystem = ray_storage(train.storage_path, cfg.storage)
     env_vars = _worker_env()
     trainer = TorchTrainer(
@@ -169,7 +222,8 @@ def run_training(cfg: Config, hooks: Sequence[StepHook] = ()) -> TrainOutcome:
         raise
     if result.checkpoint is None:
         raise RuntimeError(f"run {train.run_name!r} finished without a checkpoint")
-    return _finish(cfg, result.checkpoint, run_id, tracking_uri)
+    tags = {"init_from": init_from} if init_from else {}
+    return _finish(cfg, result.checkpoint, run_id, tracking_uri, tags)
 
 
 def run_directory(cfg: Config) -> str:
@@ -183,6 +237,7 @@ def _finish(
     run_id: str | None,
     tracking_uri: str | None,
     finished_before: bool = False,
+    tags: dict[str, str] | None = None,
 ) -> TrainOutcome:
     """Copy the final export out of the checkpoint (an ``image``-stage UNet becomes a whole
     StableDiffusion directory), log it, register it. A run that ``finished_before`` is only
@@ -222,6 +277,7 @@ def _finish(
                 tracking_uri,
                 val_loss=state.val_loss,
                 step=state.position.step,
+                tags=tags,
             )
         add_event(tracking_uri, run_id, f"finished at step {state.position.step}")
         logger.set_terminated("FINISHED")

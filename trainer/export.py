@@ -4,7 +4,10 @@
 - ``image``: ``unet/``, a diffusers ``UNet2DConditionModel`` (the driver assembles a whole
   StableDiffusion directory around it: ``model.base.pretrained=<dir>`` loads that);
 - ``image`` with ``train.lora.rank``: ``lora.safetensors`` in the kohya layout
-  (``model.base.loras`` merges it).
+  (``model.base.loras`` merges it);
+- ``motion_lora``: ``motion_lora/``, the MotionLoRA in the original layout (ComfyUI-AnimateDiff-
+  Evolved, the A1111 extension) and diffusers' (``load_lora_weights``), with ``motion_lora.json``
+  (``animatediff.motion_lora``).
 
 Gathering is collective under ZeRO-3 (every rank calls ``gather``); only rank 0 writes.
 """
@@ -22,19 +25,24 @@ from animatediff.config import Config, TrainConfig
 MOTION_EXPORT = "motion_module"
 UNET_EXPORT = "unet"
 LORA_EXPORT = "lora.safetensors"
+MOTION_LORA_EXPORT = "motion_lora"
+MOTION_STAGES = ("motion", "motion_lora")
+"""Stages that train (part of) the motion modules."""
 
 
 def export_name(train: TrainConfig) -> str:
     """The file or directory name of the stage's export."""
     if train.stage == "motion":
         return MOTION_EXPORT
+    if train.stage == "motion_lora":
+        return MOTION_LORA_EXPORT
     return LORA_EXPORT if train.lora.rank else UNET_EXPORT
 
 
 def _trained_module(engine: Any, train: TrainConfig) -> torch.nn.Module:
     """The module whose weights the stage exports: the motion modules or the 2D UNet."""
     unet = engine.module
-    return unet.motion_modules if train.stage == "motion" else unet.unet2d
+    return unet.motion_modules if train.stage in MOTION_STAGES else unet.unet2d
 
 
 def gather(engine: Any, train: TrainConfig) -> dict[str, torch.Tensor]:
@@ -90,6 +98,20 @@ class Export:
             copy.load_state_dict(self.state)
         return copy.eval()
 
+    def motion_lora(self) -> Any:
+        """The trained MotionLoRA (``animatediff.motion_lora.MotionLora``)."""
+        from animatediff.motion_lora import from_adapters
+
+        lora = from_adapters(self.template.motion_modules, self.state)
+        train = self.cfg.train
+        lora.metadata = {
+            "name": train.lora.name,
+            "motion_module": train.init_from,
+            "trained": {"rank": train.lora.rank, "alpha": train.lora.scale_alpha},
+            "targets": list(train.lora.target_modules),
+        }
+        return lora
+
     def _kohya(self) -> dict[str, torch.Tensor]:
         from animatediff.lora import kohya_state_dict
 
@@ -102,6 +124,11 @@ class Export:
         path = directory / export_name(self.cfg.train)
         if self.cfg.train.stage == "motion":
             save_motion_modules(self.motion_modules(), self.cfg.model.motion, path)
+        elif self.cfg.train.stage == "motion_lora":
+            from animatediff.motion_lora import save_motion_lora
+
+            lora = self.motion_lora()
+            save_motion_lora(lora, path, lora.metadata)
         elif self.cfg.train.lora.rank:
             from safetensors.torch import save_file
 
@@ -117,6 +144,13 @@ class Export:
 
         if self.cfg.train.stage == "motion":
             return TextToVideo(self.cfg, self.motion_modules(), device=device)
+        if self.cfg.train.stage == "motion_lora":
+            from animatediff.motion_lora import merge_motion_loras
+            from animatediff.training import initial_motion_modules
+
+            frozen, _ = initial_motion_modules(self.cfg)  # not partitioned, unlike the engine's
+            merged = merge_motion_loras(frozen, [(self.motion_lora(), 1.0)])
+            return TextToVideo(self.cfg, merged, device=device)
         from animatediff.base_model import load_base_model
 
         base = load_base_model(self.cfg.model.base)

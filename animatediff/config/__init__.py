@@ -36,6 +36,7 @@ from animatediff.config.root import Config, StorageConfig
 from animatediff.config.sample import SampleConfig
 from animatediff.config.serve import (
     GenerateConfig,
+    MotionLoraRef,
     ServeAutoscalingConfig,
     ServeConfig,
     ServeLimitsConfig,
@@ -55,6 +56,7 @@ __all__ = [
     "LoraTrainConfig",
     "MlflowConfig",
     "ModelConfig",
+    "MotionLoraRef",
     "MotionModuleConfig",
     "ReproduceConfig",
     "SampleConfig",

@@ -54,6 +54,23 @@ class DataConfig:
     """Distinct windows drawn per video (fewer when the video has fewer distinct starts)."""
     flip: bool = False
     """Also store each clip horizontally flipped, as its own row with ``flipped=True``."""
+    camera_motion: Literal[
+        "none",
+        "zoom_in",
+        "zoom_out",
+        "pan_left",
+        "pan_right",
+        "tilt_up",
+        "tilt_down",
+        "roll_clockwise",
+        "roll_anticlockwise",
+    ] = "none"
+    """Camera motion made by rule on every clip after decoding: a crop window that moves over
+    time (``pipelines/camera.py``), as the paper makes MotionLoRA data. Part of the fingerprint
+    and recorded per clip in the shards, so one corpus gives one training set per motion."""
+    camera_strength: float = 0.25
+    """How far ``data.camera_motion`` moves, in (0, 1): a zoom to ``1 - s`` of the frame side, a
+    window ``1 - s`` wide panning/tilting across the frame, a roll of ``s * 90`` degrees."""
     seed: int = 0
     """Seed of the window draws; the same seed and inputs give the same clips. Clips drawn with
     another seed are other clips: a run with a new seed adds them to the same cache, beside the
@@ -105,4 +122,11 @@ class DataConfig:
             0 <= self.max_error_fraction <= 1,
             "data.max_error_fraction",
             f"must be in [0, 1], got {self.max_error_fraction}",
+        )
+        check(0 < self.camera_strength < 1, "data.camera_strength", "must be in (0, 1)")
+        mirrored = ("pan_left", "pan_right", "roll_clockwise", "roll_anticlockwise")
+        check(
+            not (self.flip and self.camera_motion in mirrored),
+            "data.flip",
+            f"a flipped {self.camera_motion} clip moves the other way; turn data.flip off",
         )

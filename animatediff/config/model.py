@@ -44,7 +44,15 @@ class MotionModuleConfig:
     attention_blocks: int = 2
     """Temporal self-attention layers per transformer block (the original uses 2)."""
     max_frames: int = 32
-    """Length of the sinusoidal position encoding (v1: 24, v2/v3: 32)."""
+    """Length of the sinusoidal position encoding (v1: 24, v2/v3: 32): the longest clip (or
+    sliding window) the module sees at once. A loaded module whose table is shorter is resized to
+    this length by ``model.motion.pe_resize`` (to fine-tune or sample 32-64+ frames)."""
+    pe_resize: Literal["extend", "interpolate"] = "extend"
+    """How a loaded position table is made longer. ``extend``: the sinusoid continues past the
+    trained positions (the first rows stay as they are, so short clips are computed exactly as
+    before). ``interpolate``: the trained table is stretched over the new length by linear
+    interpolation along frames (half-sample centres, as ComfyUI-AnimateDiff-Evolved's
+    ``interpolate_pe_to_length``): every frame keeps a position inside the trained range."""
     norm_groups: int = 32
     """GroupNorm groups at the module input."""
     norm_eps: float = 1e-6
@@ -52,6 +60,12 @@ class MotionModuleConfig:
     cross_frame_norm: bool = False
     """False: GroupNorm per frame, as the original AnimateDiff. True: statistics span all frames of
     a clip, as diffusers' ``MotionAdapter`` (needed for bit-parity with diffusers)."""
+    base_norm: Literal["auto", "per_frame", "across_frames"] = "auto"
+    """The frozen base UNet's resnet and output GroupNorms. ``per_frame``: statistics of each frame
+    (v2/v3, the original's ``use_inflated_groupnorm: true``, and diffusers). ``across_frames``:
+    statistics over all frames of a clip (the original v1, ``use_inflated_groupnorm: false``).
+    ``auto``: per frame, except for an original-layout file with the v1 signature (a 24-frame
+    position table and no mid block), which loads as ``across_frames``."""
     mid_block: bool = True
     """Insert a motion module in the UNet mid block (v2 layout); False gives the v1/v3 layout."""
     ff_mult: int = 4

@@ -25,6 +25,11 @@ class SampleConfig:
     """Sliding-window length over the frame axis (the training length)."""
     context_overlap: int = 4
     """Frames shared by neighbouring windows, blended with weights."""
+    context_batch_size: int = 0
+    """Windows of one denoising step run through the UNet together (stacked along the batch):
+    fewer, larger calls; memory grows with it. 1 runs them one after another. 0: 1 on the CPU
+    (where batching measured no faster: ``benchmarks/long_video.py --compare batching``), 4 on
+    a GPU."""
     decode_chunk_frames: int = 8
     """Frames decoded by the VAE at once, bounding decode memory."""
     fps: int = 8
@@ -39,8 +44,14 @@ class SampleConfig:
     their own seeds uses ``seed``, ``seed + 1``, ... in order."""
 
     def __post_init__(self) -> None:
-        for name in ("num_inference_steps", "num_frames", "context_frames", "decode_chunk_frames"):
+        for name in (
+            "num_inference_steps",
+            "num_frames",
+            "context_frames",
+            "decode_chunk_frames",
+        ):
             check(getattr(self, name) >= 1, f"sample.{name}", "must be >= 1")
+        check(self.context_batch_size >= 0, "sample.context_batch_size", "must be >= 0 (0: auto)")
         for name in ("height", "width"):
             value = getattr(self, name)
             check(

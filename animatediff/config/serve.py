@@ -23,10 +23,13 @@ class ServeLimitsConfig:
     """Longest prompt or negative prompt, in characters."""
     max_body_bytes: int = 16384
     """Largest JSON request body; bigger bodies are refused before parsing."""
+    max_motion_loras: int = 4
+    """Most MotionLoRAs one request may merge (0 turns them off)."""
 
     def __post_init__(self) -> None:
         for name in ("max_frames", "max_steps", "max_prompt_chars", "max_body_bytes"):
             check(getattr(self, name) >= 1, f"serve.limits.{name}", "must be >= 1")
+        check(self.max_motion_loras >= 0, "serve.limits.max_motion_loras", "must be >= 0")
         for name in ("max_height", "max_width"):
             value = getattr(self, name)
             check(
@@ -129,6 +132,18 @@ class ServeConfig:
 
 
 @dataclass(frozen=True)
+class MotionLoraRef:
+    name: str
+    """A MotionLoRA registered for the motion model (``zoom_in``, ``zoom_in@champion``,
+    ``zoom_in/2``), a ``models:/`` URI, or a MotionLoRA file or directory in either format."""
+    scale: float = 1.0
+    """Multiplier of its update (``W += scale * up @ down``); negative reverses the motion."""
+
+    def __post_init__(self) -> None:
+        check(bool(self.name), "generate.motion_loras.name", "must not be empty")
+
+
+@dataclass(frozen=True)
 class GenerateConfig:
     prompts: str = "configs/prompts.txt"
     """Prompts file: one prompt per line, or JSON lines with ``prompt`` and optional
@@ -137,6 +152,8 @@ class GenerateConfig:
     """Motion module: an alias or version number of ``serve.model_name``, a ``models:/`` URI, or a
     checkpoint in any format ``animatediff.checkpoints.load_any`` reads; empty:
     ``mlflow.champion_alias``."""
+    motion_loras: tuple[MotionLoraRef, ...] = ()
+    """MotionLoRAs merged into the motion module for the whole run (pinned on the driver)."""
     output_subdir: str = "generate"
     """Videos and ``index.jsonl`` go to ``<output_dir>/<output_subdir>``."""
     output_format: Literal["gif", "mp4", "webp"] = "gif"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 from animatediff.config.errors import check
+
+LORA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+"""MotionLoRA names: they end registered model names and are what requests send."""
 
 
 @dataclass(frozen=True)
@@ -16,12 +20,21 @@ class LoraTrainConfig:
     """LoRA scale numerator (the update is ``alpha / rank * up @ down``); 0 means ``rank``."""
     target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
     """Linear layers that get adapters, by the end of their module name (attention projections
-    by default)."""
+    by default: in the motion modules, the q/k/v/out of both temporal attentions of every module,
+    mid block included)."""
+    name: str = ""
+    """A MotionLoRA's name (``train.stage=motion_lora``, e.g. ``zoom_in``): it is registered as
+    ``<mlflow.registered_model>-motion_lora-<name>``, and requests ask for it by this name."""
 
     def __post_init__(self) -> None:
         check(self.rank >= 0, "train.lora.rank", "must be >= 0 (0: no LoRA)")
         check(self.alpha >= 0, "train.lora.alpha", "must be >= 0 (0: the rank)")
         check(bool(self.target_modules), "train.lora.target_modules", "must not be empty")
+        check(
+            not self.name or LORA_NAME.match(self.name) is not None,
+            "train.lora.name",
+            f"letters, digits, '_', '.' and '-' only, got {self.name!r}",
+        )
 
     @property
     def scale_alpha(self) -> float:
@@ -31,13 +44,24 @@ class LoraTrainConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    stage: Literal["motion", "image"] = "motion"
+    stage: Literal["motion", "image", "motion_lora"] = "motion"
     """What trains. ``motion``: the motion modules on clips, the base frozen (AnimateDiff).
     ``image``: the base's 2D UNet on single frames drawn from the same clips (the original's
     ``image_finetune``; with ``train.lora.rank`` a LoRA of it), exported as a diffusers SD
-    directory or a kohya LoRA file."""
+    directory or a kohya LoRA file. ``motion_lora``: LoRA adapters (``train.lora``) on the
+    temporal attention of the frozen motion module ``train.init_from`` (AnimateDiff v2's
+    MotionLoRA, e.g. on ``data.camera_motion`` clips), exported in the original MotionLoRA and
+    diffusers formats and registered under its own name (``train.lora.name``)."""
     lora: LoraTrainConfig = field(default_factory=LoraTrainConfig)
-    """LoRA adapters instead of full training (``image`` stage)."""
+    """LoRA adapters instead of full training (``image`` and ``motion_lora`` stages)."""
+    init_from: str = ""
+    """The motion module to start from: a checkpoint in any format (native directory, original
+    ``.ckpt``/``.safetensors`` incl. the original ``train.py``'s whole-UNet checkpoints, diffusers
+    ``MotionAdapter`` directory; local or ``s3://``) or ``models:/<name>@<alias>`` /
+    ``models:/<name>/<version>`` (pinned on the driver). Training continues from its weights on
+    this run's data with a fresh optimizer (resuming is re-running the same ``train.run_name``).
+    Its config replaces ``model.motion`` (``model.motion.max_frames`` may lengthen its position
+    tables, by ``model.motion.pe_resize``). ``motion_lora``: the frozen module the LoRA adapts."""
     data_uri: str = ""
     """Latent shards (Parquet directory, local path or ``s3://``) written by the data pipeline."""
     val_data_uri: str | None = None
@@ -153,10 +177,27 @@ class TrainConfig:
         check(bool(self.run_name), "train.run_name", "must not be empty")
         check(bool(self.storage_path), "train.storage_path", "must not be empty")
         check(
-            self.lora.rank == 0 or self.stage == "image",
+            self.lora.rank == 0 or self.stage in ("image", "motion_lora"),
             "train.lora.rank",
-            f"LoRA training needs train.stage=image (got {self.stage!r})",
+            f"LoRA training needs train.stage image or motion_lora (got {self.stage!r})",
         )
+        check(
+            not self.init_from or self.stage != "image",
+            "train.init_from",
+            "starts a motion module: train.stage motion or motion_lora",
+        )
+        if self.stage == "motion_lora":
+            check(self.lora.rank >= 1, "train.lora.rank", "train.stage=motion_lora needs >= 1")
+            check(
+                bool(self.init_from),
+                "train.init_from",
+                "train.stage=motion_lora adapts a trained motion module: name it here",
+            )
+            check(
+                bool(self.lora.name),
+                "train.lora.name",
+                "train.stage=motion_lora registers the LoRA by name: set one (e.g. zoom_in)",
+            )
 
     @property
     def precision(self) -> str:
