@@ -191,10 +191,12 @@ def test_shards_and_fingerprints_record_the_motion(tiny_base_dir):
 
     encoder = EncodeClips(load_config("configs/tiny.yaml", base).model.base, "fp", seed=0)
     clips = {
+        "row": np.array([0], np.int64),
         "key": np.array(["a"], dtype=object),
         "video_id": np.array(["a"], dtype=object),
         "caption": np.array(["a ball"], dtype=object),
         "source": np.array(["/v/a.mp4"], dtype=object),
+        "source_version": np.array(["size=1,mtime=1"], dtype=object),
         "ordinal": np.array([0], np.int32),
         "frame_indices": np.arange(4, dtype=np.int32)[None],
         "fps": np.array([8.0], np.float32),
