@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import shlex
+import os
+
+# Before torch is imported anywhere: OpenMP reads it once. Spinning threads cost a shared 2-core
+# machine several times the step time (measured: 1.97 s vs 0.29 s per VAE step under load).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import json  # noqa: E402
+import shlex  # noqa: E402
 import sys
 import time
 from pathlib import Path

@@ -187,7 +187,7 @@ def train_classifier(
     digit's coverage (``metrics.foreground_coverage``), so any two-colour style reads the same;
     random contrast and an occasional blur keep it fair to the VAE's softer reconstructions."""
     torch.manual_seed(cfg.seed)
-    model = FrameClassifier(classes=10, size=cfg.canvas // 2, foreground=True).train()
+    model = FrameClassifier(classes=10, size=min(cfg.canvas, 32), foreground=True).train()
     extractor = model.extractor()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     targets = torch.as_tensor(labels)
