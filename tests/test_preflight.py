@@ -4,11 +4,13 @@ ends in one line naming the option and exit status 2, within seconds, with nothi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from serve_helpers import free_port
@@ -25,8 +27,15 @@ def _run(job: str, args: list[str], capsys) -> tuple[int, str]:
     import ray
 
     module = importlib.import_module(f"jobs.{job}")
-    code = cli.run(module.main, args)
-    assert not ray.is_initialized()  # refused before Ray was started
+    started: list[str] = []  # other tests' Ray may already run in this process: watch the calls
+    with contextlib.ExitStack() as patches:
+        patches.enter_context(mock.patch.object(ray, "init", lambda *a, **k: started.append("ray")))
+        if hasattr(module, "init_ray"):
+            patches.enter_context(
+                mock.patch.object(module, "init_ray", lambda *a, **k: started.append("init_ray"))
+            )
+        code = cli.run(module.main, args)
+    assert not started, f"refused only after starting Ray: {started}"
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: "), err  # one line, no traceback
     return code, err

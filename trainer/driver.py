@@ -223,7 +223,7 @@ def run_training(cfg: Config, hooks: Sequence[StepHook] = ()) -> TrainOutcome:
     if result.checkpoint is None:
         raise RuntimeError(f"run {train.run_name!r} finished without a checkpoint")
     tags = {"init_from": init_from} if init_from else {}
-    return _finish(cfg, result.checkpoint, run_id, tracking_uri, tags)
+    return _finish(cfg, result.checkpoint, run_id, tracking_uri, tags=tags)
 
 
 def run_directory(cfg: Config) -> str:
@@ -236,6 +236,7 @@ def _finish(
     checkpoint: Any,
     run_id: str | None,
     tracking_uri: str | None,
+    *,
     finished_before: bool = False,
     tags: dict[str, str] | None = None,
 ) -> TrainOutcome:
