@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from animatediff.config import Config, ConfigError, load_config, option_docs
+from jobs.cluster import HOME_ENV, anchor_results, results_home, submitted_job
 
 EXIT_USAGE = 2
 
@@ -89,7 +90,17 @@ def parse(
     if add_arguments is not None:
         add_arguments(cli)
     args = cli.parse_args(argv)
-    return load_config(args.config, args.overrides), args
+    return submitted_results(load_config(args.config, args.overrides)), args
+
+
+def submitted_results(cfg: Config) -> Config:
+    """``cfg`` as a job runs it: under ``ray job submit``, relative result paths resolve under
+    the results home (``jobs.cluster.anchor_results``), never in Ray's working-dir copy."""
+    if not submitted_job():
+        return cfg
+    home = results_home()
+    print(f"results: relative paths resolve under {home} (${HOME_ENV} sets it)", flush=True)
+    return anchor_results(cfg, home)
 
 
 def run(main: Callable[[list[str]], int], argv: Sequence[str] | None = None) -> int:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from animatediff.config import Config, load_config
-from jobs.cli import Progress
+from jobs.cli import Progress, submitted_results
 from jobs.cluster import init_ray, local_cpus
 
 SHAPES = {"square": 0, "disc": 1}
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", type=int, default=12, help="captioned clips to make")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=48")
     args = parser.parse_args(argv)
-    base = load_config(args.config, args.overrides)
+    base = submitted_results(load_config(args.config, args.overrides))
     if "://" in base.output_dir:
         raise SystemExit(f"output_dir: the demo writes local files, got {base.output_dir!r}")
     work = (Path(base.output_dir) / "demo").resolve()

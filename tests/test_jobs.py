@@ -24,6 +24,7 @@ from serve_helpers import free_port, random_motion_modules
 from animatediff.config import load_config
 from pipelines.generate import read_prompts
 from tracking.registry import resolve_motion_source
+from tracking.runs import RESUMED_TAG
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = load_config(ROOT / "configs/tiny.yaml")
@@ -192,19 +193,28 @@ def head_node():
     assert not leftovers, f"processes of the submitted cluster still running: {leftovers}"
 
 
-def run_job(node: HeadNode, entrypoint: str, timeout_s: float = 400) -> str:
-    """Submit ``entrypoint`` with this repository as the working dir; wait for SUCCEEDED; the
-    job's logs."""
+def run_job(
+    node: HeadNode,
+    entrypoint: str,
+    timeout_s: float = 400,
+    home: Path | None = None,
+    excludes: tuple[str, ...] = (),
+) -> str:
+    """Submit ``entrypoint`` with this repository as the working dir (less ``excludes``), and
+    ``$ANIMATEDIFF_HOME`` set to ``home``; wait for SUCCEEDED; the job's logs."""
     from ray.job_submission import JobStatus
 
     client = node.client()
+    runtime_env: dict = {
+        "working_dir": str(ROOT),
+        "excludes": ["outputs", ".git", "*.db", ".venv", "test-artifacts", *excludes],
+    }
+    if home is not None:
+        runtime_env["env_vars"] = {"ANIMATEDIFF_HOME": str(home)}
     deadline = time.monotonic() + 120
     while True:
         try:
-            job_id = client.submit_job(
-                entrypoint=entrypoint,
-                runtime_env={"working_dir": str(ROOT), "excludes": ["outputs", ".git", "*.db"]},
-            )
+            job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
             break
         except RuntimeError as error:  # the node's job agent starts after the dashboard
             if "No available agent" not in str(error) or time.monotonic() > deadline:
@@ -227,13 +237,15 @@ def test_preprocess_job_submitted_to_a_ray_start_cluster(head_node, tiny_base_di
     from data_media import build_collection
 
     table = build_collection(tmp_path / "webvid", num_good=3)
-    out = tmp_path / "latents"
+    home = tmp_path / "home"
     logs = run_job(
         head_node,
         f"python -m jobs.preprocess --config configs/tiny.yaml model.base.pretrained={tiny_base_dir} "
-        f"data.input={table} data.video_root={tmp_path / 'webvid' / 'videos'} data.output={out} "
+        f"data.input={table} data.video_root={tmp_path / 'webvid' / 'videos'} "
         "data.max_error_fraction=0.9",  # the collection is mostly bad rows on purpose
+        home=home,
     )
+    out = home / "outputs" / "latents"  # the default data.output, under the results home
     (manifest_path,) = out.glob("*/manifest.json")
     manifest = json.loads(manifest_path.read_text())
     assert manifest["num_clips"] == 3
@@ -253,13 +265,13 @@ def test_generate_job_submitted_to_a_ray_start_cluster(head_node, tmp_path):
     save_motion_modules(random_motion_modules(CFG, seed=3), CFG.model.motion, motion_dir)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text('a red ball bouncing\n{"prompt": "waves at dusk", "seed": 5}\n')
-    out = tmp_path / "out"
     entrypoint = (
         f"python -m jobs.generate --config configs/tiny.yaml generate.prompts={prompts} "
-        f"generate.model={motion_dir} output_dir={out} sample.num_frames=4 "
+        f"generate.model={motion_dir} sample.num_frames=4 "
         "sample.num_inference_steps=2 generate.output_format=webp"
     )
-    logs = run_job(head_node, entrypoint)
+    logs = run_job(head_node, entrypoint, home=tmp_path / "home")
+    out = tmp_path / "home" / "outputs"  # the default output_dir, under the results home
     assert "generated 2 videos" in logs
 
     index = [
@@ -270,3 +282,58 @@ def test_generate_job_submitted_to_a_ray_start_cluster(head_node, tmp_path):
     for entry in index:
         data = (out / "generate" / entry["file"]).read_bytes()
         assert data[8:12] == b"WEBP" and entry["frames"] == 4
+
+
+def _ray_packages(node: HeadNode) -> list[Path]:
+    """The per-job copies of ``--working-dir`` that the cluster unpacked."""
+    return sorted(Path(node.temp_dir).glob("session_*/runtime_resources/working_dir_files/*"))
+
+
+def test_submitted_train_promote_and_serve_keep_their_results_in_the_home(tmp_path, tiny_base_dir):
+    """The tiny preset's default relative paths, submitted as a user would: checkpoints, the
+    MLflow store and the registered version land in ``$ANIMATEDIFF_HOME``, survive the cluster,
+    a re-submission from changed code resumes, and a submitted serve finds the model."""
+    import urllib.request
+
+    from mlflow import MlflowClient
+    from train_helpers import write_latent_shards
+
+    from jobs.cluster import anchor_results
+
+    home = tmp_path / "home"
+    base = [f"model.base.pretrained={tiny_base_dir}", "train.validation_prompts=[]"]
+    # What `jobs.preprocess data.output=outputs/latents/tiny` would have left in the home.
+    cfg = anchor_results(load_config(ROOT / "configs/tiny.yaml", base), home)
+    assert cfg.train.data_uri == str(home / "outputs/latents/tiny")
+    write_latent_shards(cfg)
+    train = f"python -m jobs.train --config configs/tiny.yaml {' '.join(base)} "
+    node = HeadNode()
+    try:
+        run_job(node, train + "train.max_steps=2 train.checkpoint_every=2", home=home)
+        run_job(node, "python -m jobs.promote --config configs/tiny.yaml", home=home)
+        # Another package (as after a code change: here the docs are left out) resumes the run.
+        logs = run_job(node, train + "train.max_steps=4", home=home, excludes=("docs",))
+        assert "trained to step 4" in logs
+        port = free_port()
+        run_job(
+            node, f"python -m jobs.serve --config configs/tiny.yaml serve.port={port}", home=home
+        )
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=30) as answer:
+            served = json.loads(answer.read())
+        packages = _ray_packages(node)
+    finally:
+        node.stop()
+
+    assert served["aliases"]["champion"] == "1"
+    assert sorted(v["version"] for v in served["versions"]) == ["1", "2"]
+    assert len({p.name for p in packages}) >= 2  # the re-submission ran from another copy
+    for package in packages:  # nothing was written into Ray's copies
+        assert not {"outputs", "mlflow.db", "mlartifacts"} & {p.name for p in package.iterdir()}
+    # Where infra/README.md says, after the cluster is gone.
+    run_dir = home / "outputs" / "ray_results" / cfg.train.run_name
+    assert sorted(p.name for p in run_dir.glob("checkpoint_*"))
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    champion = client.get_model_version_by_alias(cfg.mlflow.registered_model, "champion")
+    run = client.get_run(champion.run_id)
+    assert run.data.tags[RESUMED_TAG] == "2"  # the re-submission continued the first one's run
+    assert run.info.artifact_uri.startswith((home / "mlartifacts").as_uri())
