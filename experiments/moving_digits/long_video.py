@@ -1,0 +1,140 @@
+"""Longer than trained: Moving Digits videos of 64 frames made with sliding windows, against the
+8-frame training length, on the reproduction's own base, motion module and digit classifier.
+
+    .venv/bin/python -m experiments.moving_digits.long_video          # after `make reproduce`
+
+The same prompts and seeds at both lengths (``sample.context_frames`` and
+``sample.context_overlap`` from the preset). Per video, with the digit classifier as the feature
+extractor: ``frame_consistency`` (mean cosine of consecutive frames' features), the share of frames
+showing the caption's digit (``label_share``) and agreeing with each other (``label_agreement``),
+the subject's mean coverage of the canvas, and, for the long videos, the consistency at the
+frame pairs that cross a window's edge against the rest, and of the last 8 frames (drift).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from animatediff.config import Config, load_config
+
+PRESET = Path(__file__).resolve().parents[2] / "configs" / "moving_digits.yaml"
+
+
+def _finished_run_artifacts(tracking_uri: str, experiment: str, run_name: str) -> Path:
+    """The local artifact directory of the newest finished run called ``run_name``."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise SystemExit(f"no MLflow experiment {experiment!r} at {tracking_uri}: run it first")
+    runs = client.search_runs(
+        [found.experiment_id],
+        f"attributes.run_name = '{run_name}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.end_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        raise SystemExit(f"no finished run {run_name!r} in {experiment!r}: run `make reproduce`")
+    return Path(runs[0].info.artifact_uri.removeprefix("file://"))
+
+
+def handover_frames(num_frames: int, context: int, overlap: int) -> list[int]:
+    """Indices ``i`` where the pair of frames ``(i, i + 1)`` crosses a window's edge: the frame
+    before a window starts and the last frame of a window that another one follows."""
+    from animatediff.sampling import context_windows
+
+    windows = context_windows(num_frames, context, overlap)
+    edges = {w[0] - 1 for w in windows[1:]} | {w[-1] for w in windows[:-1]}
+    return sorted(i for i in edges if 0 <= i < num_frames - 1)
+
+
+def score(video: np.ndarray, extractor, label: int) -> dict[str, float]:
+    from animatediff.metrics import foreground_coverage, frame_consistency, label_agreement
+
+    features = extractor(video)
+    agreement = label_agreement(extractor.classify(video), label)
+    return {
+        "frame_consistency": frame_consistency(features),
+        "label_share": agreement.expected,
+        "label_agreement": agreement.majority,
+        "coverage": float(foreground_coverage(video).mean()),
+        "last8_consistency": frame_consistency(features[-8:]),
+        "last8_label_share": label_agreement(extractor.classify(video[-8:]), label).expected,
+    }
+
+
+def seam_consistency(video: np.ndarray, extractor, cfg: Config) -> tuple[float, float]:
+    """``(mean cosine across window handovers, mean cosine elsewhere)`` of consecutive frames."""
+    import torch
+
+    features = torch.as_tensor(extractor(video)).double()
+    cosine = torch.nn.functional.cosine_similarity(features[:-1], features[1:], dim=1).numpy()
+    seams = handover_frames(len(video), cfg.sample.context_frames, cfg.sample.context_overlap)
+    inside = np.ones(len(cosine), dtype=bool)
+    inside[seams] = False
+    return float(cosine[seams].mean()), float(cosine[inside].mean())
+
+
+def main(argv: list[str] | None = None) -> None:
+    from animatediff.checkpoints import load_any
+    from animatediff.features import load_extractor
+    from animatediff.sampling import TextToVideo
+    from experiments.moving_digits.data import caption
+    from tracking.runs import resolve_tracking_uri
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(PRESET))
+    parser.add_argument("--work", default="outputs/reproduce", help="the reproduction's folder")
+    parser.add_argument("--frames", type=int, default=64)
+    parser.add_argument("--prompts", type=int, default=12)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+
+    cfg = load_config(args.config, args.overrides)
+    tracking_uri = resolve_tracking_uri(cfg.mlflow)
+    base = _finished_run_artifacts(tracking_uri, cfg.mlflow.experiment, "digits-base") / "pipeline"
+    motion = _finished_run_artifacts(tracking_uri, cfg.mlflow.experiment, "digits-motion")
+    modules, motion_cfg = load_any(motion / "motion_module", defaults=cfg.model.motion)
+    cfg = load_config(args.config, [f"model.base.pretrained={base}", *args.overrides])
+    cfg = cfg.with_motion(motion_cfg)
+    extractor = load_extractor(f"classifier:{Path(args.work) / 'classifier'}")
+    t2v = TextToVideo(cfg, modules)
+    rc = cfg.reproduce
+    short_len = rc.frames
+    rows: dict[int, list[dict[str, float]]] = {short_len: [], args.frames: []}
+    seams, elsewhere, seconds = [], [], {short_len: 0.0, args.frames: 0.0}
+    for index in range(args.prompts):
+        label, direction = index % rc.eval_digits, rc.directions[index % len(rc.directions)]
+        prompt, seed = caption(label, direction), rc.eval_seed + 10_000 + index
+        for frames in (short_len, args.frames):
+            start = time.perf_counter()
+            video = t2v(prompt, seed=seed, num_frames=frames)
+            seconds[frames] += time.perf_counter() - start
+            rows[frames].append(score(video, extractor, label))
+            if frames > cfg.sample.context_frames:
+                at_seams, inside = seam_consistency(video, extractor, cfg)
+                seams.append(at_seams)
+                elsewhere.append(inside)
+
+    columns = list(rows[short_len][0])
+    print(f"{args.prompts} prompts, held-out seeds; windows of {cfg.sample.context_frames} frames")
+    print(f"overlapping by {cfg.sample.context_overlap}; mean over the videos\n")
+    print("| frames | " + " | ".join(columns) + " | s/video |")
+    print("|---" * (len(columns) + 2) + "|")
+    for frames, scored in rows.items():
+        means = [np.mean([row[c] for row in scored]) for c in columns]
+        cells = " | ".join(f"{m:.3f}" for m in means)
+        print(f"| {frames} | {cells} | {seconds[frames] / args.prompts:.1f} |")
+    print(
+        f"\n{args.frames}-frame videos: consecutive-frame cosine {np.mean(seams):.3f} across window "
+        f"edges vs {np.mean(elsewhere):.3f} elsewhere"
+    )
+
+
+if __name__ == "__main__":
+    main()
