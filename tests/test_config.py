@@ -84,6 +84,46 @@ def test_every_config_field_is_documented():
     assert (lr.type, lr.default) == ("float", 1e-4) and "learning rate" in lr.doc
 
 
+def config_dataclasses() -> list[type]:
+    """Every dataclass defined in a module of ``animatediff/config/``."""
+    import dataclasses
+    import importlib
+    import pkgutil
+
+    import animatediff.config as package
+
+    found = []
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        found += [
+            obj
+            for obj in vars(module).values()
+            if isinstance(obj, type)
+            and dataclasses.is_dataclass(obj)
+            and obj.__module__ == module.__name__
+        ]
+    return found
+
+
+def test_every_field_of_every_config_dataclass_has_a_docstring():
+    """Beyond the leaves of ``Config`` (the test above): the sections themselves (``model.base``)
+    and the items of tuple fields (``model.base.loras`` entries, ``LoraConfig``), which
+    ``option_docs`` does not list."""
+    import dataclasses
+
+    from animatediff.config import LoraConfig, ReproduceConfig, field_docs
+
+    classes = config_dataclasses()
+    assert len(classes) >= 20 and {Config, LoraConfig, ReproduceConfig} <= set(classes)
+    undocumented = [
+        f"{cls.__name__}.{f.name}"
+        for cls in classes
+        for f in dataclasses.fields(cls)
+        if not field_docs(cls).get(f.name, "").strip()
+    ]
+    assert not undocumented
+
+
 @pytest.mark.parametrize("job", ["train", "preprocess", "generate", "serve", "promote", "evaluate"])
 def test_help_lists_the_jobs_own_options_and_examples(job, capsys):
     import importlib

@@ -349,3 +349,179 @@ def test_a_module_samples_windows_longer_than_its_file_once_its_table_is_resized
     pipe = TextToVideo(adapted, loaded, base=base, device="cpu")
     video = pipe("a long cat", num_frames=40, num_inference_steps=1, height=16, width=16)
     assert video.shape == (40, 16, 16, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Against references written here: diffusers' AnimateDiffPipeline, and windows blended by hand
+# ---------------------------------------------------------------------------------------------
+
+# The default training schedule (model.diffusion), written out, not read from the config.
+SCHEDULE = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "linear",
+    "prediction_type": "epsilon",
+}
+
+
+def _random_motion_unet(base, cfg: Config, seed: int = 0) -> VideoUNet:
+    """The tiny base inflated with motion modules whose every weight is random (a fresh module
+    is the identity, which would hide any difference between the frames)."""
+    unet = VideoUNet.from_unet2d(base.unet, cfg.model.motion)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in unet.motion_modules.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    return unet.eval()
+
+
+def _final_latents(pipe: TextToVideo, monkeypatch, *args, **kwargs) -> torch.Tensor:
+    """The latents ``pipe.generate`` hands to the VAE decoder, ``(batch, C, frames, h, w)``."""
+    import animatediff.sampling as sampling
+
+    captured = []
+
+    def capture(vae, latents, chunk_frames):
+        captured.append(latents.clone())
+        return np.zeros((latents.shape[0], latents.shape[2], 8, 8, 3), np.uint8)
+
+    monkeypatch.setattr(sampling, "decode_latents", capture)
+    pipe.generate(*args, **kwargs)
+    (latents,) = captured
+    return latents
+
+
+def _seeded_noise(seed: int, frames: int, size: int) -> torch.Tensor:
+    """What a seed means (``TextToVideo.initial_latents``): one CPU generator per sample."""
+    return torch.randn(1, 4, frames, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_latents_match_diffusers_animatediff_pipeline(
+    tiny_base_dir: Path, base, tmp_path, monkeypatch
+):
+    """The same adapter (cross-frame motion-module norm, diffusers' semantics), the same initial
+    latents, DDIM on the training schedule, guidance 7.5: the final latents agree with
+    ``AnimateDiffPipeline(output_type="latent")`` to 1e-4 (float32 on the CPU; bit-identical
+    when measured with diffusers 0.42). The original per-frame norm on the same weights gives
+    latents 0.018 away: the comparison can tell the two apart."""
+    from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter
+
+    from animatediff.checkpoints import save_diffusers
+
+    frames, size, steps, seed = 4, 32, 3, 7
+    cfg = _config(tiny_base_dir, "model.motion.cross_frame_norm=true", "sample.guidance_scale=7.5")
+    assert cfg.sample.scheduler == "DDIMScheduler" and frames <= cfg.sample.context_frames
+    unet = _random_motion_unet(base, cfg)
+    save_diffusers(unet.motion_modules, cfg.model.motion, tmp_path / "adapter")
+    adapter = MotionAdapter.from_pretrained(tmp_path / "adapter")
+    theirs_pipe = AnimateDiffPipeline.from_pretrained(tiny_base_dir, motion_adapter=adapter)
+    theirs_pipe.scheduler = DDIMScheduler.from_config(theirs_pipe.scheduler.config, **SCHEDULE)
+    theirs_pipe.set_progress_bar_config(disable=True)
+    theirs = theirs_pipe(
+        "a red ball",
+        num_frames=frames,
+        height=size,
+        width=size,
+        num_inference_steps=steps,
+        guidance_scale=7.5,
+        latents=_seeded_noise(seed, frames, size // 8),
+        output_type="latent",
+    ).frames
+
+    generate = (["a red ball"], None, [seed])
+    options = {"num_frames": frames, "num_inference_steps": steps, "height": size, "width": size}
+    ours = _final_latents(
+        TextToVideo(cfg, base=base, unet=unet, device="cpu"), monkeypatch, *generate, **options
+    )
+    assert ours.shape == theirs.shape == (1, 4, frames, size // 8, size // 8)
+    assert (ours - theirs).abs().max() <= 1e-4
+    assert theirs.abs().max() > 0.1  # not a trivially small output
+
+    per_frame = _config(tiny_base_dir, "model.motion.cross_frame_norm=false")
+    other = _random_motion_unet(base, per_frame)  # the same weights, per-frame norm
+    assert all(torch.equal(a, b) for a, b in zip(other.parameters(), unet.parameters()))
+    original = _final_latents(
+        TextToVideo(per_frame, base=base, unet=other, device="cpu"),
+        monkeypatch,
+        *generate,
+        **options,
+    )
+    assert (original - theirs).abs().max() > 1e-3
+
+
+def test_sliding_windows_match_a_hand_blended_reference(tiny_base_dir: Path, base, monkeypatch):
+    """9 frames in windows of 6 with ``context_overlap=2``: frames 0-5 and 3-8 (the last window is
+    moved back to full length, so the two share 3 frames and the ramps' level matters, not only
+    their ratio). Each step the reference runs the model on each window ([uncond; cond]
+    together), blends with the documented weights (a ramp of ``k / (overlap + 1)`` at both window
+    edges, 1 in the middle), then guides at 7.5 and takes a DDIM step. The sampler must give the
+    same latents."""
+    from diffusers import DDIMScheduler
+
+    frames, size, steps, seed, scale = 9, 32, 2, 3, 7.5
+    cfg = _config(
+        tiny_base_dir,
+        "sample.context_frames=6",
+        "sample.context_overlap=2",
+        "sample.guidance_scale=7.5",
+    )
+    unet = _random_motion_unet(base, cfg, seed=1)
+    windows = [list(range(0, 6)), list(range(3, 9))]
+    ramp = torch.tensor([1 / 3, 2 / 3, 1.0, 1.0, 2 / 3, 1 / 3])  # per position in a window
+
+    def embed(prompt: str) -> torch.Tensor:
+        ids = base.tokenizer(
+            [prompt], padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+        ).input_ids
+        return base.text_encoder(ids)[0]
+
+    with torch.no_grad():
+        text = torch.cat([embed(""), embed("a long cat")])  # [uncond; cond]
+        scheduler = DDIMScheduler.from_config(base.scheduler_config, **SCHEDULE)
+        scheduler.set_timesteps(steps)
+        latents = _seeded_noise(seed, frames, size // 8)
+        for t in scheduler.timesteps:
+            total = torch.zeros(2, 4, frames, size // 8, size // 8)
+            weight = torch.zeros(frames)
+            for window in windows:
+                pair = torch.cat([latents[:, :, window]] * 2)
+                prediction = unet(scheduler.scale_model_input(pair, t), t, text)
+                total[:, :, window] += prediction * ramp.view(1, 1, -1, 1, 1)
+                weight[window] += ramp
+            uncond, cond = (total / weight.view(1, 1, -1, 1, 1)).chunk(2)
+            guided = uncond + scale * (cond - uncond)
+            latents = scheduler.step(guided, t, latents).prev_sample
+
+    pipe = TextToVideo(cfg, base=base, unet=unet, device="cpu")
+    ours = _final_latents(
+        pipe,
+        monkeypatch,
+        ["a long cat"],
+        None,
+        [seed],
+        num_frames=frames,
+        num_inference_steps=steps,
+        height=size,
+        width=size,
+    )
+    torch.testing.assert_close(ours, latents, atol=1e-5, rtol=1e-5)
+    # The windows matter: one pass over all 9 frames gives other latents.
+    whole = TextToVideo(
+        _config(tiny_base_dir, "sample.context_frames=16", "sample.guidance_scale=7.5"),
+        base=base,
+        unet=unet,
+        device="cpu",
+    )
+    single = _final_latents(
+        whole,
+        monkeypatch,
+        ["a long cat"],
+        None,
+        [seed],
+        num_frames=frames,
+        num_inference_steps=steps,
+        height=size,
+        width=size,
+    )
+    assert (single - latents).abs().max() > 1e-3

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 
 import numpy as np
@@ -22,6 +24,16 @@ from animatediff.training import (
     validation_loss,
 )
 from tracking.registry import _requests, should_promote
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Toy-sized tensors gain nothing from threads, and on a shared 2-core machine spinning
+    OpenMP workers make the training steps here many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize(
@@ -159,6 +171,181 @@ def test_loss_is_a_function_of_the_generator(model_and_cfg) -> None:
     assert first == validation_loss(model, model.unet, [batch], cfg)
 
 
+# ---------------------------------------------------------------------------------------------
+# The loss against a hand-written forward process, with a UNet that records what it is given
+# ---------------------------------------------------------------------------------------------
+
+# Written out here, not taken from animatediff.diffusion: the linear schedule of the tiny preset.
+T, BETA_START, BETA_END = 1000, 0.00085, 0.012
+
+
+def linear_alphas_cumprod() -> np.ndarray:
+    """``abar_t = prod_{s<=t} (1 - beta_s)`` with ``beta_s`` evenly spaced from BETA_START to
+    BETA_END over T steps, float64."""
+    betas = np.array([BETA_START + (BETA_END - BETA_START) * s / (T - 1) for s in range(T)])
+    return np.cumprod(1.0 - betas)
+
+
+class RecordingUNet(torch.nn.Module):
+    """Stands in for the UNet: records each call's inputs and predicts zeros. After
+    ``loss.backward()`` the target is read back from the prediction's gradient: for
+    ``mean((pred - target)^2)`` over n elements it is ``2 (pred - target) / n``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # batch_loss reads the device from it
+        self.calls: list[dict[str, torch.Tensor]] = []
+
+    def forward(self, sample, timestep, context):
+        pred = torch.zeros_like(sample, dtype=torch.float32, requires_grad=True)
+        self.calls.append(
+            {
+                "sample": sample.detach().double(),
+                "timestep": timestep.detach().clone(),
+                "context": context.detach().clone(),
+                "pred": pred,
+            }
+        )
+        return pred
+
+    def target(self, call: dict[str, torch.Tensor]) -> torch.Tensor:
+        pred = call["pred"]
+        return (pred.detach() - pred.grad * pred.numel() / 2).double()
+
+
+def _recorded_loss(model, cfg, batch, seed: int = 0) -> tuple[RecordingUNet, dict]:
+    """One ``batch_loss`` through a ``RecordingUNet``, backward done; returns the UNet and its call."""
+    unet = RecordingUNet()
+    stubbed = dataclasses.replace(model, unet=unet)
+    batch_loss(stubbed, unet, batch, cfg, step_generator(seed, 0, 0, 0)).backward()
+    (call,) = unet.calls
+    return unet, call
+
+
+def _coefficients(timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sqrt(abar_t)`` and ``sqrt(1 - abar_t)`` of the hand-written schedule, ``(batch, 1, 1, 1, 1)``."""
+    abar = torch.from_numpy(linear_alphas_cumprod()[timesteps.long().numpy()]).view(-1, 1, 1, 1, 1)
+    return abar.sqrt(), (1.0 - abar).sqrt()
+
+
+def _assert_standard_normal(x: torch.Tensor, what: str) -> None:
+    """Mean 0 and std 1 within 6 standard errors of n independent N(0, 1) draws (the std of a
+    sample std is about 1/sqrt(2n))."""
+    n = x.numel()
+    assert abs(float(x.mean())) < 6 / math.sqrt(n), (what, float(x.mean()))
+    assert abs(float(x.std()) - 1.0) < 6 / math.sqrt(2 * n), (what, float(x.std()))
+
+
+def _exact_batch(cfg, size: int = 8) -> Batch:
+    """Posteriors with std 0: the clean latent is ``mean * scaling_factor``, known exactly."""
+    batch = _batch(cfg, size=size, seed=11)
+    return dataclasses.replace(batch, latent_std=torch.zeros_like(batch.latent_std))
+
+
+def test_the_unet_sees_the_forward_process_and_learns_to_predict_the_noise(model_and_cfg) -> None:
+    model, cfg = model_and_cfg
+    diffusion = cfg.model.diffusion
+    assert (diffusion.num_train_timesteps, diffusion.beta_start, diffusion.beta_end) == (
+        T,
+        BETA_START,
+        BETA_END,
+    )
+    assert (diffusion.beta_schedule, diffusion.prediction_type) == ("linear", "epsilon")
+    batch = _exact_batch(cfg)
+    unet, call = _recorded_loss(model, cfg, batch)
+    timesteps = call["timestep"]
+    assert timesteps.shape == (len(batch),) and timesteps.dtype == torch.int64
+    assert 0 <= int(timesteps.min()) and int(timesteps.max()) < T
+    assert len(set(timesteps.tolist())) > 1  # drawn per sample
+    z = batch.latent_mean.double() * 0.18215  # the tiny VAE's scaling factor, as SD 1.5's
+    eps = unet.target(call)  # epsilon prediction: the target is the noise itself
+    _assert_standard_normal(eps, "noise")
+    signal, sigma = _coefficients(timesteps)
+    torch.testing.assert_close(call["sample"], signal * z + sigma * eps, atol=1e-5, rtol=1e-5)
+
+
+def test_v_prediction_targets_the_velocity(model_and_cfg, tmp_path) -> None:
+    model, _ = model_and_cfg
+    cfg = tiny_train_config(tmp_path, "model.diffusion.prediction_type=v_prediction")
+    batch = _exact_batch(cfg)
+    unet, call = _recorded_loss(model, cfg, batch)
+    z = batch.latent_mean.double() * 0.18215
+    signal, sigma = _coefficients(call["timestep"])
+    eps = (call["sample"] - signal * z) / sigma  # the noise the UNet input was made with
+    _assert_standard_normal(eps, "noise")
+    torch.testing.assert_close(unet.target(call), signal * eps - sigma * z, atol=1e-4, rtol=1e-4)
+
+
+def test_the_clean_latent_is_a_fresh_draw_from_the_stored_posterior(model_and_cfg) -> None:
+    model, cfg = model_and_cfg
+    batch = _batch(cfg, size=8, seed=12)
+    batch = dataclasses.replace(batch, latent_std=(batch.latent_std.float() * 8).half())  # ~1
+    unet, call = _recorded_loss(model, cfg, batch)
+    eps = unet.target(call)
+    signal, sigma = _coefficients(call["timestep"])
+    z = (call["sample"] - sigma * eps) / signal  # the clean latent the UNet input was made from
+    # z = (mean + std * u) * scaling_factor with u ~ N(0, 1), drawn apart from the noise.
+    u = (z / 0.18215 - batch.latent_mean.double()) / batch.latent_std.double()
+    _assert_standard_normal(u, "posterior draw")
+    correlation = float(torch.corrcoef(torch.stack([u.flatten(), eps.flatten()]))[0, 1])
+    assert abs(correlation) < 6 / math.sqrt(u.numel())
+
+
+def test_caption_dropout_replaces_the_configured_share_by_the_empty_prompt(
+    model_and_cfg, tmp_path
+) -> None:
+    model, _ = model_and_cfg
+    share = 0.25  # not the default (0.1), so a hard-coded share would show
+    cfg = tiny_train_config(tmp_path, f"model.diffusion.caption_dropout={share}")
+    empty = model.conditioner.empty
+    size, steps = 50, 40
+    dropped = 0
+    for step in range(steps):
+        batch = _batch(cfg, size=size, seed=step)
+        cached = torch.randn(size, *empty.shape, generator=torch.Generator().manual_seed(step))
+        batch = dataclasses.replace(batch, text_embedding=cached)
+        unet = RecordingUNet()
+        with torch.no_grad():
+            batch_loss(
+                dataclasses.replace(model, unet=unet),
+                unet,
+                batch,
+                cfg,
+                step_generator(0, step, 0, 0),
+            )
+        (call,) = unet.calls
+        for row, context in enumerate(call["context"]):
+            if torch.equal(context, empty):
+                dropped += 1
+            else:
+                assert torch.equal(context, cached[row])  # a kept caption keeps its embedding
+    n = size * steps
+    # Binomial(n, share): 4 standard deviations either side of the mean.
+    tolerance = 4 * math.sqrt(n * share * (1 - share))
+    assert abs(dropped - n * share) < tolerance, (dropped, n * share, tolerance)
+
+
+def test_loss_falls_on_a_fixed_batch(model_and_cfg) -> None:
+    """A few dozen AdamW steps on the motion modules of a copy of the tiny model, the same batch
+    and the same noise every step: the loss must fall well below where it started."""
+    model, cfg = model_and_cfg
+    trained = dataclasses.replace(model, unet=copy.deepcopy(model.unet))
+    unet = trained.unet
+    batch = _batch(cfg, size=2, seed=21)
+    optimizer = torch.optim.AdamW(trained.trainable_parameters(), lr=1e-3)
+    losses = []
+    for _ in range(30):
+        loss = batch_loss(
+            trained, unet, batch, cfg, step_generator(0, 0, 0, 0), caption_dropout=0.0
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert all(math.isfinite(value) for value in losses)
+    assert np.mean(losses[-5:]) < 0.7 * losses[0], losses
+
+
 def test_dropped_captions_use_the_empty_prompt_embedding(model_and_cfg) -> None:
     model, _ = model_and_cfg
     conditioner = model.conditioner
@@ -195,14 +382,24 @@ def test_predict_requests_accept_frames_lists_and_reject_bad_rows() -> None:
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(model_and_cfg) -> None:
+    """On a copy of the tiny model with random motion-module weights: a fresh module's zero
+    ``proj_out`` would leave every gradient but ``proj_out``'s zero, and zeros always agree."""
     model, cfg = model_and_cfg
-    unet = model.unet
+    unet = copy.deepcopy(model.unet)
+    randomised = dataclasses.replace(model, unet=unet)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in unet.motion_modules.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
     batch = _batch(cfg, seed=5)
 
-    def grads() -> list[torch.Tensor]:
+    def grads() -> dict[str, torch.Tensor]:
         unet.zero_grad(set_to_none=True)
-        batch_loss(model, unet, batch, cfg, step_generator(0, 1, 0, 0)).backward()
-        return [p.grad.clone() for p in unet.motion_modules.parameters()]
+        batch_loss(randomised, unet, batch, cfg, step_generator(0, 1, 0, 0)).backward()
+        return {
+            name: torch.zeros_like(p) if p.grad is None else p.grad.clone()
+            for name, p in unet.motion_modules.named_parameters()
+        }
 
     plain = grads()
     unet.enable_gradient_checkpointing()
@@ -210,6 +407,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(model_and_cfg) -> None:
         recomputed = grads()
     finally:
         unet.disable_gradient_checkpointing()
-        unet.zero_grad(set_to_none=True)
-    for a, b in zip(plain, recomputed):
-        torch.testing.assert_close(a, b)
+    vanishing = [name for name, grad in plain.items() if not grad.abs().max() > 0]
+    assert not vanishing, vanishing  # every motion-module tensor takes part
+    for name, grad in plain.items():
+        torch.testing.assert_close(recomputed[name], grad, msg=lambda m, name=name: f"{name}: {m}")

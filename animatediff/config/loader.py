@@ -252,8 +252,11 @@ class OptionDoc:
     name: str
     """Dotted name, e.g. ``train.max_steps``."""
     type: str
+    """The field's type as ``--help`` prints it (a Literal as its values joined by ``|``)."""
     default: Any
+    """The default as plain data (``to_dict``), None where the field has none."""
     doc: str
+    """The docstring under the field, cleaned (``field_docs``); empty where it has none."""
 
 
 def _type_name(tp: Any) -> str:
