@@ -1,14 +1,21 @@
-"""Longer than trained: Moving Digits videos of 64 frames made with sliding windows, against the
-8-frame training length, on the reproduction's own base, motion module and digit classifier.
+"""Probes of the trained Moving Digits models (after `make reproduce`): the reproduction's own
+base, motion module and digit classifier, found in its MLflow store and output folder.
 
-    .venv/bin/python -m experiments.moving_digits.long_video          # after `make reproduce`
+    .venv/bin/python -m experiments.moving_digits.probes long_video   # 64 frames vs 8
+    .venv/bin/python -m experiments.moving_digits.probes direction    # seed or caption?
 
-The same prompts and seeds at both lengths (``sample.context_frames`` and
+``long_video``: videos of 64 frames made with sliding windows, against the 8-frame training
+length. The same prompts and seeds at both lengths (``sample.context_frames`` and
 ``sample.context_overlap`` from the preset). Per video, with the digit classifier as the feature
 extractor: ``frame_consistency`` (mean cosine of consecutive frames' features), the share of frames
 showing the caption's digit (``label_share``) and agreeing with each other (``label_agreement``),
 the subject's mean coverage of the canvas, and, for the long videos, the consistency at the
 frame pairs that cross a window's edge against the rest, and of the last 8 frames (drift).
+
+``direction``: what decides the direction a generated digit moves in. Every seed is sampled
+with each of the caption's directions (same digit, same initial noise): if the caption steered
+the motion, the four videos of a seed would move four ways; if the noise decides, they move
+alike. Printed: the accuracy, and how many distinct directions the captions of one seed reach.
 """
 
 from __future__ import annotations
@@ -80,20 +87,12 @@ def seam_consistency(video: np.ndarray, extractor, cfg: Config) -> tuple[float, 
     return float(cosine[seams].mean()), float(cosine[inside].mean())
 
 
-def main(argv: list[str] | None = None) -> None:
+def load_trained(args: argparse.Namespace) -> tuple[Config, object, object]:
+    """``(cfg, TextToVideo, classifier extractor)`` of the reproduction's trained models."""
     from animatediff.checkpoints import load_any
     from animatediff.features import load_extractor
     from animatediff.sampling import TextToVideo
-    from experiments.moving_digits.data import caption
     from tracking.runs import resolve_tracking_uri
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(PRESET))
-    parser.add_argument("--work", default="outputs/reproduce", help="the reproduction's folder")
-    parser.add_argument("--frames", type=int, default=64)
-    parser.add_argument("--prompts", type=int, default=12)
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
 
     cfg = load_config(args.config, args.overrides)
     tracking_uri = resolve_tracking_uri(cfg.mlflow)
@@ -103,7 +102,13 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(args.config, [f"model.base.pretrained={base}", *args.overrides])
     cfg = cfg.with_motion(motion_cfg)
     extractor = load_extractor(f"classifier:{Path(args.work) / 'classifier'}")
-    t2v = TextToVideo(cfg, modules)
+    return cfg, TextToVideo(cfg, modules), extractor
+
+
+def long_video(args: argparse.Namespace) -> None:
+    from experiments.moving_digits.data import caption
+
+    cfg, t2v, extractor = load_trained(args)
     rc = cfg.reproduce
     short_len = rc.frames
     rows: dict[int, list[dict[str, float]]] = {short_len: [], args.frames: []}
@@ -134,6 +139,46 @@ def main(argv: list[str] | None = None) -> None:
         f"\n{args.frames}-frame videos: consecutive-frame cosine {np.mean(seams):.3f} across window "
         f"edges vs {np.mean(elsewhere):.3f} elsewhere"
     )
+
+
+def direction(args: argparse.Namespace) -> None:
+    from collections import Counter
+
+    from animatediff.metrics import trajectory
+    from experiments.moving_digits.data import caption
+
+    cfg, t2v, _ = load_trained(args)
+    rc = cfg.reproduce
+    correct, distinct, modal_share = 0, [], []
+    for index in range(args.prompts):
+        label, seed = index % rc.eval_digits, rc.eval_seed + 20_000 + index
+        moved = []
+        for wanted in rc.directions:
+            video = t2v(caption(label, wanted), seed=seed)
+            moved.append(trajectory(video, min_speed=rc.speed / 2).direction)
+            correct += moved[-1] == wanted
+        distinct.append(len(set(moved)))
+        modal_share.append(Counter(moved).most_common(1)[0][1] / len(moved))
+        print(f"seed {seed}, digit {label}: captions {list(rc.directions)} -> {moved}", flush=True)
+    total = args.prompts * len(rc.directions)
+    print(
+        f"\n{args.prompts} seeds x {len(rc.directions)} captions: direction accuracy "
+        f"{correct / total:.3f} (chance {1 / len(rc.directions):.2f}); distinct directions per "
+        f"seed {np.mean(distinct):.2f} of {len(rc.directions)}; share of a seed's videos moving "
+        f"its most common way {np.mean(modal_share):.3f} (1.0: the noise alone decides)"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("probe", choices=["long_video", "direction"])
+    parser.add_argument("--config", default=str(PRESET))
+    parser.add_argument("--work", default="outputs/reproduce", help="the reproduction's folder")
+    parser.add_argument("--frames", type=int, default=64, help="long_video: frames")
+    parser.add_argument("--prompts", type=int, default=12, help="prompts (direction: seeds)")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    {"long_video": long_video, "direction": direction}[args.probe](args)
 
 
 if __name__ == "__main__":
