@@ -3,6 +3,7 @@ base, motion module and digit classifier, found in its MLflow store and output f
 
     .venv/bin/python -m experiments.moving_digits.probes long_video   # 64 frames vs 8
     .venv/bin/python -m experiments.moving_digits.probes direction    # seed or caption?
+    .venv/bin/python -m experiments.moving_digits.probes text_path    # what the base hears
 
 ``long_video``: videos of 64 frames made with sliding windows, against the 8-frame training
 length. The same prompts and seeds at both lengths (``sample.context_frames`` and
@@ -16,6 +17,10 @@ frame pairs that cross a window's edge against the rest, and of the last 8 frame
 with each of the caption's directions (same digit, same initial noise): if the caption steered
 the motion, the four videos of a seed would move four ways; if the noise decides, they move
 alike. Printed: the accuracy, and how many distinct directions the captions of one seed reach.
+
+``text_path``: the motion module has no text input; a caption reaches it only through the frozen
+base's features. How much the base's noise prediction moves when only the direction word changes,
+against when only the digit changes (relative L2, the same noisy latents, several timesteps).
 """
 
 from __future__ import annotations
@@ -169,16 +174,49 @@ def direction(args: argparse.Namespace) -> None:
     )
 
 
+def text_path(args: argparse.Namespace) -> None:
+    import torch
+
+    from experiments.moving_digits.data import caption
+
+    cfg, t2v, _ = load_trained(args)
+    rc = cfg.reproduce
+    unet = t2v.unet.unet2d  # the frozen base alone
+    generator = torch.Generator().manual_seed(0)
+    size = cfg.sample.height // 8
+    latents = torch.randn(16, 4, size, size, generator=generator)
+    first, other = rc.directions[0], rc.directions[1]
+
+    def prediction(text: str, t: int) -> torch.Tensor:
+        context = t2v.encode_prompts([text] * len(latents))
+        steps = torch.full((len(latents),), t)
+        return unet(latents, steps, encoder_hidden_states=context).sample
+
+    with torch.no_grad():
+        for t in (250, 500, 750):
+            reference = prediction(caption(3, first), t)
+            changes = {
+                f"direction word ({first} -> {other})": prediction(caption(3, other), t),
+                "digit (3 -> 5)": prediction(caption(5, first), t),
+                "digit (3 -> 8)": prediction(caption(8, first), t),
+            }
+            cells = ", ".join(
+                f"{name}: {float((value - reference).norm() / reference.norm()):.4f}"
+                for name, value in changes.items()
+            )
+            print(f"t={t}: relative change of the base's prediction: {cells}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("probe", choices=["long_video", "direction"])
+    parser.add_argument("probe", choices=["long_video", "direction", "text_path"])
     parser.add_argument("--config", default=str(PRESET))
     parser.add_argument("--work", default="outputs/reproduce", help="the reproduction's folder")
     parser.add_argument("--frames", type=int, default=64, help="long_video: frames")
     parser.add_argument("--prompts", type=int, default=12, help="prompts (direction: seeds)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
-    {"long_video": long_video, "direction": direction}[args.probe](args)
+    {"long_video": long_video, "direction": direction, "text_path": text_path}[args.probe](args)
 
 
 if __name__ == "__main__":
