@@ -8,6 +8,7 @@ down every Ray on the machine, the session cluster included)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -105,7 +106,7 @@ class HeadNode:
     """`ray start --head --block` in its own session on free loopback ports and a private temp
     dir; `stop()` terminates that process tree only."""
 
-    def __init__(self) -> None:
+    def __init__(self, auth_mode: str = "token") -> None:
         # Short path: Ray's Unix sockets live under it (107-byte limit).
         self.temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")
         self.gcs_port, self.dashboard_port = free_port(), free_port()
@@ -118,7 +119,7 @@ class HeadNode:
         }
         env.pop("RAY_ADDRESS", None)
         # Ray's default token auth, with the default token file (~/.ray/auth_token) on both ends.
-        env["RAY_AUTH_MODE"] = "token"
+        env["RAY_AUTH_MODE"] = auth_mode
         self.log = open(Path(self.temp_dir) / "ray_start.log", "w")  # noqa: SIM115
         command = [
             str(Path(bin_dir) / "ray"), "start", "--head", "--block",
@@ -178,19 +179,28 @@ class HeadNode:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def head_node():
+@contextlib.contextmanager
+def started_head_node(auth_mode: str = "token"):
+    """A ``HeadNode`` for the block; afterwards none of its processes may be left."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAY_AUTH_MODE", "token")  # the client sends the token the cluster expects
-        node = HeadNode()
-        yield node
-        node.stop()
+        patch.setenv("RAY_AUTH_MODE", auth_mode)  # the client sends the token the cluster expects
+        node = HeadNode(auth_mode)
+        try:
+            yield node
+        finally:
+            node.stop()
     leftovers = [
         p.pid
         for p in psutil.process_iter(["cmdline"])
         if node.temp_dir in " ".join(p.info["cmdline"] or [])
     ]
     assert not leftovers, f"processes of the submitted cluster still running: {leftovers}"
+
+
+@pytest.fixture(scope="module")
+def head_node():
+    with started_head_node() as node:
+        yield node
 
 
 def run_job(
@@ -284,9 +294,16 @@ def test_generate_job_submitted_to_a_ray_start_cluster(head_node, tmp_path):
         assert data[8:12] == b"WEBP" and entry["frames"] == 4
 
 
-def _ray_packages(node: HeadNode) -> list[Path]:
-    """The per-job copies of ``--working-dir`` that the cluster unpacked."""
-    return sorted(Path(node.temp_dir).glob("session_*/runtime_resources/working_dir_files/*"))
+def _ray_packages(node: HeadNode) -> dict[str, set[str]]:
+    """What each per-job copy of ``--working-dir`` that the cluster unpacked holds now (Ray
+    deletes copies no job uses any more, so look right after a job)."""
+    found = {}
+    for package in Path(node.temp_dir).glob("session_*/runtime_resources/working_dir_files/*"):
+        try:
+            found[package.name] = {f.name for f in package.iterdir()}
+        except (FileNotFoundError, NotADirectoryError):  # a zip, a lock, or deleted meanwhile
+            continue
+    return found
 
 
 def test_submitted_train_promote_and_serve_keep_their_results_in_the_home(tmp_path, tiny_base_dir):
@@ -302,17 +319,21 @@ def test_submitted_train_promote_and_serve_keep_their_results_in_the_home(tmp_pa
 
     home = tmp_path / "home"
     base = [f"model.base.pretrained={tiny_base_dir}", "train.validation_prompts=[]"]
-    # What `jobs.preprocess data.output=outputs/latents/tiny` would have left in the home.
-    cfg = anchor_results(load_config(ROOT / "configs/tiny.yaml", base), home)
-    assert cfg.train.data_uri == str(home / "outputs/latents/tiny")
-    write_latent_shards(cfg)
     train = f"python -m jobs.train --config configs/tiny.yaml {' '.join(base)} "
-    node = HeadNode()
-    try:
+    # Without token auth: this process's client fixes its auth mode at its first use (in this
+    # module's earlier tests, or not), and a cluster without auth accepts either.
+    with started_head_node(auth_mode="disabled") as node:
+        # What `jobs.preprocess data.output=outputs/latents/tiny` would have left in the home.
+        cfg = anchor_results(load_config(ROOT / "configs/tiny.yaml", base), home)
+        assert cfg.train.data_uri == str(home / "outputs/latents/tiny")
+        write_latent_shards(cfg)
+        packages: dict[str, set[str]] = {}
         run_job(node, train + "train.max_steps=2 train.checkpoint_every=2", home=home)
+        packages |= _ray_packages(node)
         run_job(node, "python -m jobs.promote --config configs/tiny.yaml", home=home)
         # Another package (as after a code change: here the docs are left out) resumes the run.
         logs = run_job(node, train + "train.max_steps=4", home=home, excludes=("docs",))
+        packages |= _ray_packages(node)
         assert "trained to step 4" in logs
         port = free_port()
         run_job(
@@ -320,15 +341,13 @@ def test_submitted_train_promote_and_serve_keep_their_results_in_the_home(tmp_pa
         )
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=30) as answer:
             served = json.loads(answer.read())
-        packages = _ray_packages(node)
-    finally:
-        node.stop()
+        packages |= _ray_packages(node)
 
     assert served["aliases"]["champion"] == "1"
     assert sorted(v["version"] for v in served["versions"]) == ["1", "2"]
-    assert len({p.name for p in packages}) >= 2  # the re-submission ran from another copy
-    for package in packages:  # nothing was written into Ray's copies
-        assert not {"outputs", "mlflow.db", "mlartifacts"} & {p.name for p in package.iterdir()}
+    assert len(packages) >= 2  # the re-submission ran from another copy
+    for name, files in packages.items():  # nothing was written into Ray's copies
+        assert "jobs" in files and not {"outputs", "mlflow.db", "mlartifacts"} & files, name
     # Where infra/README.md says, after the cluster is gone.
     run_dir = home / "outputs" / "ray_results" / cfg.train.run_name
     assert sorted(p.name for p in run_dir.glob("checkpoint_*"))
