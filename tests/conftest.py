@@ -1,4 +1,5 @@
-"""Shared fixtures: one local Ray cluster and one tiny base model for the whole test session."""
+"""Shared fixtures: one local Ray cluster and one tiny base model for the whole test session;
+the environment put back after every test; GPUs hidden unless a run selects the `gpu` tests."""
 
 from __future__ import annotations
 
@@ -6,12 +7,54 @@ import os
 from pathlib import Path
 
 import pytest
+from marker_selection import selects_marker
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
-# DeepSpeed/torch print less and never look for a GPU in CI.
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+GPU_SELECTED = pytest.StashKey[bool]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The CPU suite's in-process code never looks for a GPU (torch, DeepSpeed's accelerator and
+    # the encoder's device are chosen once per process); a run that selects the `gpu` tests
+    # (`pytest -m gpu`) keeps the machine's GPUs. The session Ray cluster hides them from its
+    # workers either way (`ray_cluster`).
+    selected = selects_marker(config.option.markexpr, "gpu")
+    config.stash[GPU_SELECTED] = selected
+    if not selected:
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A `gpu` test without a CUDA device fails when the run asked for the `gpu` tests (a
+    silent skip there once hid that they never ran) and is skipped otherwise."""
+    if item.get_closest_marker("gpu") is None:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    if item.config.stash[GPU_SELECTED]:
+        pytest.fail(
+            "-m selected the gpu tests but torch sees no CUDA device "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})",
+            pytrace=False,
+        )
+    pytest.skip("needs a CUDA GPU; GPUs stay visible only in a run that selects them: -m gpu")
+
+
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """Each test leaves ``os.environ`` as it found it: code run in-process (a benchmark's
+    ``MASTER_ADDR``/``RANK``/``WORLD_SIZE``, MLflow's ``MLFLOW_TRACKING_URI``) must not reach
+    the tests that run after it."""
+    saved = dict(os.environ)
+    yield
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")
