@@ -25,6 +25,9 @@ from animatediff.config import load_config
 from pipelines import windows
 from pipelines.fingerprint import FingerprintMismatchError, data_fingerprint
 
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+
 NUM_GOOD = 6
 FRAMES = 30  # good video i has FRAMES + int(videoid) % 7 frames
 
@@ -32,7 +35,7 @@ FRAMES = 30  # good video i has FRAMES + int(videoid) % 7 frames
 def _args(base: Path, csv: Path, root: Path, out: Path, *extra: str) -> list[str]:
     return [
         "--config",
-        "configs/tiny.yaml",
+        str(TINY),
         f"model.base.pretrained={base}",
         f"data.input={csv}",
         f"data.video_root={root}",
@@ -139,7 +142,7 @@ def test_shards_hold_every_window_and_flip_once(first):
 def test_reading_shards_checks_the_fingerprint(first, tiny_base_dir):
     from pipelines.latents import find_shard_set, shard_set_dataset
 
-    cfg = load_config("configs/tiny.yaml", [f"model.base.pretrained={tiny_base_dir}"])
+    cfg = load_config(TINY, [f"model.base.pretrained={tiny_base_dir}"])
     expected = data_fingerprint(cfg)
     ds = shard_set_dataset(*find_shard_set(str(first["out"]), expected_fingerprint=expected))
     batch = ds.take_batch(3, batch_format="numpy")
@@ -148,9 +151,7 @@ def test_reading_shards_checks_the_fingerprint(first, tiny_base_dir):
     )
     assert batch["latent_std"].shape == (3, 4, 8, 8, 8) and np.all(batch["latent_std"] > 0)
     other = data_fingerprint(
-        load_config(
-            "configs/tiny.yaml", [f"model.base.pretrained={tiny_base_dir}", "data.resolution=128"]
-        )
+        load_config(TINY, [f"model.base.pretrained={tiny_base_dir}", "data.resolution=128"])
     )
     with pytest.raises(FingerprintMismatchError, match="resolution: expected 128, found 64"):
         shard_set_dataset(*find_shard_set(str(first["out"]), expected_fingerprint=other))

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 
 import pytest
 from data_media import write_video
 
 from animatediff.config import load_config
 from pipelines.fingerprint import data_fingerprint
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
 
 
 def _free_port() -> int:
@@ -80,7 +84,7 @@ def test_s3_videos_to_s3_shards(ray_cluster, tiny_base_dir, bucket_with_videos):
         "data.video_root=s3://videos/openvid",
         "data.output=s3://latents/run1",
     ]
-    summary = run_preprocess(load_config("configs/tiny.yaml", overrides))
+    summary = run_preprocess(load_config(TINY, overrides))
     assert summary["output"].startswith("s3://latents/run1/fp-")
     assert (summary["rows_read"], summary["rows_encoded"], summary["clips_encoded"]) == (8, 3, 3)
     assert summary["failed_by_reason"] == {
@@ -95,7 +99,7 @@ def test_s3_videos_to_s3_shards(ray_cluster, tiny_base_dir, bucket_with_videos):
     assert f"{prefix}/runs/{summary['run_id']}/errors.parquet" in keys
     assert not [k for k in keys if "/parts/" in k], keys  # outcome parts merged and removed
 
-    cfg = load_config("configs/tiny.yaml", overrides)
+    cfg = load_config(TINY, overrides)
     ds = shard_set_dataset(
         *find_shard_set("s3://latents/run1", expected_fingerprint=data_fingerprint(cfg))
     )
@@ -109,5 +113,5 @@ def test_s3_videos_to_s3_shards(ray_cluster, tiny_base_dir, bucket_with_videos):
     assert rows[0]["latent_mean"].shape == (4, 8, 8, 8)
 
     # The same manifest again: everything is cached, nothing is encoded.
-    again = run_preprocess(load_config("configs/tiny.yaml", overrides))
+    again = run_preprocess(load_config(TINY, overrides))
     assert (again["rows_cached"], again["clips_encoded"], again["rows_failed"]) == (3, 0, 5)
