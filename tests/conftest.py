@@ -108,14 +108,37 @@ def reference(ray_cluster, shards: Path):
     return run_training(cfg), cfg
 
 
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch):
+    """A moto S3 server on a free port of 127.0.0.1 for one test, and a boto3 client of it
+    (the buckets are the test's to create); ``AWS_*`` point boto3, pyarrow and the project's
+    storage at it for the test."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        for name, value in {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": endpoint,
+        }.items():
+            monkeypatch.setenv(name, value)
+        yield boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    finally:
+        server.stop()
+
+
 # Fixtures that start a cluster or a server: tests using them (directly or through another
 # fixture) are `integration`; `make test-unit` runs the rest in a minute or two.
 SERVER_FIXTURES = {
     "ray_cluster",
     "head_node",
-    "s3_bucket",
-    "s3_endpoint",
-    "s3_server",
+    "s3",
     "mlflow_server",
 }
 

@@ -4,7 +4,6 @@ JSONL manifest read from a bucket, shards written to another, read back for trai
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -17,43 +16,11 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def s3_env(s3_endpoint):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        patch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-        yield s3_endpoint
-
-
-@pytest.fixture(scope="module")
-def bucket_with_videos(s3_env, tmp_path_factory):
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=s3_env, region_name="us-east-1")
+@pytest.fixture
+def bucket_with_videos(s3, tmp_path):
     s3.create_bucket(Bucket="videos")
     s3.create_bucket(Bucket="latents")
-    local = tmp_path_factory.mktemp("s3media")
+    local = tmp_path / "s3media"
     for i in range(3):
         path = write_video(local / f"clip{i}.mp4", frames=20 + i, seed=i)
         s3.upload_file(str(path), "videos", f"openvid/part0/clip{i}.mp4")

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -35,12 +34,6 @@ def _assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
             torch.testing.assert_close(a[key], b[key], atol=atol, rtol=1e-4, msg=key)
         else:
             assert torch.equal(a[key], b[key]), key
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_reference_run_checkpoints_every_rank_and_keeps_the_last_two(reference) -> None:
@@ -198,32 +191,9 @@ def test_killed_worker_restores_from_the_last_checkpoint_and_matches(
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
 
 
-@pytest.fixture
-def s3_server(monkeypatch: pytest.MonkeyPatch):
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    for key, value in {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(key, value)
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    s3.create_bucket(Bucket="runs")
-    yield s3
-    server.stop()
-
-
-def test_rerun_resumes_from_s3_and_matches_the_uninterrupted_run(
-    reference, shards, s3_server
-) -> None:
+def test_rerun_resumes_from_s3_and_matches_the_uninterrupted_run(reference, shards, s3) -> None:
     outcome, _ = reference
+    s3.create_bucket(Bucket="runs")
     common = [
         "train.storage_path=s3://runs/ray",
         "train.run_name=resumed",
@@ -239,7 +209,7 @@ def test_rerun_resumes_from_s3_and_matches_the_uninterrupted_run(
     assert second.step == 6 and second.run_id == first.run_id
     assert second.checkpoint_path.endswith("resumed/checkpoint_00000006")
     _assert_same_weights(_motion(second.motion_dir), _motion(outcome.motion_dir))
-    keys = [o["Key"] for o in s3_server.list_objects_v2(Bucket="runs", Prefix="ray/")["Contents"]]
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="runs", Prefix="ray/")["Contents"]]
     kept = {k.split("/")[2] for k in keys if "/checkpoint_0" in k}
     assert kept == {"checkpoint_00000004", "checkpoint_00000006"}
 
