@@ -1,5 +1,5 @@
-"""Smoke runs of the benchmark scripts that need no Ray, at toy sizes, as a user runs them
-(``python -m benchmarks.<name>``): a refactor of what they call cannot silently break them.
+"""Smoke runs of the benchmark scripts at toy sizes, as a user runs them (``python -m
+benchmarks.<name>``): a refactor of what they call cannot silently break them.
 (``benchmarks/gpu.py``: test_benchmark_gpu.py.)"""
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,3 +48,16 @@ def test_long_video_compares_lengths_and_window_batching():
     assert re.search(r"^window batching: sequential / batched \(3 windows per call\)", out, re.M), (
         out
     )
+
+
+@pytest.mark.integration  # starts its own Ray and Serve
+def test_serve_prints_latency_burst_and_throughput():
+    out = _run(
+        "serve",
+        *("--requests", "2", "--frames", "2", "--steps", "1", "--size", "32"),
+        *("--throughput-requests", "4"),
+    )
+    assert re.search(r"^HTTP /v1/generate +[\d.]+ +[\d.]+ +[\d.]+$", out, re.M), out
+    bursts = re.findall(r"^burst \d: (\d+) x 200, (\d+) x 503, other none;", out, re.M)
+    assert len(bursts) == 4, out  # every request answered 200 or 503
+    assert re.search(r"^batched / unbatched throughput: [\d.]+x$", out, re.M), out
