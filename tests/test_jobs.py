@@ -335,6 +335,9 @@ def test_submitted_train_promote_and_serve_keep_their_results_in_the_home(
     """The tiny preset's default relative paths, submitted as a user would: checkpoints, the
     MLflow store and the registered version land in ``$ANIMATEDIFF_HOME``, survive the cluster,
     a re-submission from changed code resumes, and a submitted serve finds the model."""
+    # The client sends the token the cluster expects (it once borrowed the module fixture's).
+    # Set before anything here reaches Ray's core, which reads the mode once per process.
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
     import urllib.request
 
     from mlflow import MlflowClient
@@ -349,8 +352,6 @@ def test_submitted_train_promote_and_serve_keep_their_results_in_the_home(
     assert cfg.train.data_uri == str(home / "outputs/latents/tiny")
     write_latent_shards(cfg)
     train = f"python -m jobs.train --config configs/tiny.yaml {' '.join(base)} "
-    # The client sends the token the cluster expects (it once borrowed the module fixture's).
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
     node = HeadNode()
     try:
         run_job(node, train + "train.max_steps=2 train.checkpoint_every=2", home=home)
@@ -364,15 +365,20 @@ def test_submitted_train_promote_and_serve_keep_their_results_in_the_home(
         )
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=30) as answer:
             served = json.loads(answer.read())
-        packages = _ray_packages(node)
+        # Read before `stop()` removes the cluster's temp dir: the packages (zip, lock, and
+        # the unpacked directory Ray still keeps) and what the unpacked ones hold.
+        listed = _ray_packages(node)
+        packages = {p.name.split(".")[0] for p in listed}
+        unpacked = {p.name: {f.name for f in p.iterdir()} for p in listed if p.is_dir()}
     finally:
         node.stop()
 
     assert served["aliases"]["champion"] == "1"
     assert sorted(v["version"] for v in served["versions"]) == ["1", "2"]
-    assert len({p.name for p in packages}) >= 2  # the re-submission ran from another copy
-    for package in packages:  # nothing was written into Ray's copies
-        assert not {"outputs", "mlflow.db", "mlartifacts"} & {p.name for p in package.iterdir()}
+    assert len(packages) >= 2  # the re-submission ran from another copy
+    assert unpacked
+    for name, files in unpacked.items():  # nothing was written into Ray's copies
+        assert not {"outputs", "mlflow.db", "mlartifacts"} & files, name
     # Where infra/README.md says, after the cluster is gone.
     run_dir = home / "outputs" / "ray_results" / cfg.train.run_name
     assert sorted(p.name for p in run_dir.glob("checkpoint_*"))
