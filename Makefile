@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo reproduce test test-unit test-all lint format clean
+.PHONY: install browser demo reproduce test test-unit test-random test-all lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ test: install browser
 # The fast loop: no Ray, Serve or other servers (1-2 minutes).
 test-unit: install
 	$(PY) -m pytest -m "not slow and not gpu and not integration" $(PYTEST_ARGS)
+
+# The unit tier in a random order: pytest-randomly prints each run's seed; replay an order with
+# `make test-random PYTEST_ARGS=--randomly-seed=N`.
+test-random: install
+	$(PY) -m pytest -m "not slow and not gpu and not integration" -p randomly $(PYTEST_ARGS)
 
 test-all: install browser
 	$(PY) -m pytest $(PYTEST_ARGS)

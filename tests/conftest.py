@@ -1,4 +1,5 @@
-"""Shared fixtures: one local Ray cluster and one tiny base model for the whole test session."""
+"""Shared fixtures: one local Ray cluster and one tiny base model for the whole test session;
+the environment put back after every test; GPUs hidden unless a run selects the `gpu` tests."""
 
 from __future__ import annotations
 
@@ -6,12 +7,54 @@ import os
 from pathlib import Path
 
 import pytest
+from marker_selection import selects_marker
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
-# DeepSpeed/torch print less and never look for a GPU in CI.
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+GPU_SELECTED = pytest.StashKey[bool]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The CPU suite's in-process code never looks for a GPU (torch, DeepSpeed's accelerator and
+    # the encoder's device are chosen once per process); a run that selects the `gpu` tests
+    # (`pytest -m gpu`) keeps the machine's GPUs. The session Ray cluster hides them from its
+    # workers either way (`ray_cluster`).
+    selected = selects_marker(config.option.markexpr, "gpu")
+    config.stash[GPU_SELECTED] = selected
+    if not selected:
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A `gpu` test without a CUDA device fails when the run asked for the `gpu` tests (a
+    silent skip there once hid that they never ran) and is skipped otherwise."""
+    if item.get_closest_marker("gpu") is None:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    if item.config.stash[GPU_SELECTED]:
+        pytest.fail(
+            "-m selected the gpu tests but torch sees no CUDA device "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})",
+            pytrace=False,
+        )
+    pytest.skip("needs a CUDA GPU; GPUs stay visible only in a run that selects them: -m gpu")
+
+
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """Each test leaves ``os.environ`` as it found it: code run in-process (a benchmark's
+    ``MASTER_ADDR``/``RANK``/``WORLD_SIZE``, MLflow's ``MLFLOW_TRACKING_URI``) must not reach
+    the tests that run after it."""
+    saved = dict(os.environ)
+    yield
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")
@@ -65,14 +108,37 @@ def reference(ray_cluster, shards: Path):
     return run_training(cfg), cfg
 
 
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch):
+    """A moto S3 server on a free port of 127.0.0.1 for one test, and a boto3 client of it
+    (the buckets are the test's to create); ``AWS_*`` point boto3, pyarrow and the project's
+    storage at it for the test."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        for name, value in {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": endpoint,
+        }.items():
+            monkeypatch.setenv(name, value)
+        yield boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    finally:
+        server.stop()
+
+
 # Fixtures that start a cluster or a server: tests using them (directly or through another
 # fixture) are `integration`; `make test-unit` runs the rest in a minute or two.
 SERVER_FIXTURES = {
     "ray_cluster",
     "head_node",
-    "s3_bucket",
-    "s3_endpoint",
-    "s3_server",
+    "s3",
     "mlflow_server",
 }
 

@@ -27,8 +27,7 @@ def test_tiny_cpu_run_prints_every_figure(capsys) -> None:
     assert not torch.distributed.is_initialized()  # the benchmark's process group is gone
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu  # conftest: fails under `-m gpu` without a CUDA device, else skipped there
 def test_sd15_size_on_cuda(capsys) -> None:
     gpu.main(["--steps", "2", "--warmup", "1"])
     out = capsys.readouterr().out

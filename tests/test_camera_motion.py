@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import typing
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,9 @@ from pipelines.decode import DecodeSpec, decode_rows
 from pipelines.fingerprint import fingerprint_from_models, fingerprint_hash
 from pipelines.shards import shard_table
 from pipelines.sources import Columns, PlanSpec, plan_batch
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
 
 SIZE = 64
 STRENGTH = 0.3
@@ -172,24 +176,22 @@ def test_shards_and_fingerprints_record_the_motion(tiny_base_dir):
     from animatediff.base_model import load_vae
 
     base = [f"model.base.pretrained={tiny_base_dir}"]
-    vae = load_vae(load_config("configs/tiny.yaml", base).model.base)
-    plain = fingerprint_from_models(load_config("configs/tiny.yaml", base), vae)
+    vae = load_vae(load_config(TINY, base).model.base)
+    plain = fingerprint_from_models(load_config(TINY, base), vae)
     assert "camera_motion" not in plain  # caches made before camera motion keep their hash
     hashes = {fingerprint_hash(plain)}
     for motion in CAMERA_MOTIONS[1:]:
-        cfg = load_config("configs/tiny.yaml", [*base, f"data.camera_motion={motion}"])
+        cfg = load_config(TINY, [*base, f"data.camera_motion={motion}"])
         fingerprint = fingerprint_from_models(cfg, vae)
         assert fingerprint["camera_motion"] == {"kind": motion, "strength": 0.25}
         hashes.add(fingerprint_hash(fingerprint))
-    stronger = load_config(
-        "configs/tiny.yaml", [*base, "data.camera_motion=zoom_in", "data.camera_strength=0.5"]
-    )
+    stronger = load_config(TINY, [*base, "data.camera_motion=zoom_in", "data.camera_strength=0.5"])
     hashes.add(fingerprint_hash(fingerprint_from_models(stronger, vae)))
     assert len(hashes) == 10  # one corpus, one cache per motion (and strength)
 
     from pipelines.encode import EncodeClips
 
-    encoder = EncodeClips(load_config("configs/tiny.yaml", base).model.base, "fp", seed=0)
+    encoder = EncodeClips(load_config(TINY, base).model.base, "fp", seed=0)
     clips = {
         "row": np.array([0], np.int64),
         "key": np.array(["a"], dtype=object),

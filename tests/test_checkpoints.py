@@ -137,8 +137,7 @@ def test_config_inferred_from_released_layouts_at_sd15_size(name, max_frames, mi
     explicit = MotionModuleConfig(base_norm="per_frame")
     assert ck.infer_config(state, explicit, source=name).base_norm == "per_frame"
     ck.validate_state_dict(state, layout, inferred, name)
-    count = sum(v.numel() for k, v in state.items() if not k.endswith(".pe"))
-    assert count == (453_209_280 if mid_block else 417_137_600)
+    # The released sizes themselves: test_motion_module's parameter-count test.
 
 
 def test_ckpt_with_module_prefix_and_nested_state_dict(tmp_path):
@@ -357,42 +356,20 @@ def test_exported_adapter_drives_diffusers_animatediff_pipeline(tmp_path, tiny_b
     assert torch.isfinite(torch.as_tensor(out)).all()
 
 
-@pytest.fixture
-def s3_bucket(monkeypatch):
-    """A moto S3 server on 127.0.0.1 with an empty bucket; pyarrow finds it via AWS_ENDPOINT_URL."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        for name, value in {
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": endpoint,
-        }.items():
-            monkeypatch.setenv(name, value)
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="checkpoints")
-        yield "s3://checkpoints"
-    finally:
-        server.stop()
-
-
-def test_checkpoints_in_object_storage(s3_bucket):
+def test_checkpoints_in_object_storage(s3):
+    s3.create_bucket(Bucket="checkpoints")
+    bucket = "s3://checkpoints"
     cfg = tiny_cfg()
     modules = random_modules(cfg, seed=5)
-    ck.save_motion_modules(modules, cfg, f"{s3_bucket}/run/step-5")
-    ck.save_original(modules, cfg, f"{s3_bucket}/run/mm.ckpt")
-    assert ck.detect_format(f"{s3_bucket}/run/step-5") == "native"
-    for uri in (f"{s3_bucket}/run/step-5", f"{s3_bucket}/run/mm.ckpt"):
+    ck.save_motion_modules(modules, cfg, f"{bucket}/run/step-5")
+    ck.save_original(modules, cfg, f"{bucket}/run/mm.ckpt")
+    assert ck.detect_format(f"{bucket}/run/step-5") == "native"
+    for uri in (f"{bucket}/run/step-5", f"{bucket}/run/mm.ckpt"):
         loaded, loaded_cfg = ck.load_any(uri, defaults=cfg)
         assert loaded_cfg == cfg
         assert_same_tensors(loaded.state_dict(), modules.state_dict())
     with pytest.raises(ck.CheckpointError, match="does not exist"):
-        ck.detect_format(f"{s3_bucket}/run/nothing")
+        ck.detect_format(f"{bucket}/run/nothing")
 
 
 def test_fp16_export_for_distribution(tmp_path):

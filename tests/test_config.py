@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import pytest
-import yaml
 
 from animatediff.config import (
     Config,
@@ -16,16 +15,8 @@ from animatediff.config import (
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_every_yaml_in_the_repo_parses_and_presets_load():
-    yamls = [
-        p
-        for p in REPO.rglob("*.y*ml")
-        if p.suffix in (".yaml", ".yml") and ".venv" not in p.parts and "outputs" not in p.parts
-    ]
-    assert yamls, "the repo has YAML presets"
-    for path in yamls:
-        docs = list(yaml.safe_load_all(path.read_text()))
-        assert docs, path
+def test_every_preset_loads():
+    """(Every YAML file parsing, duplicate keys rejected: test_infra.)"""
     presets = sorted((REPO / "configs").glob("*.yaml"))
     assert {p.name for p in presets} >= {"tiny.yaml", "sd15_webvid.yaml"}
     for preset in presets:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -25,6 +26,9 @@ from animatediff.config import load_config
 from pipelines import windows
 from pipelines.fingerprint import FingerprintMismatchError, data_fingerprint
 
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+
 NUM_GOOD = 6
 FRAMES = 30  # good video i has FRAMES + int(videoid) % 7 frames
 
@@ -32,7 +36,7 @@ FRAMES = 30  # good video i has FRAMES + int(videoid) % 7 frames
 def _args(base: Path, csv: Path, root: Path, out: Path, *extra: str) -> list[str]:
     return [
         "--config",
-        "configs/tiny.yaml",
+        str(TINY),
         f"model.base.pretrained={base}",
         f"data.input={csv}",
         f"data.video_root={root}",
@@ -139,7 +143,7 @@ def test_shards_hold_every_window_and_flip_once(first):
 def test_reading_shards_checks_the_fingerprint(first, tiny_base_dir):
     from pipelines.latents import find_shard_set, shard_set_dataset
 
-    cfg = load_config("configs/tiny.yaml", [f"model.base.pretrained={tiny_base_dir}"])
+    cfg = load_config(TINY, [f"model.base.pretrained={tiny_base_dir}"])
     expected = data_fingerprint(cfg)
     ds = shard_set_dataset(*find_shard_set(str(first["out"]), expected_fingerprint=expected))
     batch = ds.take_batch(3, batch_format="numpy")
@@ -148,9 +152,7 @@ def test_reading_shards_checks_the_fingerprint(first, tiny_base_dir):
     )
     assert batch["latent_std"].shape == (3, 4, 8, 8, 8) and np.all(batch["latent_std"] > 0)
     other = data_fingerprint(
-        load_config(
-            "configs/tiny.yaml", [f"model.base.pretrained={tiny_base_dir}", "data.resolution=128"]
-        )
+        load_config(TINY, [f"model.base.pretrained={tiny_base_dir}", "data.resolution=128"])
     )
     with pytest.raises(FingerprintMismatchError, match="resolution: expected 128, found 64"):
         shard_set_dataset(*find_shard_set(str(first["out"]), expected_fingerprint=other))
@@ -158,11 +160,20 @@ def test_reading_shards_checks_the_fingerprint(first, tiny_base_dir):
         shard_set_dataset(*find_shard_set(first["summary"]["output"], expected_fingerprint=other))
 
 
+def _on_a_copy(first: dict, out: Path) -> list[str]:
+    """``first``'s arguments writing to ``out``, a copy of its shard set: a test that adds to
+    the set leaves ``first``'s as the tests that read it expect, in any order."""
+    shutil.copytree(first["out"], out)
+    return [a if not a.startswith("data.output=") else f"data.output={out}" for a in first["args"]]
+
+
 @pytest.fixture(scope="module")
-def second(first, collection):
+def second(first, collection, tmp_path_factory):
     """The same table plus two new videos, in a run interrupted after its first shard (committed
     before the manifest's next flush), then resumed: only the new clips are encoded, each exactly
-    once. (A SIGKILL, which leaves the shard unlisted, is covered in test_data_units.)"""
+    once. (A SIGKILL, which leaves the shard unlisted, is covered in test_data_units.) It runs on
+    a copy of ``first``'s shard set; the new videos sit beside the old ones, in no table of
+    ``first``'s."""
     from pipelines.shards import ShardWriter
 
     for videoid, _, _ in good_rows(2, start=3000001):
@@ -170,7 +181,9 @@ def second(first, collection):
         write_video(path, frames=FRAMES, seed=int(videoid) % 1000)
     rows = good_rows(NUM_GOOD) + bad_rows() + good_rows(2, start=3000001)
     csv = write_webvid_csv(collection / "results_more.csv", rows)
-    args = [a if not a.startswith("data.input=") else f"data.input={csv}" for a in first["args"]]
+    out = tmp_path_factory.mktemp("second") / "latents"
+    args = _on_a_copy(first, out)
+    args = [a if not a.startswith("data.input=") else f"data.input={csv}" for a in args]
     args.append("data.manifest_flush_shards=100")
     original = ShardWriter.write
 
@@ -179,7 +192,7 @@ def second(first, collection):
             raise KeyboardInterrupt("simulated kill")
         original(self, batch)
 
-    directory = Path(first["summary"]["output"])
+    directory = out / Path(first["summary"]["output"]).name
     listed_before = json.loads((directory / "manifest.json").read_text())["shards"]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(ShardWriter, "write", killed_after_one_shard)
@@ -201,12 +214,17 @@ def second(first, collection):
         "summary": _run(args),
         "orphan_clips": orphan.column("clip_id").to_pylist(),
         "interrupted": interrupted["run_id"],
+        "out": out,
     }
 
 
 def test_added_rows_and_a_killed_run_encode_only_new_clips_once(first, second):
     summary, orphan = second["summary"], second["orphan_clips"]
-    assert summary["output"] == first["summary"]["output"]
+    # The copy of first's shard set grew; first's own is as first wrote it.
+    assert summary["output"] == str(second["out"] / Path(first["summary"]["output"]).name)
+    first_manifest, first_rows = _shards(first["summary"])
+    assert first_manifest["num_clips"] == len(first_rows) == NUM_GOOD * 4
+    assert [r["run_id"] for r in first_manifest["runs"]] == [first["summary"]["run_id"]]
     assert 1 <= len(orphan) <= 5
     # The 6 old videos are cached (nothing encoded again); the killed run's shard was adopted.
     assert summary["clips_encoded"] == 2 * 4 - len(orphan)
@@ -228,23 +246,23 @@ def test_added_rows_and_a_killed_run_encode_only_new_clips_once(first, second):
     assert [r["status"] for r in manifest["runs"]] == ["ok", "interrupted", "ok"]
 
 
-def test_a_changed_fingerprint_never_mixes_with_old_shards(first, second, collection):
-    directory = Path(first["summary"]["output"])
+def test_a_changed_fingerprint_never_mixes_with_old_shards(first, collection, tmp_path):
+    out = tmp_path / "latents"
+    args = _on_a_copy(first, out)
+    directory = out / Path(first["summary"]["output"]).name
     before = (directory / "manifest.json").read_bytes()
-    csv = write_webvid_csv(collection / "one.csv", good_rows(1))
-    args = [a if not a.startswith("data.input=") else f"data.input={csv}" for a in first["args"]]
+    csv = write_webvid_csv(tmp_path / "one.csv", good_rows(1))
+    args = [a if not a.startswith("data.input=") else f"data.input={csv}" for a in args]
     changed = _run([*args, "data.stride=1"])
-    assert changed["output"] != first["summary"]["output"] and changed["clips_encoded"] == 4
-    assert Path(changed["output"]).parent == directory.parent
+    assert Path(changed["output"]) != directory and changed["clips_encoded"] == 4
+    assert Path(changed["output"]).parent == out
     assert (directory / "manifest.json").read_bytes() == before
     from pipelines.latents import find_shard_set, shard_set_dataset
 
     with pytest.raises(FileNotFoundError, match="expected one fingerprint directory"):
-        shard_set_dataset(*find_shard_set(str(first["out"])))
+        shard_set_dataset(*find_shard_set(str(out)))
     manifest = json.loads((Path(changed["output"]) / "manifest.json").read_text())
-    assert (
-        shard_set_dataset(*find_shard_set(str(first["out"]), manifest["fingerprint"])).count() == 4
-    )
+    assert shard_set_dataset(*find_shard_set(str(out), manifest["fingerprint"])).count() == 4
 
 
 def test_outcomes_carry_their_input_row_number(first):

@@ -4,7 +4,7 @@ JSONL manifest read from a bucket, shards written to another, read back for trai
 from __future__ import annotations
 
 import json
-import socket
+from pathlib import Path
 
 import pytest
 from data_media import write_video
@@ -12,44 +12,15 @@ from data_media import write_video
 from animatediff.config import load_config
 from pipelines.fingerprint import data_fingerprint
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def s3_env(s3_endpoint):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        patch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-        yield s3_endpoint
-
-
-@pytest.fixture(scope="module")
-def bucket_with_videos(s3_env, tmp_path_factory):
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=s3_env, region_name="us-east-1")
+@pytest.fixture
+def bucket_with_videos(s3, tmp_path):
     s3.create_bucket(Bucket="videos")
     s3.create_bucket(Bucket="latents")
-    local = tmp_path_factory.mktemp("s3media")
+    local = tmp_path / "s3media"
     for i in range(3):
         path = write_video(local / f"clip{i}.mp4", frames=20 + i, seed=i)
         s3.upload_file(str(path), "videos", f"openvid/part0/clip{i}.mp4")
@@ -80,7 +51,7 @@ def test_s3_videos_to_s3_shards(ray_cluster, tiny_base_dir, bucket_with_videos):
         "data.video_root=s3://videos/openvid",
         "data.output=s3://latents/run1",
     ]
-    summary = run_preprocess(load_config("configs/tiny.yaml", overrides))
+    summary = run_preprocess(load_config(TINY, overrides))
     assert summary["output"].startswith("s3://latents/run1/fp-")
     assert (summary["rows_read"], summary["rows_encoded"], summary["clips_encoded"]) == (8, 3, 3)
     assert summary["failed_by_reason"] == {
@@ -95,7 +66,7 @@ def test_s3_videos_to_s3_shards(ray_cluster, tiny_base_dir, bucket_with_videos):
     assert f"{prefix}/runs/{summary['run_id']}/errors.parquet" in keys
     assert not [k for k in keys if "/parts/" in k], keys  # outcome parts merged and removed
 
-    cfg = load_config("configs/tiny.yaml", overrides)
+    cfg = load_config(TINY, overrides)
     ds = shard_set_dataset(
         *find_shard_set("s3://latents/run1", expected_fingerprint=data_fingerprint(cfg))
     )
@@ -109,5 +80,5 @@ def test_s3_videos_to_s3_shards(ray_cluster, tiny_base_dir, bucket_with_videos):
     assert rows[0]["latent_mean"].shape == (4, 8, 8, 8)
 
     # The same manifest again: everything is cached, nothing is encoded.
-    again = run_preprocess(load_config("configs/tiny.yaml", overrides))
+    again = run_preprocess(load_config(TINY, overrides))
     assert (again["rows_cached"], again["clips_encoded"], again["rows_failed"]) == (3, 0, 5)

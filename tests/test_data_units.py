@@ -33,6 +33,9 @@ from pipelines.paths import UnsafePathError, manifest_relative_path, webvid_rela
 from pipelines.shards import ShardStore, load_manifest, shard_table
 from pipelines.sources import Columns, PlanSpec, plan_batch
 
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+
 # --------------------------------------------------------------------------------------------
 # Window sampling (AnimateDiff's rule)
 # --------------------------------------------------------------------------------------------
@@ -263,7 +266,7 @@ def test_truncation_detection():
 
 @pytest.fixture(scope="module")
 def tiny_cfg(tiny_base_dir):
-    return load_config("configs/tiny.yaml", [f"model.base.pretrained={tiny_base_dir}"])
+    return load_config(TINY, [f"model.base.pretrained={tiny_base_dir}"])
 
 
 def test_encoder_stores_posterior_mean_std_and_flipped_rows(tiny_cfg, tiny_base_dir):
@@ -388,17 +391,17 @@ def test_fingerprint_changes_with_what_latents_mean(tiny_cfg):
     assert fp["scaling_factor"] == pytest.approx(0.18215)
     assert (fp["num_frames"], fp["stride"], fp["resolution"]) == (8, 2, 64)
     assert fingerprint_hash(fp) == fingerprint_hash(json.loads(json.dumps(fp)))
-    other = load_config("configs/tiny.yaml", ["data.resolution=128"])
+    other = load_config(TINY, ["data.resolution=128"])
     fp2 = fingerprint_from_models(other, vae)
     assert fingerprint_hash(fp2) != fingerprint_hash(fp)
     assert fingerprint_differences(fp, fp2) == ["resolution: expected 64, found 128"]
     # Settings that only choose clips (seed, flip, clips) do not change what a latent means.
-    same = load_config("configs/tiny.yaml", ["data.seed=3", "data.flip=true"])
+    same = load_config(TINY, ["data.seed=3", "data.flip=true"])
     assert fingerprint_hash(fingerprint_from_models(same, vae)) == fingerprint_hash(fp)
 
 
 def test_data_config_validation_names_the_option():
-    cfg = load_config("configs/sd15_webvid.yaml")
+    cfg = load_config(ROOT / "configs/sd15_webvid.yaml")
     assert (cfg.data.num_frames, cfg.data.stride, cfg.data.resolution) == (16, 4, 256)
     for override, option in [
         ("data.resolution=100", "data.resolution"),
@@ -410,7 +413,7 @@ def test_data_config_validation_names_the_option():
         ("data.shard_size=0", "data.shard_size"),
     ]:
         with pytest.raises(ConfigError, match=option):
-            load_config("configs/tiny.yaml", [override])
+            load_config(TINY, [override])
 
 
 def test_outcome_schema_is_complete():
@@ -527,7 +530,7 @@ def test_mlflow_logging_records_counts_and_fingerprint(tmp_path):
 
     from tracking.preprocess import log_preprocess_run
 
-    cfg = load_config("configs/tiny.yaml", [f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db"])
+    cfg = load_config(TINY, [f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db"])
     summary = {
         "run_id": "r1",
         "fingerprint_hash": "abc",
@@ -801,7 +804,7 @@ def test_killed_runs_are_recorded_and_their_parts_merged(tmp_path):
 def test_a_run_fails_when_nothing_or_too_little_was_encoded(counts, words):
     from pipelines.preprocess import outcome_failure
 
-    cfg = load_config("configs/tiny.yaml", ["data.input=in.csv"])
+    cfg = load_config(TINY, ["data.input=in.csv"])
     counts = counts | {"failed_by_reason": {"missing_file": counts["rows_failed"]}}
     failure = outcome_failure(cfg, counts)
     assert failure is None if words is None else words in failure, failure

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from serve_helpers import free_port, random_motion_modules
+from serve_helpers import free_port, random_motion_modules, register_versions
 
 from animatediff.config import load_config
 from pipelines.generate import read_prompts
@@ -100,6 +100,45 @@ def test_generate_writer_merges_the_configured_motion_loras(tmp_path):
         )
     assert videos["lora"].shape == videos["plain"].shape == (4, 64, 64, 3)
     assert not np.array_equal(videos["lora"], videos["plain"])
+
+
+def test_generate_from_a_registry_alias(ray_cluster, tmp_path):
+    """`generate.model=candidate` generates with the version the alias names: its videos are
+    those of that version's own files, and not the champion's (the default)."""
+    from jobs import cli, generate
+
+    registry = [
+        f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"mlflow.artifact_location={tmp_path / 'artifacts'}",
+    ]
+    cfg = load_config(ROOT / "configs/tiny.yaml", registry)
+    champion, candidate = register_versions(cfg, tmp_path / "registered", seeds=[1, 2])
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red ball bouncing\n")
+
+    def generated(model: str, name: str) -> tuple[dict, bytes]:
+        args = [
+            *("--config", str(ROOT / "configs/tiny.yaml"), *registry),
+            f"generate.prompts={prompts}",
+            f"generate.model={model}",
+            f"output_dir={tmp_path / name}",
+            "sample.num_frames=4",
+            "sample.num_inference_steps=2",
+        ]
+        assert cli.run(generate.main, args) == 0
+        (entry,) = [json.loads(line) for line in (tmp_path / name / "generate/index.jsonl").open()]
+        return entry, (tmp_path / name / "generate" / entry["file"]).read_bytes()
+
+    entry, video = generated("candidate", "by-alias")
+    name = cfg.mlflow.registered_model
+    assert (entry["model_uri"], entry["model_version"]) == (
+        f"models:/{name}/{candidate}",
+        candidate,
+    )
+    files = tmp_path / "registered" / "seed-2" / "motion_module"  # what version 2 registered
+    assert generated(str(files), "by-files")[1] == video
+    default, other = generated("", "default")
+    assert default["model_version"] == champion and other != video
 
 
 class HeadNode:
@@ -306,6 +345,7 @@ def _ray_packages(node: HeadNode) -> dict[str, set[str]]:
     return found
 
 
+@pytest.mark.integration  # its own `ray start` head, not the module's `head_node`
 def test_submitted_train_promote_and_serve_keep_their_results_in_the_home(tmp_path, tiny_base_dir):
     """The tiny preset's default relative paths, submitted as a user would: checkpoints, the
     MLflow store and the registered version land in ``$ANIMATEDIFF_HOME``, survive the cluster,

@@ -58,6 +58,27 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     )
 
 
+def test_the_default_store_is_mlflow_db_with_artifacts_beside_it(tmp_path, monkeypatch):
+    """Nothing configured (no ``mlflow.tracking_uri``, no ``$MLFLOW_TRACKING_URI``): runs and
+    the registry go to ``sqlite:///mlflow.db`` in the working directory, made absolute (Ray's
+    workers run in other directories), and artifacts to ``mlartifacts`` beside it, never to
+    MLflow's own default ``./mlruns``."""
+    from tracking.registry import load_registered_motion_module
+    from tracking.runs import resolve_tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert (CFG.mlflow.tracking_uri, CFG.mlflow.artifact_location) == ("", "")
+    uri = resolve_tracking_uri(CFG.mlflow)
+    assert uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    modules = _register(tmp_path / "work", "motion_module", seed=1, tracking_uri=uri)
+    assert (tmp_path / "mlflow.db").is_file() and not (tmp_path / "mlruns").exists()
+    assert len(list((tmp_path / "mlartifacts").rglob("motion_module.safetensors"))) == 1
+    monkeypatch.chdir(ROOT)  # read back from elsewhere: nothing depends on the working directory
+    loaded, _, _ = load_registered_motion_module(f"models:/{CFG.mlflow.registered_model}/1", uri)
+    assert _same_weights(loaded, modules)
+
+
 def test_loads_from_the_given_store_not_the_global_one(tmp_path, global_mlflow):
     import mlflow
     from mlflow.exceptions import MlflowException

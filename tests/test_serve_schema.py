@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -23,7 +24,10 @@ from tracking.model_refs import (
     resolve_model_ref,
 )
 
-CFG = load_config("configs/tiny.yaml", ["serve.bases.toon.pretrained=builtin:tiny"])
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+
+CFG = load_config(TINY, ["serve.bases.toon.pretrained=builtin:tiny"])
 
 
 def _parse(**fields) -> GenerationParams:

@@ -12,14 +12,21 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from mlflow_helpers import tracking_server
 from safetensors.torch import load_file
-from train_helpers import CONFIG, STEPS, KillOnce, tiny_train_config
+from train_helpers import (
+    CONFIG,
+    STEPS,
+    KillOnce,
+    RecordBatches,
+    recorded_batches,
+    tiny_train_config,
+)
 
 from trainer import run_training
 
@@ -35,12 +42,6 @@ def _assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
             torch.testing.assert_close(a[key], b[key], atol=atol, rtol=1e-4, msg=key)
         else:
             assert torch.equal(a[key], b[key]), key
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_reference_run_checkpoints_every_rank_and_keeps_the_last_two(reference) -> None:
@@ -198,32 +199,9 @@ def test_killed_worker_restores_from_the_last_checkpoint_and_matches(
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
 
 
-@pytest.fixture
-def s3_server(monkeypatch: pytest.MonkeyPatch):
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    for key, value in {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(key, value)
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    s3.create_bucket(Bucket="runs")
-    yield s3
-    server.stop()
-
-
-def test_rerun_resumes_from_s3_and_matches_the_uninterrupted_run(
-    reference, shards, s3_server
-) -> None:
+def test_rerun_resumes_from_s3_and_matches_the_uninterrupted_run(reference, shards, s3) -> None:
     outcome, _ = reference
+    s3.create_bucket(Bucket="runs")
     common = [
         "train.storage_path=s3://runs/ray",
         "train.run_name=resumed",
@@ -239,7 +217,7 @@ def test_rerun_resumes_from_s3_and_matches_the_uninterrupted_run(
     assert second.step == 6 and second.run_id == first.run_id
     assert second.checkpoint_path.endswith("resumed/checkpoint_00000006")
     _assert_same_weights(_motion(second.motion_dir), _motion(outcome.motion_dir))
-    keys = [o["Key"] for o in s3_server.list_objects_v2(Bucket="runs", Prefix="ray/")["Contents"]]
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="runs", Prefix="ray/")["Contents"]]
     kept = {k.split("/")[2] for k in keys if "/checkpoint_0" in k}
     assert kept == {"checkpoint_00000004", "checkpoint_00000006"}
 
@@ -292,43 +270,51 @@ def test_zero3_run_tracked_on_a_tracking_server(reference, shards, mlflow_server
     assert os.environ["MLFLOW_TRACKING_URI"] == uri
 
 
-def _plain_pytorch_reference(cfg) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """What ``jobs.train`` must compute on one worker, written as a plain PyTorch loop: the
-    shards in manifest order without the held-out validation videos, micro-batches cycling
-    through them, loss / accumulation steps,
-    clipping at the optimizer step, AdamW with the scheduled lr. ``(initial, final)`` weights."""
+def _training_clips(cfg) -> dict[str, np.ndarray]:
+    """The shard set's clips in manifest order without the held-out validation videos."""
+    from animatediff.training import BATCH_COLUMNS
+    from pipelines.fingerprint import data_fingerprint
+    from pipelines.latents import find_shard_set
+    from trainer.data import held_out_clips, read_clips
+
+    location, manifest = find_shard_set(cfg.train.data_uri, data_fingerprint(cfg))
+    clips = read_clips(location, manifest, 10**9, ["clip_id", *BATCH_COLUMNS])
+    held_out, _ = held_out_clips(location, manifest, cfg.train.val_max_clips)
+    keep = [cid not in held_out for cid in clips.pop("clip_id")]
+    assert 0 < sum(keep) < len(keep)  # the validation videos are not trained on
+    return {k: v[keep] for k, v in clips.items()}
+
+
+def _plain_loop(cfg, micro_batches) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A plain PyTorch loop: at each optimizer step and accumulation step, the mean loss over
+    ``micro_batches(step, micro)``, a list of ``(rank, Batch)`` (each rank's noise from
+    ``step_generator(seed, step, micro, rank)``): the averaged gradient of data parallelism.
+    Loss / accumulation steps, clipping at the optimizer step, AdamW with the scheduled lr.
+    ``(initial, final)`` motion weights."""
     from animatediff.training import (
-        BATCH_COLUMNS,
         batch_loss,
         build_training_model,
         learning_rate,
         step_generator,
     )
-    from pipelines.fingerprint import data_fingerprint
-    from pipelines.latents import find_shard_set
-    from trainer.data import held_out_clips, read_clips, validation_batches
 
     train = cfg.train
-    location, manifest = find_shard_set(train.data_uri, data_fingerprint(cfg))
-    clips = read_clips(location, manifest, 10**9, ["clip_id", *BATCH_COLUMNS])
-    held_out, _ = held_out_clips(location, manifest, train.val_max_clips)
-    keep = [cid not in held_out for cid in clips.pop("clip_id")]
-    assert 0 < sum(keep) < len(keep)  # the validation videos are not trained on
-    batches = validation_batches({k: v[keep] for k, v in clips.items()}, train.batch_size)
     model = build_training_model(cfg)
     initial = {k: v.detach().clone() for k, v in model.unet.motion_modules.state_dict().items()}
     params = [p for p in model.unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=train.lr, betas=train.betas, weight_decay=train.weight_decay
     )
-    micro_batches = 0
     for step in range(train.max_steps):
         for micro in range(train.grad_accum_steps):
-            batch = batches[micro_batches % len(batches)]
-            micro_batches += 1
-            generator = step_generator(train.seed, step, micro, 0)
-            loss = batch_loss(model, model.unet, batch, cfg, generator)
-            (loss / train.grad_accum_steps).backward()
+            ranks = micro_batches(step, micro)
+            losses = [
+                batch_loss(
+                    model, model.unet, batch, cfg, step_generator(train.seed, step, micro, rank)
+                )
+                for rank, batch in ranks
+            ]
+            (sum(losses) / len(losses) / train.grad_accum_steps).backward()
         torch.nn.utils.clip_grad_norm_(params, train.grad_clip)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, train)
@@ -336,6 +322,32 @@ def _plain_pytorch_reference(cfg) -> tuple[dict[str, torch.Tensor], dict[str, to
         optimizer.zero_grad(set_to_none=True)
     final = {k: v.detach().clone() for k, v in model.unet.motion_modules.state_dict().items()}
     return initial, final
+
+
+def _plain_pytorch_reference(cfg) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """What ``jobs.train`` must compute on one worker: the training clips in manifest order,
+    micro-batches cycling through them."""
+    from trainer.data import validation_batches
+
+    batches = validation_batches(_training_clips(cfg), cfg.train.batch_size)
+
+    def micro_batches(step: int, micro: int) -> list:
+        return [(0, batches[(step * cfg.train.grad_accum_steps + micro) % len(batches)])]
+
+    return _plain_loop(cfg, micro_batches)
+
+
+def _update_error(initial: dict, want: dict, got: dict) -> float:
+    """The worst relative distance, over tensors, of ``got``'s update from ``want``'s.
+
+    Adam turns rounding noise in near-zero gradients into whole lr-sized steps of either sign
+    (DeepSpeed sums gradients in flat buffers), so elementwise equality is not expected: the
+    update of each tensor must match instead."""
+    assert got.keys() == want.keys()
+    return max(
+        float((got[k] - want[k]).norm() / (want[k] - initial[k]).norm().clamp_min(1e-12))
+        for k in want
+    )
 
 
 def test_accumulation_and_cosine_schedule_match_a_plain_pytorch_loop(ray_cluster, shards) -> None:
@@ -365,22 +377,10 @@ def test_accumulation_and_cosine_schedule_match_a_plain_pytorch_loop(ray_cluster
     # 10 micro-batches over 6 training clips (2 of the 8 are held out for validation).
     assert state["position"] == {"step": 5, "epoch": 1, "batch_in_epoch": 4}
     initial, want = _plain_pytorch_reference(cfg)
-    got = _motion(outcome.motion_dir)
-    assert got.keys() == want.keys()
-
-    # Adam turns rounding noise in near-zero gradients into whole lr-sized steps of either sign
-    # (DeepSpeed sums gradients in flat buffers), so elementwise equality is not expected: the
-    # update of each tensor must match instead (measured: <= 2% apart).
-    def worst_update_error(weights: dict[str, torch.Tensor]) -> float:
-        return max(
-            float((weights[k] - want[k]).norm() / (want[k] - initial[k]).norm().clamp_min(1e-12))
-            for k in want
-        )
-
-    assert worst_update_error(got) < 0.05
+    assert _update_error(initial, want, _motion(outcome.motion_dir)) < 0.05  # measured <= 2%
     # The tolerance separates: the same loop without accumulation is far off.
     one_micro = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, grad_accum_steps=1))
-    assert worst_update_error(_plain_pytorch_reference(one_micro)[1]) > 0.2
+    assert _update_error(initial, want, _plain_pytorch_reference(one_micro)[1]) > 0.2
 
     expected = [learning_rate(step, cfg.train) for step in range(5)]
     assert expected[0] == expected[1] == 1e-3 and expected[4] < expected[3] < expected[2] < 1e-3
@@ -408,6 +408,55 @@ def test_accumulation_and_cosine_schedule_match_a_plain_pytorch_loop(ray_cluster
         assert all(m.value >= 0 for m in history(key)), key
 
 
+def test_two_workers_split_each_epoch_and_step_on_the_averaged_gradient(
+    ray_cluster, shards, tmp_path
+) -> None:
+    """Data parallelism, checked from what each rank really trained on: in every epoch the
+    ranks' clips are disjoint and together are the training set, and the 2-worker run follows
+    a plain loop whose every step averages the gradients of both ranks' micro-batches."""
+    from animatediff.training import collate
+
+    cfg = tiny_train_config(
+        shards,
+        "train.lr=0.001",
+        "train.max_steps=6",
+        "train.checkpoint_every=6",
+        "train.run_name=data-parallel",
+        "train.validation_prompts=[]",
+        "train.register=false",
+    )
+    assert (cfg.train.num_workers, cfg.train.batch_size, cfg.train.grad_accum_steps) == (2, 1, 1)
+    outcome = run_training(cfg, hooks=[RecordBatches(str(tmp_path))])
+    assert outcome.step == 6
+    ranks = recorded_batches(tmp_path, 2)
+    assert [[r["step"] for r in records] for records in ranks] == [list(range(6))] * 2
+    clips = _training_clips(cfg)
+    captions = [str(c) for c in clips["caption"]]
+    assert len(captions) == len(set(captions)) == 6  # 8 clips, one video of 2 held out
+    for epoch in range(2):  # 6 clips, 2 ranks, 1 clip a step: an epoch is 3 steps
+        seen = [
+            [c for record in records[3 * epoch : 3 * epoch + 3] for c in record["captions"]]
+            for records in ranks
+        ]
+        assert not set(seen[0]) & set(seen[1]), (epoch, seen)
+        assert sorted(seen[0] + seen[1]) == sorted(captions), (epoch, seen)
+
+    index = {caption: i for i, caption in enumerate(captions)}
+
+    def batch(record: dict):
+        rows = [index[c] for c in record["captions"]]
+        return collate({name: column[rows] for name, column in clips.items()})
+
+    def both_ranks(step: int, micro: int) -> list:
+        return [(rank, batch(ranks[rank][step])) for rank in range(2)]
+
+    initial, want = _plain_loop(cfg, both_ranks)
+    assert _update_error(initial, want, _motion(outcome.motion_dir)) < 0.05
+    # The tolerance separates: a rank stepping on its own gradient alone is far off.
+    _, alone = _plain_loop(cfg, lambda step, micro: both_ranks(step, micro)[:1])
+    assert _update_error(initial, want, alone) > 0.2
+
+
 def test_zero2_with_optimizer_offload_follows_the_reference(reference, shards) -> None:
     """ZeRO-Offload: the optimizer state lives in CPU memory, stepped by DeepSpeed's CPU Adam
     (compiled on first use); in fp32 it is the same AdamW, so it follows the reference run."""
@@ -427,9 +476,10 @@ def test_zero2_with_optimizer_offload_follows_the_reference(reference, shards) -
     _assert_same_weights(_motion(offloaded.motion_dir), _motion(step4), atol=1e-5)
 
 
-def test_bf16_zero2_run_trains_and_exports_fp32(reference, shards) -> None:
+def test_bf16_zero2_run_trains_and_exports_fp32(reference, shards, tmp_path) -> None:
     """The GPU recipe's precision on CPU: DeepSpeed keeps bf16 weights with fp32 master copies
-    (and fp32 buffers); the export is the fp32 master, close to the fp32 run's."""
+    (and fp32 buffers), the UNet computes in bf16; the export is the fp32 master, close to the
+    fp32 run's."""
     outcome, ref_cfg = reference
     cfg = tiny_train_config(
         shards,
@@ -440,8 +490,16 @@ def test_bf16_zero2_run_trains_and_exports_fp32(reference, shards) -> None:
         "train.validation_prompts=[]",
         "train.register=false",
     )
-    bf16 = run_training(cfg)
+    bf16 = run_training(cfg, hooks=[RecordBatches(str(tmp_path))])
     assert bf16.step == 4 and bf16.val_loss is not None
+    # Every micro-batch of every rank ran the UNet on bf16 inputs and weights, to a bf16 output
+    # (the closeness below alone would also hold if bf16 were silently ignored).
+    computed = {
+        (r["sample"], r["weights"], r["pred"])
+        for rank in recorded_batches(tmp_path, 2)
+        for r in rank
+    }
+    assert computed == {("torch.bfloat16",) * 3}, computed
     weights = _motion(bf16.motion_dir)
     assert all(v.dtype == torch.float32 for v in weights.values())
     step4 = Path(ref_cfg.train.storage_path) / "reference" / "checkpoint_00000004" / "motion_module"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -167,3 +168,55 @@ class KillOnce:
         # restart point is deterministic. Then a real crash: no cleanup, no report.
         time.sleep(5)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class RecordBatches:
+    """A step hook that makes each rank write down every training micro-batch it computes, one
+    JSON line per micro-batch in ``<directory>/rank<r>.jsonl``: the step, the clips' captions
+    (unique per clip in ``write_latent_shards``) and the dtypes the UNet computed in (its input,
+    its output, its trainable weights).
+
+    On its first call in a worker process it wraps the loop's ``batch_loss`` there (the workers
+    are fresh processes for each run): the records are what the loop really fed the model."""
+
+    directory: str
+
+    def __call__(self, info: StepInfo) -> None:
+        import trainer.loop as loop
+
+        state = getattr(loop.batch_loss, "recording", None)
+        if state is None:
+            state = {"path": Path(self.directory) / f"rank{info.rank}.jsonl"}
+            loop.batch_loss = _recording(loop.batch_loss, state)
+        state["step"] = info.step
+
+
+def _recording(batch_loss, state: dict):
+    """``batch_loss`` that appends each micro-batch's record to ``state["path"]``."""
+
+    def recorded(model, unet, batch, cfg, generator, **kwargs):
+        seen = {}
+
+        def forward(sample, timesteps, context):
+            pred = unet(sample, timesteps, context)
+            weight = next(p for p in model.unet.parameters() if p.requires_grad)
+            seen.update(sample=str(sample.dtype), pred=str(pred.dtype), weights=str(weight.dtype))
+            return pred
+
+        loss = batch_loss(model, forward, batch, cfg, generator, **kwargs)
+        record = {"step": state["step"], "captions": list(batch.captions), **seen}
+        with open(state["path"], "a") as file:
+            file.write(json.dumps(record) + "\n")
+        return loss
+
+    recorded.recording = state
+    return recorded
+
+
+def recorded_batches(directory: Path, world_size: int) -> list[list[dict]]:
+    """What ``RecordBatches`` wrote: per rank, its micro-batch records in order."""
+    return [
+        [json.loads(line) for line in (directory / f"rank{rank}.jsonl").read_text().splitlines()]
+        for rank in range(world_size)
+    ]

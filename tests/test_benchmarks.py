@@ -1,0 +1,63 @@
+"""Smoke runs of the benchmark scripts at toy sizes, as a user runs them (``python -m
+benchmarks.<name>``): a refactor of what they call cannot silently break them.
+(``benchmarks/gpu.py``: test_benchmark_gpu.py.)"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(module: str, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{module}", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return done.stdout
+
+
+def test_unet_step_compares_ours_with_diffusers_in_every_checkpointing_mode():
+    out = _run("unet_step", "--preset", "tiny", "--frames", "2", "--size", "8", "--repeats", "1")
+    rows = {
+        match[1]: float(match[2])
+        for match in re.finditer(r"^(off|all|2d-only)\s.*\s(\S+)$", out, re.M)
+    }
+    assert rows.keys() == {"off", "all", "2d-only"}, out
+    assert max(rows.values()) < 1e-4, rows  # max |diff|: the two UNets compute the same function
+
+
+def test_long_video_compares_lengths_and_window_batching():
+    out = _run(
+        "long_video",
+        *("--config", str(ROOT / "configs/tiny.yaml"), "--short", "4", "--long", "8"),
+        *("--steps", "1", "--height", "32", "--width", "32", "--context", "4", "--overlap", "1"),
+        *("--decode-chunk", "4", "--repeats", "1"),
+    )
+    assert re.search(r"^time   8/4 frames: [\d.]+ s / [\d.]+ s = [\d.]+", out, re.M), out
+    assert re.search(r"^memory 8/4 frames .* = [\d.]+", out, re.M), out
+    assert re.search(r"^window batching: sequential / batched \(3 windows per call\)", out, re.M), (
+        out
+    )
+
+
+@pytest.mark.integration  # starts its own Ray and Serve
+def test_serve_prints_latency_burst_and_throughput():
+    out = _run(
+        "serve",
+        *("--requests", "2", "--frames", "2", "--steps", "1", "--size", "32"),
+        *("--throughput-requests", "4"),
+    )
+    assert re.search(r"^HTTP /v1/generate +[\d.]+ +[\d.]+ +[\d.]+$", out, re.M), out
+    bursts = re.findall(r"^burst \d: (\d+) x 200, (\d+) x 503, other none;", out, re.M)
+    assert len(bursts) == 4, out  # every request answered 200 or 503
+    assert re.search(r"^batched / unbatched throughput: [\d.]+x$", out, re.M), out
