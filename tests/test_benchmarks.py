@@ -50,6 +50,19 @@ def test_long_video_compares_lengths_and_window_batching():
     )
 
 
+def test_evaluate_prints_each_part_per_clip_and_against_generation():
+    out = _run(
+        "evaluate",
+        *("--config", str(ROOT / "configs/tiny.yaml"), "--videos", "1", "--frames", "4"),
+        *("--height", "32", "--width", "32", "--steps", "1", "--timesteps", "1", "--repeats", "1"),
+    )
+    rows = re.findall(r"^(\S.*?) +([\d.]+) +([\d.]+) +([\d.]+)$", out, re.M)
+    parts = [name.strip() for name, *_ in rows]
+    assert parts[0] == "generate a video" and len(parts) == 8, out
+    assert float(rows[0][3]) == 1.0 and float(rows[0][1]) > 0, out  # generation, in ms
+    assert re.search(r"^scoring a video .* = [\d.]+ x its generation", out, re.M), out
+
+
 @pytest.mark.integration  # starts its own Ray and Serve
 def test_serve_prints_latency_burst_and_throughput():
     out = _run(
