@@ -63,7 +63,8 @@ def test_evaluate_prints_each_part_per_clip_and_against_generation():
     assert re.search(r"^scoring a video .* = [\d.]+ x its generation", out, re.M), out
 
 
-@pytest.mark.integration  # starts its own Ray and Serve
+@pytest.mark.slow  # 70 s: its own Ray and Serve; CI's 25 minutes are nearly spent (`-m slow`)
+@pytest.mark.integration
 def test_serve_prints_latency_burst_and_throughput():
     out = _run(
         "serve",
