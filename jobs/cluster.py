@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from animatediff.config import Config
+from tracking.runs import configured_tracking_uri
 
 HOME_ENV = "ANIMATEDIFF_HOME"
 """Environment variable naming the home of submitted jobs' relative results."""
@@ -105,8 +106,7 @@ def anchor_results(cfg: Config, home: Path) -> Config:
     def under_home(value: str | None) -> str | None:
         return str(home / value) if value and _is_relative_path(value) else value
 
-    tracking_uri = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
-    tracking_uri = tracking_uri or f"{SQLITE}mlflow.db"
+    tracking_uri = configured_tracking_uri(cfg.mlflow)
     if tracking_uri.startswith(SQLITE) and _is_relative_path(tracking_uri[len(SQLITE) :]):
         tracking_uri = SQLITE + str(home / tracking_uri[len(SQLITE) :])
     replace = dataclasses.replace
@@ -140,7 +140,7 @@ def node_local_results(cfg: Config) -> list[str]:
         )
         if value and ("://" not in value or value.startswith("file://"))
     ]
-    tracking_uri = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or SQLITE
+    tracking_uri = configured_tracking_uri(cfg.mlflow)
     if tracking_uri.startswith((SQLITE, "file:")) or "://" not in tracking_uri:
         found.append("mlflow.tracking_uri")
     return found

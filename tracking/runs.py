@@ -31,11 +31,16 @@ MODEL_TRAINING_KIND = "custom_model_development"
 RESUMED_TAG = "resumed_from_step"
 
 
-def resolve_tracking_uri(cfg: MlflowConfig) -> str:
-    """``mlflow.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``.
+def configured_tracking_uri(cfg: MlflowConfig) -> str:
+    """``mlflow.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``, as
+    written (a SQLite path may be relative)."""
+    return cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
-    A relative SQLite path is made absolute: Ray workers run in other working directories."""
-    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+def resolve_tracking_uri(cfg: MlflowConfig) -> str:
+    """``configured_tracking_uri`` with a relative SQLite path made absolute: Ray workers run in
+    other working directories."""
+    uri = configured_tracking_uri(cfg)
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         uri = prefix + str(Path(uri[len(prefix) :]).resolve())
