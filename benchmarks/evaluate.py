@@ -74,17 +74,13 @@ def measure(args: argparse.Namespace) -> list[tuple[str, float]]:
     model = build_training_model(cfg)
     model.unet.eval()
     size = (args.height // 8, args.width // 8)
+
+    def held_out_batch(captions: list[str]) -> Batch:  # random latents: cost, not quality
+        shape = (len(captions), 4, args.frames, *size)
+        return Batch(captions, torch.randn(shape), torch.full(shape, 0.1))
+
     batches = [
-        Batch(
-            captions=prompts[start : start + args.batch],
-            latent_mean=torch.randn(
-                len(prompts[start : start + args.batch]), 4, args.frames, *size
-            ),
-            latent_std=torch.full(
-                (len(prompts[start : start + args.batch]), 4, args.frames, *size), 0.1
-            ),
-        )
-        for start in range(0, args.videos, args.batch)
+        held_out_batch(prompts[i : i + args.batch]) for i in range(0, args.videos, args.batch)
     ]
     steps = fixed_timesteps(args.timesteps, cfg.model.diffusion.num_train_timesteps)
     order = frame_permutation(args.frames, 0)

@@ -477,25 +477,31 @@ class _FlakyStore(pa.fs.FileSystemHandler):
     open_output_stream = open_append_stream = _unsupported
 
 
+def _todo_plan(keys: list[str], sources: list[str]) -> dict[str, np.ndarray]:
+    """Plan rows as ``plan_batch`` makes them: every row still to decode."""
+    count = len(keys)
+    return {
+        "row": np.arange(count),
+        "key": np.array(keys, dtype=object),
+        "video_id": np.array(keys, dtype=object),
+        "caption": np.array(["c"] * count, dtype=object),
+        "source": np.array(sources, dtype=object),
+        "source_version": np.array([""] * count, dtype=object),
+        "status": np.array(["todo"] * count, dtype=object),
+        "reason": np.array([""] * count, dtype=object),
+        "message": np.array([""] * count, dtype=object),
+        "need_mask": np.ones(count, np.int64),
+        "cached_clips": np.zeros(count, np.int32),
+    }
+
+
 def test_unreadable_object_store_objects_are_recorded(media, tmp_path):
     video = (media / PAGE_DIR / "1.mp4").read_bytes()
     fs = pa.fs.PyFileSystem(_FlakyStore({f"bucket/root/{PAGE_DIR}/ok/1.mp4": video}))
     root = Location(fs, "bucket/root", "s3://bucket/root")
     keys = ["deny/1", "broken/1", "ok/1"]
     sources = [f"s3://bucket/root/{PAGE_DIR}/{k}.mp4" for k in keys]
-    plan = {  # plan rows as plan_batch makes them
-        "row": np.arange(3),
-        "key": np.array(keys, dtype=object),
-        "video_id": np.array(keys, dtype=object),
-        "caption": np.array(["c"] * 3, dtype=object),
-        "source": np.array(sources, dtype=object),
-        "source_version": np.array([""] * 3, dtype=object),
-        "status": np.array(["todo"] * 3, dtype=object),
-        "reason": np.array([""] * 3, dtype=object),
-        "message": np.array([""] * 3, dtype=object),
-        "need_mask": np.ones(3, np.int64),
-        "cached_clips": np.zeros(3, np.int32),
-    }
+    plan = _todo_plan(keys, sources)
     out = tmp_path / "out"
     clips = decode_rows(plan, _decode_spec(root, locate(str(out))))
     assert clips["source"].tolist() == [f"s3://bucket/root/{PAGE_DIR}/ok/1.mp4"]  # bytes decode
@@ -666,19 +672,7 @@ def test_the_decoder_refuses_links_out_of_the_root_too(linked_root, tmp_path):
     root = locate(str(linked_root))
     names = ["out", "host", "in"]
     sources = [root.join(PAGE_DIR, f"{n}.mp4").uri for n in names]
-    plan = {
-        "row": np.arange(3),
-        "key": np.array(names, dtype=object),
-        "video_id": np.array(names, dtype=object),
-        "caption": np.array(["c"] * 3, dtype=object),
-        "source": np.array(sources, dtype=object),
-        "source_version": np.array([""] * 3, dtype=object),
-        "status": np.array(["todo"] * 3, dtype=object),
-        "reason": np.array([""] * 3, dtype=object),
-        "message": np.array([""] * 3, dtype=object),
-        "need_mask": np.ones(3, np.int64),
-        "cached_clips": np.zeros(3, np.int32),
-    }
+    plan = _todo_plan(names, sources)
     clips = decode_rows(plan, _decode_spec(root, locate(str(tmp_path / "o"))))
     assert clips["key"].tolist() == ["in"]
     assert clips["source_version"][0].startswith("size=")
