@@ -26,6 +26,7 @@ against when only the digit changes (relative L2, the same noisy latents, severa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -104,7 +105,7 @@ def load_trained(args: argparse.Namespace) -> tuple[Config, object, object]:
     base = _finished_run_artifacts(tracking_uri, cfg.mlflow.experiment, "digits-base") / "pipeline"
     motion = _finished_run_artifacts(tracking_uri, cfg.mlflow.experiment, "digits-motion")
     modules, motion_cfg = load_any(motion / "motion_module", defaults=cfg.model.motion)
-    cfg = load_config(args.config, [f"model.base.pretrained={base}", *args.overrides])
+    cfg = cfg.with_base(dataclasses.replace(cfg.model.base, pretrained=str(base)))
     cfg = cfg.with_motion(motion_cfg)
     extractor = load_extractor(f"classifier:{Path(args.work) / 'classifier'}")
     return cfg, TextToVideo(cfg, modules), extractor
