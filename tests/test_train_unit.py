@@ -47,6 +47,10 @@ def _one_thread():
         ("train.grad_accum_steps=0", "train.grad_accum_steps"),
         ("train.bogus=1", "train.bogus"),
         ("mlflow.champion_alias=candidate", "mlflow.champion_alias"),
+        ("train.placement_strategy=spread", "train.placement_strategy"),
+        ("train.worker_resources.trainer=0", r"train\.worker_resources\.trainer: must be > 0"),
+        ("train.worker_resources.CPU=2", r"train\.worker_resources\.CPU: set CPUs with"),
+        ("train.worker_resources=[trainer]", "train.worker_resources: expected a mapping"),
     ],
 )
 def test_invalid_train_options_name_the_option(override: str, message: str) -> None:
@@ -57,6 +61,24 @@ def test_invalid_train_options_name_the_option(override: str, message: str) -> N
 def test_precision_is_bf16_on_gpu_and_fp32_on_cpu() -> None:
     assert load_config(None, ["train.use_gpu=false"]).train.precision == "fp32"
     assert load_config(None, ["train.use_gpu=true"]).train.precision == "bf16"
+
+
+def test_workers_reserve_custom_resources_and_follow_the_placement_strategy() -> None:
+    from trainer.driver import scaling_config
+
+    train = load_config(
+        None,
+        [
+            "train.cpus_per_worker=0.5",
+            "train.worker_resources={trainer: 1}",
+            "train.placement_strategy=STRICT_SPREAD",
+        ],
+    ).train
+    scaling = scaling_config(train)
+    assert scaling.resources_per_worker == {"CPU": 0.5, "trainer": 1.0}
+    assert scaling.placement_strategy == "STRICT_SPREAD" and scaling.num_workers == 2
+    default = scaling_config(load_config(None).train)
+    assert default.resources_per_worker == {"CPU": 1.0} and default.placement_strategy == "PACK"
 
 
 def test_lr_warms_up_linearly_then_holds_or_decays_to_zero() -> None:

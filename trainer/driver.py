@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from animatediff.base_model import resolve_pretrained
-from animatediff.config import BaseModelConfig, Config, ConfigError, save_config, to_dict
+from animatediff.config import (
+    BaseModelConfig,
+    Config,
+    ConfigError,
+    TrainConfig,
+    save_config,
+    to_dict,
+)
 from animatediff.storage import exists, locate, ray_storage, read_bytes, write_atomic
 from trainer import checkpoint as checkpoint_store
 from trainer.checkpoint import TrainerState
@@ -160,7 +167,6 @@ def run_training(cfg: Config, hooks: Sequence[StepHook] = ()) -> TrainOutcome:
         DataConfig,
         FailureConfig,
         RunConfig,
-        ScalingConfig,
     )
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -196,11 +202,7 @@ def run_training(cfg: Config, hooks: Sequence[StepHook] = ()) -> TrainOutcome:
             "val_clips": data.val_clips,
             "hooks": list(hooks),
         },
-        scaling_config=ScalingConfig(
-            num_workers=train.num_workers,
-            use_gpu=train.use_gpu,
-            resources_per_worker={"CPU": train.cpus_per_worker},
-        ),
+        scaling_config=scaling_config(train),
         torch_config=TorchConfig(backend="nccl" if train.use_gpu else "gloo"),
         run_config=RunConfig(
             name=train.run_name,
@@ -224,6 +226,20 @@ def run_training(cfg: Config, hooks: Sequence[StepHook] = ()) -> TrainOutcome:
         raise RuntimeError(f"run {train.run_name!r} finished without a checkpoint")
     tags = {"init_from": init_from} if init_from else {}
     return _finish(cfg, result.checkpoint, run_id, tracking_uri, tags=tags)
+
+
+def scaling_config(train: TrainConfig) -> Any:
+    """The workers' Ray ``ScalingConfig``: each reserves ``train.cpus_per_worker`` CPUs, a GPU
+    with ``train.use_gpu`` and the custom ``train.worker_resources``; ``train.placement_strategy``
+    spreads or packs them over the nodes."""
+    from ray.train import ScalingConfig
+
+    return ScalingConfig(
+        num_workers=train.num_workers,
+        use_gpu=train.use_gpu,
+        resources_per_worker={"CPU": train.cpus_per_worker, **train.worker_resources},
+        placement_strategy=train.placement_strategy,
+    )
 
 
 def run_directory(cfg: Config) -> str:

@@ -75,6 +75,15 @@ class TrainConfig:
     """One GPU per worker (NCCL); False trains on CPU with the gloo backend."""
     cpus_per_worker: float = 1.0
     """Logical CPUs reserved per worker; keep some free for Ray Data on small machines."""
+    worker_resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources each worker also reserves, e.g. ``{trainer: 1}`` to run workers only
+    on nodes started with ``ray start --resources='{"trainer": 1}'`` (at most as many per node as
+    the node has). CPUs and GPUs are ``train.cpus_per_worker`` and ``train.use_gpu``."""
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """How Ray places the workers on nodes: ``PACK`` (Ray's default: as few nodes as fit),
+    ``SPREAD`` (across nodes where possible), ``STRICT_SPREAD`` (one worker per node: the run
+    waits until there are ``train.num_workers`` nodes with room) or ``STRICT_PACK`` (all on one
+    node)."""
     max_steps: int = 1000
     """Optimizer steps to train (the run ends there; resumed runs count from their checkpoint)."""
     batch_size: int = 1
@@ -159,6 +168,13 @@ class TrainConfig:
             "must be >= 0 (0 disables)",
         )
         check(self.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0")
+        for name, amount in self.worker_resources.items():
+            check(
+                name not in ("CPU", "GPU"),
+                f"train.worker_resources.{name}",
+                "set CPUs with train.cpus_per_worker and GPUs with train.use_gpu",
+            )
+            check(amount > 0, f"train.worker_resources.{name}", f"must be > 0, got {amount}")
         check(self.lr > 0, "train.lr", "must be > 0")
         check(
             all(0 <= b < 1 for b in self.betas),
