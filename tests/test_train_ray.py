@@ -215,7 +215,7 @@ def test_rerun_resumes_from_s3_and_matches_the_uninterrupted_run(reference, shar
     assert first.step == 2
     second = run_training(tiny_train_config(shards, *common, "train.max_steps=6"))
     assert second.step == 6 and second.run_id == first.run_id
-    assert second.checkpoint_path.endswith("resumed/checkpoint_00000006")
+    assert second.checkpoint_path == "s3://runs/ray/resumed/checkpoint_00000006"
     _assert_same_weights(_motion(second.motion_dir), _motion(outcome.motion_dir))
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="runs", Prefix="ray/")["Contents"]]
     kept = {k.split("/")[2] for k in keys if "/checkpoint_0" in k}

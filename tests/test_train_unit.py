@@ -81,6 +81,17 @@ def test_workers_reserve_custom_resources_and_follow_the_placement_strategy() ->
     assert default.resources_per_worker == {"CPU": 1.0} and default.placement_strategy == "PACK"
 
 
+def test_checkpoint_paths_on_s3_are_reported_as_s3_uris() -> None:
+    from trainer.driver import checkpoint_uri
+
+    ray_path = "runs/ray/tiny/checkpoint_00000006"  # what Ray's Checkpoint.path is on S3
+    assert checkpoint_uri("s3://runs/ray", ray_path) == f"s3://{ray_path}"
+    assert checkpoint_uri("s3://runs/ray", f"s3://{ray_path}") == f"s3://{ray_path}"
+    assert (
+        checkpoint_uri("/data/ray", "/data/ray/tiny/checkpoint_6") == "/data/ray/tiny/checkpoint_6"
+    )
+
+
 def test_lr_warms_up_linearly_then_holds_or_decays_to_zero() -> None:
     assert [lr_multiplier(s, 4, 10, "constant") for s in range(6)] == [0.25, 0.5, 0.75, 1, 1, 1]
     cosine = [lr_multiplier(s, 2, 10, "cosine") for s in range(11)]

@@ -26,7 +26,14 @@ from animatediff.config import (
     save_config,
     to_dict,
 )
-from animatediff.storage import exists, locate, ray_storage, read_bytes, write_atomic
+from animatediff.storage import (
+    exists,
+    is_object_store,
+    locate,
+    ray_storage,
+    read_bytes,
+    write_atomic,
+)
 from trainer import checkpoint as checkpoint_store
 from trainer.checkpoint import TrainerState
 from trainer.data import TrainingData, load_training_data
@@ -242,6 +249,14 @@ def scaling_config(train: TrainConfig) -> Any:
     )
 
 
+def checkpoint_uri(storage_path: str, path: str) -> str:
+    """A checkpoint's ``path`` as Ray hands it back, as a URI a user can pass on: on S3 Ray's
+    path is ``bucket/key`` without its scheme, which reads as a local relative path."""
+    if is_object_store(storage_path) and not is_object_store(path):
+        return "s3://" + path.lstrip("/")
+    return path
+
+
 def run_directory(cfg: Config) -> str:
     """Where Ray Train keeps this run: ``<train.storage_path>/<train.run_name>``."""
     return f"{cfg.train.storage_path.rstrip('/')}/{cfg.train.run_name}"
@@ -300,7 +315,7 @@ def _finish(
         logger.set_terminated("FINISHED")
     return TrainOutcome(
         run_id=run_id,
-        checkpoint_path=checkpoint.path,
+        checkpoint_path=checkpoint_uri(cfg.train.storage_path, checkpoint.path),
         step=state.position.step,
         val_loss=state.val_loss,
         export_path=export_path,
