@@ -31,6 +31,7 @@ the decoder draws the clip windows inside the range only (``windows.segment_fram
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import posixpath
@@ -92,14 +93,17 @@ def _walk_local(root: str, follow_symlinks: bool) -> _Listing:
     files: list[str] = []
     refused: set[str] = set()
     visited: set[str] = set()
-    pending = [("", root)]
+    # Real directories before linked ones, each in name order: a directory reached both ways
+    # is listed under its real name, and the listing does not depend on ``scandir``'s order.
+    pending = [(False, "", root)]
     while pending:
-        relative, directory = pending.pop()
+        _, relative, directory = heapq.heappop(pending)
         real = os.path.realpath(directory)
         if real in visited:
             continue
         visited.add(real)
-        with os.scandir(directory) as entries:
+        with os.scandir(directory) as scan:
+            entries = sorted(scan, key=lambda e: e.name)
             for entry in entries:
                 name = posixpath.join(relative, entry.name) if relative else entry.name
                 if entry.is_symlink():
@@ -112,11 +116,11 @@ def _walk_local(root: str, follow_symlinks: bool) -> _Listing:
                         refused.add(name)
                         continue
                     if os.path.isdir(target):
-                        pending.append((name, entry.path))
+                        heapq.heappush(pending, (True, name, entry.path))
                     elif os.path.isfile(target):
                         files.append(name)
                 elif entry.is_dir(follow_symlinks=False):
-                    pending.append((name, entry.path))
+                    heapq.heappush(pending, (False, name, entry.path))
                 elif entry.is_file(follow_symlinks=False):
                     files.append(name)
     return _Listing(files, refused)
