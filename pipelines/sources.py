@@ -19,6 +19,7 @@ Batches are dicts of numpy arrays (Ray Data ``batch_format="numpy"``).
 
 from __future__ import annotations
 
+import functools
 import json
 import posixpath
 from collections.abc import Iterator
@@ -216,8 +217,13 @@ def _reader_tasks(cfg: DataConfig, location: Location) -> list[tuple[Any, int | 
             location, cfg.video_extensions, cfg.follow_symlinks, cfg.caption_column
         )
         step = FOLDER_ROWS_PER_TASK
+
+        def read(chunk: list[corpora.FolderEntry], first: int) -> Iterator[pa.Table]:
+            yield corpora.folder_table(location, chunk, first)
+
+        # Each task holds its own slice only (a task is pickled on its own).
         return [
-            (lambda s=s: iter([corpora.folder_table(location, entries[s : s + step], s)]), None)
+            (functools.partial(read, entries[s : s + step], s), None)
             for s in range(0, len(entries), step)
         ] or [(lambda: iter(()), 0)]
     if cfg.format == "ranges":

@@ -46,7 +46,9 @@ class DataConfig:
     id_column: str = ""
     """Column with the video id; empty: ``videoid`` for WebVid, the path column for manifests."""
     caption_column: str = ""
-    """Column with the caption; empty: ``name`` for WebVid, ``caption`` for manifests."""
+    """Column with the caption; empty: ``name`` for WebVid, ``caption`` for manifests and
+    ranges. With ``data.format=folder``: the caption field of ``metadata.jsonl`` entries
+    (empty: ``text``, else ``caption``)."""
     path_column: str = "video"
     """Manifest column with the video path (relative to ``data.video_root``; OpenVid: ``video``)."""
     page_dir_column: str = "page_dir"
