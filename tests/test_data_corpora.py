@@ -461,13 +461,14 @@ def test_a_folder_input_is_a_directory_and_the_video_root(tmp_path):
 # --- end to end ----------------------------------------------------------------------------------
 
 
-def test_a_folder_and_a_long_video_preprocess_end_to_end(
-    ray_cluster, tiny_base_dir, folder, long_video, tmp_path
-):
+COMMON = ("data.max_error_fraction=0.9",)
+
+
+def test_a_folder_preprocesses_end_to_end(ray_cluster, tiny_base_dir, folder, tmp_path):
     from pipelines.latents import find_shard_set, shard_set_dataset
     from pipelines.preprocess import run_preprocess
 
-    common = [f"model.base.pretrained={tiny_base_dir}", "data.max_error_fraction=0.9"]
+    common = [f"model.base.pretrained={tiny_base_dir}", *COMMON]
     cfg = load_config(
         TINY,
         [*common, "data.format=folder", f"data.input={folder}", f"data.output={tmp_path / 'f'}"],
@@ -485,6 +486,15 @@ def test_a_folder_and_a_long_video_preprocess_end_to_end(
         ("c/sea.MOV", "waves on the sea"),
     ]
 
+
+@pytest.mark.slow  # a second Ray run; the unit tests above cover the segment rule and decode
+def test_a_long_video_with_ranges_preprocesses_end_to_end(
+    ray_cluster, tiny_base_dir, long_video, tmp_path
+):
+    from pipelines.latents import find_shard_set, shard_set_dataset
+    from pipelines.preprocess import run_preprocess
+
+    common = [f"model.base.pretrained={tiny_base_dir}", *COMMON]
     _ranges_csv(long_video / "talk.csv")
     cfg = load_config(
         TINY,
