@@ -20,6 +20,9 @@ JOB = cli.Job(
     examples="""
 python -m jobs.preprocess --config configs/tiny.yaml data.format=csv \\
     data.input=clips/clips.csv data.output=outputs/latents
+python -m jobs.preprocess --config configs/tiny.yaml data.format=folder data.input=my_videos/
+python -m jobs.preprocess --config configs/tiny.yaml data.format=ranges \\
+    data.input=talk.srt data.long_video=talk.mp4
 ray job submit --working-dir . -- python -m jobs.preprocess --config configs/sd15_webvid.yaml \\
     data.input=s3://bucket/webvid/results_10M_train.csv data.video_root=s3://bucket/webvid/videos
 """,

@@ -30,7 +30,7 @@ from animatediff.text import quote
 from pipelines import identity, windows
 from pipelines.camera import apply_camera_motion
 from pipelines.paths import UnsafePathError, confine, locate_path
-from pipelines.sources import STATUS_CACHED, STATUS_FAILED, STATUS_TODO, UNSAFE_PATH
+from pipelines.sources import BAD_RANGE, STATUS_CACHED, STATUS_FAILED, STATUS_TODO, UNSAFE_PATH
 
 # Reason categories of the errors table (see also pipelines.sources).
 MISSING_FILE = "missing_file"
@@ -204,13 +204,24 @@ def probe(data: str | io.BytesIO) -> tuple[int, int]:
 
 
 def decode_clips(
-    source: str, spec: DecodeSpec, need_mask: int
+    source: str,
+    spec: DecodeSpec,
+    need_mask: int,
+    segment: tuple[float, float] | None = None,
 ) -> tuple[list[tuple[int, np.ndarray, np.ndarray]], float, str]:
     """``([(ordinal, frame_indices (frames,), frames uint8 (frames, R, R, 3))...], fps,
-    content identity)`` for each window whose plain or flipped clip is still needed."""
+    content identity)`` for each window whose plain or flipped clip is still needed.
+
+    ``segment``: ``(start, end)`` seconds of a ranges row, whose ``source`` ends with that
+    segment's fragment (``windows.segment_fragment``): the windows are drawn among the frames
+    of the segment only, with the same rule as over a whole video; frame indices stay the
+    video's own."""
     import decord
 
-    data, version = _fetch(locate_path(spec.root, source), spec)
+    path = source
+    if segment is not None:
+        path = source.removesuffix(windows.segment_fragment(*segment))
+    data, version = _fetch(locate_path(spec.root, path), spec)
     width, height = probe(data)
     out_width, out_height = resize_shape(width, height, spec.resolution)
     try:
@@ -220,12 +231,21 @@ def decode_clips(
     except Exception as error:  # the container opened, so its stream data is bad
         raise _explain(data, DECODE_ERROR, error) from error
     try:
+        first, count = 0, len(reader)
+        if segment is not None:
+            try:
+                timestamps = reader.get_frame_timestamp(list(range(len(reader))))
+                first, count = windows.segment_frames(timestamps, *segment)
+            except windows.RangeError as error:
+                raise DecodeFailure(BAD_RANGE, str(error)) from error
         try:
             frame_windows = windows.clip_windows(
-                len(reader), spec.num_frames, spec.stride, spec.clips_per_video, spec.seed, source
+                count, spec.num_frames, spec.stride, spec.clips_per_video, spec.seed, source
             )
         except windows.TooFewFramesError as error:
-            raise DecodeFailure(TOO_FEW_FRAMES, str(error)) from error
+            where = f" in the range {segment[0]:g}-{segment[1]:g} s" if segment else ""
+            raise DecodeFailure(TOO_FEW_FRAMES, f"{error}{where}") from error
+        frame_windows = [indices + first for indices in frame_windows]
         fps = float(reader.get_avg_fps())
         clips = []
         for ordinal, indices in enumerate(frame_windows):
@@ -295,8 +315,11 @@ def decode_rows(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np.
             reason, message = str(batch["reason"][i]), str(batch["message"][i])
             records.append(record | _result(reason, message, 0, cached))
             continue
+        segment = None
+        if "start_s" in batch:  # a ranges row (pipelines.corpora)
+            segment = (float(batch["start_s"][i]), float(batch["end_s"][i]))
         try:
-            clips, fps, version = decode_clips(source, spec, mask)
+            clips, fps, version = decode_clips(source, spec, mask, segment)
         except DecodeFailure as failure:
             failed = _result(failure.reason, str(failure), 0, cached)
             records.append(record | failed | {"status": STATUS_FAILED})

@@ -27,16 +27,30 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from animatediff.config import Config, ConfigError
-from animatediff.preflight import check_base_model, check_input_file, check_output_dir, check_root
+from animatediff.preflight import check_base_model, check_output_dir, check_root
 from animatediff.storage import Location, locate
 from pipelines.decode import DecodeSpec, decode_batch
 from pipelines.encode import EncodeClips
 from pipelines.fingerprint import data_fingerprint, fingerprint_dir_name, fingerprint_hash
 from pipelines.shards import ShardStore, ShardWriter, merge_outcomes
-from pipelines.sources import Columns, PlanSpec, check_input_columns, plan_batch, read_input
+from pipelines.sources import (
+    Columns,
+    PlanSpec,
+    check_input,
+    check_input_columns,
+    default_video_root,
+    plan_batch,
+    read_input,
+)
 
 if TYPE_CHECKING:
     import ray.data
+
+
+INPUT_KINDS = (
+    "a WebVid CSV, a CSV/JSONL/Parquet manifest, a folder of videos (data.format=folder) or a "
+    "time-ranges file (data.format=ranges)"
+)
 
 
 def output_uri(cfg: Config) -> str:
@@ -107,18 +121,20 @@ def build_pipeline(
 
 
 def video_root_uri(cfg: Config) -> str:
-    """``data.video_root``, else the input table's directory."""
-    return cfg.data.video_root or posixpath.dirname(locate(cfg.data.input, cfg.storage).uri)
+    """``data.video_root``, else the input table's directory (a folder input: the folder)."""
+    return default_video_root(cfg.data, locate(cfg.data.input, cfg.storage))
 
 
 def preflight(cfg: Config) -> None:
     """What ``run_preprocess`` needs, checked in seconds before Ray starts; raises
-    ``ConfigError`` naming the option: ``data.input`` set and a file, ``data.video_root`` an
-    existing directory, ``data.output`` not a file, the base model reachable."""
+    ``ConfigError`` naming the option: ``data.input`` set and a file (a directory for
+    ``data.format=folder``) with the mapped columns, ``data.video_root`` an existing directory,
+    ``data.output`` not a file, the base model reachable."""
     data = cfg.data
     if not data.input:
-        raise ConfigError("data.input: required (a WebVid CSV or a CSV/JSONL/Parquet manifest)")
-    check_input_file(data.input, "data.input", cfg.storage)
+        raise ConfigError(f"data.input: required ({INPUT_KINDS})")
+    check_input(data, data.input, cfg.storage)
+    check_input_columns(data, locate(data.input, cfg.storage))
     check_root(video_root_uri(cfg), "data.video_root", cfg.storage)
     check_output_dir(output_uri(cfg), "data.output" if data.output else "output_dir", cfg.storage)
     check_base_model(cfg.model.base)
@@ -146,7 +162,7 @@ def run_preprocess(cfg: Config, run_id: str | None = None) -> dict:
     failed (see the module doc). Needs a running Ray (``ray.init``)."""
     data = cfg.data
     if not data.input:
-        raise ConfigError("data.input: required (a WebVid CSV or a CSV/JSONL/Parquet manifest)")
+        raise ConfigError(f"data.input: required ({INPUT_KINDS})")
     started = time.perf_counter()
     run_id = run_id or time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
     input_location = locate(data.input, cfg.storage)

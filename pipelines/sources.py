@@ -2,7 +2,10 @@
 
 The input table is read by ``InputTable`` (a Ray Data datasource) which numbers the records:
 ``row`` is each record's position in the table (0 = the first record, as
-``pandas.read_csv(...).iloc[row]``) and travels with it to its outcome record.
+``pandas.read_csv(...).iloc[row]``) and travels with it to its outcome record. A folder of videos
+and a long video cut by time ranges (``pipelines.corpora``) are read into the same records; the
+choice of reader by ``data.format`` is made here only (``resolve_columns``,
+``check_input_columns``, ``input_table_datasource``).
 
 The plan stage turns each input row into one of: a row to decode (with the bit mask of the clips
 still missing from the cache), a row already fully cached, or a row refused before any video is
@@ -16,7 +19,9 @@ Batches are dicts of numpy arrays (Ray Data ``batch_format="numpy"``).
 
 from __future__ import annotations
 
+import functools
 import json
+import posixpath
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,10 +34,11 @@ import pyarrow.fs as pafs
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from animatediff.config import ConfigError, DataConfig
+from animatediff.config import ConfigError, DataConfig, StorageConfig
+from animatediff.preflight import check_input_file, check_root
 from animatediff.storage import Location
 from animatediff.text import is_blank, quote, visible
-from pipelines import identity, windows
+from pipelines import corpora, identity, windows
 from pipelines.paths import (
     UnsafePathError,
     confine,
@@ -49,6 +55,7 @@ STATUS_FAILED = "failed"
 UNSAFE_PATH = "unsafe_path"
 BAD_CAPTION = "bad_caption"
 DUPLICATE = "duplicate"
+BAD_RANGE = "bad_range"
 
 
 @dataclass(frozen=True)
@@ -59,9 +66,16 @@ class Columns:
     caption: str
     path: str | None  # manifests
     page_dir: str | None  # WebVid, page_dir layout
+    start: str | None = None  # ranges: the segment's start and end, in seconds
+    end: str | None = None
 
 
 def resolve_columns(cfg: DataConfig) -> Columns:
+    if cfg.format == "folder":
+        return Columns(corpora.VIDEO, corpora.CAPTION, corpora.VIDEO, None)
+    if cfg.format == "ranges":
+        video, caption = corpora.VIDEO, corpora.CAPTION
+        return Columns(video, caption, video, None, corpora.START, corpora.END)
     if cfg.format == "webvid":
         page_dir = cfg.page_dir_column if cfg.layout == "page_dir" else None
         return Columns(cfg.id_column or "videoid", cfg.caption_column or "name", None, page_dir)
@@ -95,13 +109,54 @@ def input_column_names(location: Location, fmt: str) -> list[str]:
 def check_input_columns(cfg: DataConfig, location: Location) -> Columns:
     """The mapped columns, after checking that the table has them (a config error otherwise)."""
     columns = resolve_columns(cfg)
+    if cfg.format == "folder":
+        return columns  # no table: the records are made from the listing
+    if cfg.format == "ranges":
+        kind = corpora.ranges_format(location.uri)
+        if kind != "srt":
+            present = set(input_column_names(location, kind))
+            wanted = {"data.caption_column": cfg.caption_column or corpora.CAPTION}
+            for name in (corpora.START, corpora.END):
+                wanted[f"data.format=ranges: column {name!r}"] = name
+            for option, name in wanted.items():
+                if name not in present:
+                    has = ", ".join(sorted(present))
+                    raise ConfigError(
+                        f"{option}: column {name!r} not in {location.uri} (has: {has})"
+                    )
+        return columns
     present = set(input_column_names(location, cfg.format))
     for option, name in _column_options(columns).items():
         if name not in present:
+            hint = ""
+            if cfg.format == "webvid" and cfg.path_column in present:
+                # The tiny preset and the defaults read WebVid; a manifest must say so.
+                hint = (
+                    f"; a table with a {cfg.path_column!r} path column is a manifest: set "
+                    "data.format=csv (or jsonl, parquet)"
+                )
             raise ConfigError(
-                f"{option}: column {name!r} not in {location.uri} (has: {', '.join(sorted(present))})"
+                f"{option}: column {name!r} not in {location.uri} "
+                f"(has: {', '.join(sorted(present))}){hint}"
             )
     return columns
+
+
+def check_input(cfg: DataConfig, uri: str, storage: StorageConfig | None = None) -> None:
+    """``data.input`` is what ``data.format`` reads: a directory for ``folder``, else a file."""
+    if cfg.format == "folder":
+        check_root(uri, "data.input", storage)
+    else:
+        check_input_file(uri, "data.input", storage)
+
+
+def default_video_root(cfg: DataConfig, input_location: Location) -> str:
+    """``data.video_root``, else the folder itself (``folder``), else the input's directory."""
+    if cfg.video_root:
+        return cfg.video_root
+    if cfg.format == "folder":
+        return input_location.uri
+    return posixpath.dirname(input_location.uri)
 
 
 ROW = "row"
@@ -150,6 +205,42 @@ def _read_row_groups(
         yield from _numbered(batches, first_row)
 
 
+FOLDER_ROWS_PER_TASK = 1024
+"""Folder entries per read task: captions are read in the tasks, in parallel on object stores."""
+
+
+def _reader_tasks(cfg: DataConfig, location: Location) -> list[tuple[Any, int | None]] | None:
+    """``[(read function, rows)]`` for the formats of ``pipelines.corpora``; None for tables.
+    A folder is listed here (on the driver), so ``row`` follows the sorted listing."""
+    if cfg.format == "folder":
+        entries = corpora.list_folder(
+            location, cfg.video_extensions, cfg.follow_symlinks, cfg.caption_column
+        )
+        step = FOLDER_ROWS_PER_TASK
+
+        def read(chunk: list[corpora.FolderEntry], first: int) -> Iterator[pa.Table]:
+            yield corpora.folder_table(location, chunk, first)
+
+        # Each task holds its own slice only (a task is pickled on its own).
+        return [
+            (functools.partial(read, entries[s : s + step], s), None)
+            for s in range(0, len(entries), step)
+        ] or [(lambda: iter(()), 0)]
+    if cfg.format == "ranges":
+        kind = corpora.ranges_format(location.uri)
+        if kind == "srt":
+            return [(lambda: iter([corpora.srt_table(location, cfg.long_video)]), None)]
+        caption = cfg.caption_column or corpora.CAPTION
+        names = sorted({caption, corpora.START, corpora.END})
+
+        def read() -> Iterator[pa.Table]:
+            for table in _read_text_table(location, kind, names):
+                yield corpora.ranges_records(table, caption, cfg.long_video)
+
+        return [(read, None)]
+    return None
+
+
 def input_table_datasource(cfg: DataConfig, location: Location, columns: Columns) -> Any:
     """A Ray Data datasource over the input table that adds ``row`` (see the module doc)."""
     from ray.data.block import BlockMetadata
@@ -157,6 +248,7 @@ def input_table_datasource(cfg: DataConfig, location: Location, columns: Columns
 
     names = sorted({c for c in (columns.key, columns.caption, columns.path, columns.page_dir) if c})
     size = location.fs.get_file_info(location.path).size or 0
+    corpus_tasks = _reader_tasks(cfg, location)
 
     class InputTable(Datasource):
         def estimate_inmemory_data_size(self) -> int | None:
@@ -169,6 +261,8 @@ def input_table_datasource(cfg: DataConfig, location: Location, columns: Columns
                 )
                 return ReadTask(read, metadata)
 
+            if corpus_tasks is not None:
+                return [task(read, rows) for read, rows in corpus_tasks]
             if cfg.format != "parquet":
                 return [task(lambda: _read_text_table(location, cfg.format, names), None)]
             with location.fs.open_input_file(location.path) as source:
@@ -312,9 +406,27 @@ PLAN_COLUMNS = (
 )
 
 
+def _segment(row: dict, columns: Columns) -> tuple[float, float, str, str]:
+    """A ranges row's ``(start, end, fragment, problem)``: ``fragment`` (``#t=start,end``) is
+    appended to its key, video id and source, so each range is its own source to the cache and
+    the window draw; ``problem`` is why the range is unusable (empty when it is fine)."""
+    raw_start, raw_end = row[columns.start], row[columns.end]
+    start, end = corpora.seconds(raw_start), corpora.seconds(raw_end)
+    if start is None or end is None:
+        fragment = f"#t={_display(raw_start)},{_display(raw_end)}"
+        return np.nan, np.nan, fragment, "start or end is missing or not a time in seconds"
+    fragment = windows.segment_fragment(start, end)
+    if start < 0:
+        return start, end, fragment, f"range starts before the video ({start:g} s)"
+    if end <= start:
+        return start, end, fragment, f"range is empty (end {end:g} s <= start {start:g} s)"
+    return start, end, fragment, ""
+
+
 def plan_batch(batch: dict[str, np.ndarray], spec: PlanSpec, cached: np.ndarray) -> dict:
     """Input rows -> plan rows: ``row, key, video_id, caption, source, source_version, status,
-    reason, message, need_mask, cached_clips``."""
+    reason, message, need_mask, cached_clips`` (and ``start_s, end_s`` for time ranges: the
+    segment of the video, in seconds, that the row's clips are drawn from)."""
     names = list(batch)
     size = len(batch[names[0]]) if names else 0
     out: dict[str, list] = {k: [] for k in PLAN_COLUMNS}
@@ -328,6 +440,7 @@ def plan_batch(batch: dict[str, np.ndarray], spec: PlanSpec, cached: np.ndarray)
     todo = [r[1] for r in resolved if isinstance(r, tuple)]
     versions = iter(_versions(todo, spec))
     seen: set[str] = set()
+    segments: list[tuple[float, float]] = []
     for i in range(size):
         row = {name: batch[name][i] for name in names}
         number = int(row[ROW]) if ROW in row else i
@@ -343,6 +456,17 @@ def plan_batch(batch: dict[str, np.ndarray], spec: PlanSpec, cached: np.ndarray)
                 status, reason, message = STATUS_FAILED, UNSAFE_PATH, str(checked)
             else:
                 version = checked
+        if status == STATUS_TODO and _text(row.get(corpora.INPUT_REASON)):
+            # The reader already knows why (no caption file, a caption linking out, bad SRT).
+            status, reason = STATUS_FAILED, str(row[corpora.INPUT_REASON])
+            message = str(row[corpora.INPUT_MESSAGE])
+        if spec.columns.start:
+            start, end, fragment, problem = _segment(row, spec.columns)
+            key, video_id = key + fragment, video_id + fragment if video_id else ""
+            source = source + fragment if source else ""
+            segments.append((start, end))
+            if status == STATUS_TODO and problem:
+                status, reason, message = STATUS_FAILED, BAD_RANGE, problem
         if status == STATUS_TODO:
             text = _text(row[spec.columns.caption])
             if text is None:
@@ -368,4 +492,7 @@ def plan_batch(batch: dict[str, np.ndarray], spec: PlanSpec, cached: np.ndarray)
     result["row"] = np.array(out["row"], dtype=np.int64)
     result["need_mask"] = np.array(out["need_mask"], dtype=np.int64)
     result["cached_clips"] = np.array(out["cached_clips"], dtype=np.int32)
+    if spec.columns.start:
+        result["start_s"] = np.array([s for s, _ in segments], dtype=np.float64)
+        result["end_s"] = np.array([e for _, e in segments], dtype=np.float64)
     return result

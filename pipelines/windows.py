@@ -48,6 +48,38 @@ def clip_windows(
     return [window_indices(int(start), length, num_frames) for start in starts]
 
 
+class RangeError(ValueError):
+    """A time range that holds no frame of the video, or reaches past its end."""
+
+
+def segment_fragment(start: float, end: float) -> str:
+    """``#t=start,end`` (a W3C media fragment, shortest exact decimals): appended to a ranges
+    row's source, it makes each segment its own source for the window draw and the clip ids."""
+
+    def text(value: float) -> str:
+        return np.format_float_positional(value, trim="-")
+
+    return f"#t={text(start)},{text(end)}"
+
+
+def segment_frames(timestamps: np.ndarray, start: float, end: float) -> tuple[int, int]:
+    """``(first frame, frame count)`` of the frames whose presentation time lies in
+    ``[start, end)`` seconds; ``timestamps`` is ``(frames, 2)``: each frame's start and end time
+    (decord's ``get_frame_timestamp``). Raises ``RangeError`` when the range starts at or past
+    the video's end, ends more than one frame past it, or holds no frame."""
+    duration = float(timestamps[-1, 1]) if len(timestamps) else 0.0
+    frame = float(np.median(timestamps[:, 1] - timestamps[:, 0])) if len(timestamps) else 0.0
+    if start >= duration:
+        raise RangeError(f"range starts at {start:g} s, past the video's end at {duration:g} s")
+    # One frame of slack: caption files round, and the last frame's end time is an estimate.
+    if end > duration + frame + 1e-6:
+        raise RangeError(f"range ends at {end:g} s, past the video's end at {duration:g} s")
+    inside = np.flatnonzero((timestamps[:, 0] >= start) & (timestamps[:, 0] < end))
+    if len(inside) == 0:
+        raise RangeError(f"range {start:g}-{end:g} s holds no frame")
+    return int(inside[0]), int(inside[-1] - inside[0] + 1)
+
+
 def clip_id(
     fingerprint_hash: str, source: str, seed: int, ordinal: int, flipped: bool, version: str = ""
 ) -> str:

@@ -62,6 +62,13 @@ def test_preprocess_checks_its_options_before_starting_ray(table, tmp_path, caps
         ([f"data.input={table}", f"model.base.pretrained={tmp_path / 'sd'}"], "model.base.pre"),
         ([f"data.input={table}", f"model.base.pretrained={table}"], "single-file checkpoint"),
     ]
+    manifest = tmp_path / "clips.csv"  # a manifest, read with the preset's format: webvid
+    manifest.write_text("video,caption\na.mp4,a caption\n")
+    cases += [
+        ([f"data.input={manifest}"], "data.id_column: column 'videoid' not in"),
+        ([f"data.input={manifest}"], "set data.format=csv"),
+        (["data.format=folder", f"data.input={table}"], "must be empty with data.format=folder"),
+    ]
     for extra, words in cases:
         code, err = _run("preprocess", base + extra, capsys)
         assert code == 2 and words in err, (extra, err)

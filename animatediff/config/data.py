@@ -11,11 +11,22 @@ from animatediff.config.errors import check
 @dataclass(frozen=True)
 class DataConfig:
     input: str = ""
-    """Input table: a WebVid metadata CSV or a CSV/JSONL/Parquet manifest (local path or
+    """Input table: a WebVid metadata CSV or a CSV/JSONL/Parquet manifest; with ``data.format``
+    ``folder`` a directory of videos; with ``ranges`` the time-ranges file (local path or
     ``s3://``). Required by ``jobs.preprocess``."""
-    format: Literal["webvid", "csv", "jsonl", "parquet"] = "webvid"
+    format: Literal["webvid", "csv", "jsonl", "parquet", "folder", "ranges"] = "webvid"
     """``webvid``: WebVid-10M CSV (id + page_dir name the file); ``csv``/``jsonl``/``parquet``: a
-    generic manifest whose path column names the file relative to ``data.video_root``."""
+    generic manifest whose path column names the file relative to ``data.video_root``;
+    ``folder``: every video under the directory ``data.input`` (recursive, sorted), captioned by
+    the same-named ``.txt`` beside it or by a ``metadata.jsonl`` (which wins); ``ranges``: one long
+    video (``data.long_video``) cut by the time ranges of ``data.input`` (CSV or JSONL with
+    ``start``, ``end`` in seconds and a caption column, or an ``.srt`` file), one row per range."""
+    video_extensions: tuple[str, ...] = (".mp4", ".webm", ".mov", ".mkv", ".avi")
+    """With ``data.format=folder``: the file extensions listed as videos (case-insensitive);
+    other files are not inputs (``.txt`` captions and ``metadata.jsonl`` are read)."""
+    long_video: str = ""
+    """With ``data.format=ranges``: the long video the ranges cut, relative to
+    ``data.video_root`` (or an absolute path / ``s3://`` URI inside it)."""
     video_root: str = ""
     """Directory (or ``s3://`` prefix) holding the videos; empty: the input table's directory.
     Must exist. Sources resolving outside it (``..``, foreign paths, symbolic links pointing
@@ -35,7 +46,9 @@ class DataConfig:
     id_column: str = ""
     """Column with the video id; empty: ``videoid`` for WebVid, the path column for manifests."""
     caption_column: str = ""
-    """Column with the caption; empty: ``name`` for WebVid, ``caption`` for manifests."""
+    """Column with the caption; empty: ``name`` for WebVid, ``caption`` for manifests and
+    ranges. With ``data.format=folder``: the caption field of ``metadata.jsonl`` entries
+    (empty: ``text``, else ``caption``)."""
     path_column: str = "video"
     """Manifest column with the video path (relative to ``data.video_root``; OpenVid: ``video``)."""
     page_dir_column: str = "page_dir"
@@ -118,6 +131,23 @@ class DataConfig:
             check(getattr(self, name) > 0, f"data.{name}", "must be > 0")
         check(self.video_ext.startswith("."), "data.video_ext", "must start with '.'")
         check(bool(self.path_column), "data.path_column", "must not be empty")
+        check(
+            bool(self.video_extensions)
+            and all(e.startswith(".") and len(e) > 1 for e in self.video_extensions),
+            "data.video_extensions",
+            f"must be extensions starting with '.', got {list(self.video_extensions)}",
+        )
+        check(
+            not (self.format == "folder" and self.video_root),
+            "data.video_root",
+            "must be empty with data.format=folder (the folder data.input is the video root)",
+        )
+        check(
+            bool(self.long_video) == (self.format == "ranges"),
+            "data.long_video",
+            "names the video to cut with data.format=ranges, and only then"
+            + (f" (data.format is {self.format})" if self.long_video else ""),
+        )
         check(
             0 <= self.max_error_fraction <= 1,
             "data.max_error_fraction",
