@@ -29,6 +29,7 @@ import numpy as np
 from animatediff.config import Config, ConfigError
 from animatediff.preflight import check_base_model, check_input_file, check_output_dir, check_root
 from animatediff.storage import Location, locate
+from pipelines.curation import CURATION_PARTS, CurationSpec
 from pipelines.decode import DecodeSpec, decode_batch
 from pipelines.encode import EncodeClips
 from pipelines.fingerprint import data_fingerprint, fingerprint_dir_name, fingerprint_hash
@@ -159,7 +160,14 @@ def run_preprocess(cfg: Config, run_id: str | None = None) -> dict:
     provenance = {"base": cfg.model.base.pretrained, "single_file": cfg.model.base.single_file}
     store = ShardStore(output.join(fingerprint_dir_name(fingerprint)), fingerprint, provenance)
     cached = store.open()
-    writer = ShardWriter(store, run_id, flush_every=data.manifest_flush_shards)
+    curation = CurationSpec.from_data(data)
+    writer = ShardWriter(
+        store,
+        run_id,
+        flush_every=data.manifest_flush_shards,
+        curation=curation.active,
+        dedup_distance=data.dedup_distance if data.dedup else -1,
+    )
 
     plan = PlanSpec(
         fmt=data.format,
@@ -187,6 +195,8 @@ def run_preprocess(cfg: Config, run_id: str | None = None) -> dict:
         content_hash=data.content_hash,
         camera_motion=data.camera_motion,
         camera_strength=data.camera_strength,
+        curation=curation,
+        curation_dir=writer.run_dir.join(CURATION_PARTS),
     )
     ds = build_pipeline(cfg, plan, decode, cached, input_location, columns)
     base = {"run_id": run_id, "fingerprint_hash": fp_hash, "output": store.directory.uri}
@@ -211,6 +221,10 @@ def run_preprocess(cfg: Config, run_id: str | None = None) -> dict:
         "elapsed_s": round(elapsed, 3),
         "clips_per_s": round(counts["clips_encoded"] / elapsed, 3) if elapsed > 0 else 0.0,
     }
+    if curation.active:
+        from pipelines.curation_report import write_reports
+
+        summary["curation_reports"] = write_reports(writer.run_dir)
     store.record_run(writer.run_dir, summary)
     store.write_manifest()
     if data.log_mlflow:
@@ -250,6 +264,14 @@ def format_summary(summary: dict) -> str:
         f"  rows failed      {summary['rows_failed']:>10}",
     ]
     lines += [f"    {reason:<15}{n:>10}" for reason, n in summary["failed_by_reason"].items()]
+    if "filtered_by_reason" in summary:  # curation (``pipelines.curation``) was on
+        lines += [
+            f"  rows filtered    {summary['rows_filtered']:>10}",
+            f"  shots detected   {summary['shots_detected']:>10}",
+            f"  windows dropped  {summary['clips_filtered']:>10}",
+            f"  clips dedup'd    {summary['clips_deduplicated']:>10}",
+        ]
+        lines += [f"    {reason:<15}{n:>10}" for reason, n in summary["filtered_by_reason"].items()]
     lines += [
         f"  clips encoded    {summary['clips_encoded']:>10}",
         f"  clips cached     {summary['clips_cached']:>10}",
