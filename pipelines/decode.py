@@ -225,7 +225,7 @@ def thumbnails(data: str | io.BytesIO, width: int, height: int, count: int) -> n
             reader.get_batch(list(range(start, min(start + 256, count)))).asnumpy()
             for start in range(0, count, 256)
         ]
-        return np.concatenate(chunks)
+        return np.concatenate(chunks) if chunks else np.zeros((0, 1, 1, 3), np.uint8)
     finally:
         reader.seek(0)
         del reader
