@@ -29,7 +29,7 @@ import numpy as np
 from animatediff.config import Config, ConfigError
 from animatediff.preflight import check_base_model, check_input_file, check_output_dir, check_root
 from animatediff.storage import Location, locate
-from pipelines.curation import CURATION_PARTS, CurationSpec
+from pipelines.curation import CURATION_PARTS, CurationSpec, merge_curation
 from pipelines.decode import DecodeSpec, decode_batch
 from pipelines.encode import EncodeClips
 from pipelines.fingerprint import data_fingerprint, fingerprint_dir_name, fingerprint_hash
@@ -132,6 +132,12 @@ def outcome_failure(cfg: Config, counts: dict) -> str | None:
         return f"data.input: {cfg.data.input} holds no rows"
     reasons = ", ".join(f"{n} {reason}" for reason, n in counts["failed_by_reason"].items())
     if counts["rows_encoded"] + counts["rows_cached"] == 0:
+        if counts.get("rows_filtered"):  # curation dropped some rows (``pipelines.curation``)
+            filtered = ", ".join(f"{n} {r}" for r, n in counts["filtered_by_reason"].items())
+            return (
+                f"no clip was encoded: {failed} rows failed ({reasons}), "
+                f"{counts['rows_filtered']} were filtered ({filtered})"
+            )
         return f"no clip was encoded: all {read} rows failed ({reasons})"
     if failed / read > cfg.data.max_error_fraction:
         return (
@@ -244,6 +250,8 @@ def _record_interrupted(store: ShardStore, writer: ShardWriter, base: dict) -> N
     """List what an interrupted run committed and record it; never hides the interruption."""
     try:
         counts = merge_outcomes(writer.run_dir)
+        if writer.curation:  # the decisions made so far (near-duplicates are not decided)
+            counts |= merge_curation(writer.run_dir)
         counts |= {"clips_encoded": writer.clips_written, "shards_written": writer.shards_written}
         store.refresh()
         store.record_run(writer.run_dir, {**base, "status": "interrupted", **counts})

@@ -383,3 +383,16 @@ def test_thumbnail_is_a_png_strip_of_three_frames():
 
     image = Image.open(io.BytesIO(curation.thumbnail(scene(0, 8))))
     assert image.size == (3 * 64, 64)
+
+
+def test_a_run_whose_rows_were_all_filtered_says_so():
+    from animatediff.config import load_config
+    from pipelines.preprocess import outcome_failure
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
+    counts = {"rows_read": 3, "rows_encoded": 0, "rows_cached": 0, "rows_failed": 1}
+    counts |= {"failed_by_reason": {"missing_file": 1}, "rows_filtered": 2}
+    counts["filtered_by_reason"] = {"static": 2}
+    assert outcome_failure(cfg, counts) == (
+        "no clip was encoded: 1 rows failed (1 missing_file), 2 were filtered (2 static)"
+    )
