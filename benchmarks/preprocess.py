@@ -461,6 +461,8 @@ def bench_curation_e2e(source: Path, work: Path, args: argparse.Namespace) -> No
     try:
         run_pipeline(config(work, replicate(source, 2, work), "warm-e2e", args))
         for key, extra in (("off", ()), ("on", tuple(args.curation.split(",")))):
+            # the replicated rows are symbolic links to the real videos, outside the root
+            extra = ("data.follow_symlinks=true", *extra)
             results[key] = run_pipeline(config(work, table, f"e2e-{key}", args, *extra))
     finally:
         stop_ray()
@@ -468,7 +470,8 @@ def bench_curation_e2e(source: Path, work: Path, args: argparse.Namespace) -> No
     for key, summary in results.items():
         print(
             f"  curation {key:<3}: {summary['rows_read'] / summary['wall_s']:.2f} rows/s, "
-            f"{summary['clips_encoded']} clips encoded, wall {summary['wall_s']:.1f} s, "
+            f"{summary['clips_encoded']} clips encoded, {summary['rows_failed']} rows failed, "
+            f"wall {summary['wall_s']:.1f} s, "
             f"dropped {summary.get('filtered_by_reason', {})}"
         )
 
