@@ -15,13 +15,20 @@ means one physical core, not a logical Ray CPU. Prints measured figures only.
 - scaling: end-to-end clips/s (decode + VAE encode + shard writes) with 1 vs 2 cores (target
   >= 1.8x), whole-run and marginal (N vs 2 clips: without the fixed start-up cost of a run).
 - memory: peak RSS of the driver and of the whole Ray process tree at N and 10N clips (target:
-  10N <= 1.2x N).
+  10N <= 1.2x N). ``memory_curated``: the same with the curation stages on (``--curation``).
+- curation: on one core without Ray, the cost per clip of each curation stage (shot detection,
+  motion, text overlay, perceptual hash, report thumbnail) relative to decoding the clip (target:
+  all curation <= 50 % of decode), and decode clips/s with curation on vs off.
+- curation_e2e: end-to-end clips/s (decode + encode + shards, Ray, all cores) with curation on
+  vs off. The replicated rows are copies of a few videos, so deduplication drops most of them:
+  rates count input rows processed.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import os
 import statistics
 import sys
@@ -347,7 +354,8 @@ def bench_scaling(source: Path, work: Path, args: argparse.Namespace) -> None:
     print(f"  speed-up 2 vs 1 core: whole run {whole:.2f}x, marginal {m2 / m1:.2f}x")
 
 
-def bench_memory(source: Path, work: Path, args: argparse.Namespace) -> None:
+def bench_memory(source: Path, work: Path, args: argparse.Namespace, curated: bool = False) -> None:
+    extra = ("data.shard_size=8", *(args.curation.split(",") if curated else ()))
     results = {}
     for count in (args.memory_clips, 10 * args.memory_clips):
         table = replicate(source, count, work)
@@ -355,12 +363,13 @@ def bench_memory(source: Path, work: Path, args: argparse.Namespace) -> None:
         try:
             with PeakRss() as peak:
                 summary = run_pipeline(
-                    config(work, table, f"memory{count}", args, "data.shard_size=8")
+                    config(work, table, f"memory{count}{'c' * curated}", args, *extra)
                 )
         finally:
             stop_ray()
         results[count] = (summary, peak)
-    print(f"\n== memory: peak RSS, {args.resolution}px, {args.num_frames} frames")
+    what = f"curation on ({args.curation})" if curated else "curation off"
+    print(f"\n== memory: peak RSS, {args.resolution}px, {args.num_frames} frames, {what}")
     for count, (summary, peak) in results.items():
         print(
             f"  {count:5d} clips ({summary['clips_encoded']} encoded, {summary['wall_s']:.0f} s): "
@@ -370,6 +379,101 @@ def bench_memory(source: Path, work: Path, args: argparse.Namespace) -> None:
     print(
         f"  10N / N: driver {large.driver / small.driver:.2f}x, process tree {large.tree / small.tree:.2f}x"
     )
+
+
+def bench_curation(source: Path, work: Path, args: argparse.Namespace) -> None:
+    """Per-stage costs on one core, in this process (no Ray): each video is decoded as the
+    pipeline decodes it (``decode_clips``, one window), then each stage runs on what it needs."""
+    import decord
+
+    from animatediff.storage import locate
+    from pipelines import curation, dedup, motion, overlay, windows
+    from pipelines.decode import DecodeSpec, decode_clips, probe, thumbnails
+
+    os.sched_setaffinity(0, {min(ALL_CORES)})
+    table = replicate(source, args.clips, work)
+    with open(table, newline="") as file:
+        rows = list(csv.DictReader(file))
+    paths = [str(work / "videos" / r["page_dir"] / f"{r['videoid']}.mp4") for r in rows]
+    root, parts = locate(str(work / "videos")), locate(str(work / "curation-bench-parts"))
+    cfg = config(work, table, "curation-out", args, *args.curation.split(","))
+    spec = curation.CurationSpec.from_data(cfg.data)
+    shape = (args.num_frames, args.stride, args.resolution, 0, 1, 1, root, parts)
+    plain = DecodeSpec(*shape, follow_symlinks=True)  # the replicated rows are symbolic links
+    curated = DecodeSpec(*shape, follow_symlinks=True, curation=spec, curation_dir=parts)
+    decode_clips(paths[0], plain, 1)  # warm-up: imports
+    sizes = {path: probe(path) for path in paths}
+    lengths = {path: len(decord.VideoReader(path)) for path in paths}
+    stages = ("decode", "shots", "motion", "overlay", "phash", "thumbnail")
+    seconds: dict[str, list[float]] = {k: [] for k in stages}
+    e2e: dict[str, list[float]] = {"off": [], "on": []}
+    for _ in range(args.repeats):
+        for path in paths:
+            started = time.perf_counter()
+            clips, _, _ = decode_clips(path, plain, 1)
+            seconds["decode"].append(time.perf_counter() - started)
+            frames = clips[0][2]
+            width, height = sizes[path]  # what decode_clips knows already
+            started = time.perf_counter()
+            found = curation.detect_shots(thumbnails(path, width, height, lengths[path]), spec)
+            windows.shot_windows(found, lengths[path], args.num_frames, args.stride, 1, 0, path)
+            seconds["shots"].append(time.perf_counter() - started)
+            for stage, work_on in (
+                ("motion", lambda f: motion.motion_verdict(motion.frame_steps(f), 1, 60, 8)),
+                ("overlay", overlay.overlay_score),
+                ("phash", dedup.clip_hash),
+                ("thumbnail", curation.thumbnail),
+            ):
+                started = time.perf_counter()
+                work_on(frames)
+                seconds[stage].append(time.perf_counter() - started)
+        for key, decode_spec in (("off", plain), ("on", curated)):
+            started = time.perf_counter()
+            for path in paths:
+                decode_clips(path, decode_spec, 1, curated=curation.VideoCuration())
+            e2e[key].append(time.perf_counter() - started)
+    os.sched_setaffinity(0, ALL_CORES)
+    median = {k: statistics.median(v) for k, v in seconds.items()}
+    print(
+        f"\n== curation: per clip on one core, {len(paths)} clips x {args.repeats}, "
+        f"{args.num_frames} frames at stride {args.stride}, {args.resolution}px, one window a video"
+    )
+    for stage in stages:
+        share = 100 * median[stage] / median["decode"]
+        print(f"  {stage:<10} {1000 * median[stage]:8.2f} ms  {share:6.1f} % of decode")
+    # Shot detection (a video's every frame at 32 px) is the only stage not run on the frames
+    # decode has anyway; the thumbnail is made for data.report_sample_fraction of windows.
+    total = sum(median[k] for k in ("shots", "motion", "overlay", "phash"))
+    print(
+        f"  all curation (no thumbnail) {100 * total / median['decode']:.1f} % of decode (target <= 50 %)"
+    )
+    off, on = (len(paths) / statistics.median(e2e[k]) for k in ("off", "on"))
+    print(
+        f"  decode_clips clips/s: curation off {off:.2f}, on {on:.2f} ({args.curation}); "
+        f"on costs {100 * (off / on - 1):.1f} % more time"
+    )
+
+
+def bench_curation_e2e(source: Path, work: Path, args: argparse.Namespace) -> None:
+    table = replicate(source, args.clips, work)
+    results = {}
+    start_ray(ALL_CORES, 2 * len(ALL_CORES))
+    try:
+        run_pipeline(config(work, replicate(source, 2, work), "warm-e2e", args))
+        for key, extra in (("off", ()), ("on", tuple(args.curation.split(",")))):
+            # the replicated rows are symbolic links to the real videos, outside the root
+            extra = ("data.follow_symlinks=true", *extra)
+            results[key] = run_pipeline(config(work, table, f"e2e-{key}", args, *extra))
+    finally:
+        stop_ray()
+    print(f"\n== curation end to end: {args.clips} rows, {args.resolution}px, all cores")
+    for key, summary in results.items():
+        print(
+            f"  curation {key:<3}: {summary['rows_read'] / summary['wall_s']:.2f} rows/s, "
+            f"{summary['clips_encoded']} clips encoded, {summary['rows_failed']} rows failed, "
+            f"wall {summary['wall_s']:.1f} s, "
+            f"dropped {summary.get('filtered_by_reason', {})}"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -390,7 +494,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--decode-rows-per-task", type=int, default=4, help="data.decode_rows_per_task"
     )
-    parser.add_argument("--sections", default="decode,scaling,memory")
+    parser.add_argument(
+        "--sections",
+        default="decode,scaling,memory",
+        help="of decode, scaling, memory, memory_curated, curation, curation_e2e",
+    )
+    parser.add_argument(
+        "--curation",
+        default="data.shots=true,data.min_motion=1.0,data.max_motion=60.0,"
+        "data.max_motion_spike=8.0,data.text_score=true,data.dedup=true",
+        help="config overrides that switch curation on (comma-separated)",
+    )
     args = parser.parse_args(argv)
     if args.videos is None:
         parser.error("pass a folder of real clips in WebVid layout (a CSV and videos/{page_dir}/)")
@@ -401,9 +515,15 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-preprocess-") as tmp:
         work = Path(tmp)
         for section in args.sections.split(","):
-            {"decode": bench_decode, "scaling": bench_scaling, "memory": bench_memory}[section](
-                source, work, args
-            )
+            sections = {
+                "decode": bench_decode,
+                "scaling": bench_scaling,
+                "memory": bench_memory,
+                "memory_curated": functools.partial(bench_memory, curated=True),
+                "curation": bench_curation,
+                "curation_e2e": bench_curation_e2e,
+            }
+            sections[section](source, work, args)
             sys.stdout.flush()
 
 

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from animatediff.storage import Location, write_atomic
 from animatediff.text import quote
-from pipelines import identity, windows
+from pipelines import curation, identity, shots, windows
 from pipelines.camera import apply_camera_motion
 from pipelines.paths import UnsafePathError, confine, locate_path
 from pipelines.sources import BAD_RANGE, STATUS_CACHED, STATUS_FAILED, STATUS_TODO, UNSAFE_PATH
@@ -81,6 +81,10 @@ class DecodeSpec:
     camera_motion: str = "none"
     """``data.camera_motion``, applied to every clip after the centre crop (``pipelines.camera``)."""
     camera_strength: float = 0.0
+    curation: curation.CurationSpec = curation.CurationSpec()
+    """Curation stages run on the decoded windows (``pipelines.curation``); all off by default."""
+    curation_dir: Location | None = None
+    """Directory of this run's curation record parts (needed when curation is active)."""
 
 
 def resize_shape(width: int, height: int, resolution: int) -> tuple[int, int]:
@@ -203,19 +207,45 @@ def probe(data: str | io.BytesIO) -> tuple[int, int]:
     return width, height
 
 
+def thumbnails(data: str | io.BytesIO, width: int, height: int, count: int) -> np.ndarray:
+    """Every frame of the video, uint8 ``(count, h, w, 3)`` at a ``shots.THUMBNAIL_SIDE`` short
+    side (decord resizes while decoding; consecutive indices decode without seeking)."""
+    import decord
+
+    small_width, small_height = resize_shape(width, height, shots.THUMBNAIL_SIDE)
+    reader = decord.VideoReader(
+        data if isinstance(data, str) else io.BytesIO(data.getvalue()),
+        width=small_width,
+        height=small_height,
+        num_threads=1,
+    )
+    try:
+        count = min(count, len(reader))
+        chunks = [
+            reader.get_batch(list(range(start, min(start + 256, count)))).asnumpy()
+            for start in range(0, count, 256)
+        ]
+        return np.concatenate(chunks) if chunks else np.zeros((0, 1, 1, 3), np.uint8)
+    finally:
+        reader.seek(0)
+        del reader
+
+
 def decode_clips(
     source: str,
     spec: DecodeSpec,
     need_mask: int,
     segment: tuple[float, float] | None = None,
+    curated: curation.VideoCuration | None = None,
 ) -> tuple[list[tuple[int, np.ndarray, np.ndarray]], float, str]:
     """``([(ordinal, frame_indices (frames,), frames uint8 (frames, R, R, 3))...], fps,
-    content identity)`` for each window whose plain or flipped clip is still needed.
+    content identity)`` for each window whose plain or flipped clip is still needed (and kept by
+    the curation stages of ``spec.curation``, whose decisions go to ``curated``).
 
     ``segment``: ``(start, end)`` seconds of a ranges row, whose ``source`` ends with that
-    segment's fragment (``windows.segment_fragment``): the windows are drawn among the frames
-    of the segment only, with the same rule as over a whole video; frame indices stay the
-    video's own."""
+    segment's fragment (``windows.segment_fragment``): the windows (and shots) are drawn among
+    the frames of the segment only, with the same rule as over a whole video; frame indices
+    stay the video's own."""
     import decord
 
     path = source
@@ -238,10 +268,23 @@ def decode_clips(
                 first, count = windows.segment_frames(timestamps, *segment)
             except windows.RangeError as error:
                 raise DecodeFailure(BAD_RANGE, str(error)) from error
+        curate = spec.curation.active and curated is not None
         try:
-            frame_windows = windows.clip_windows(
-                count, spec.num_frames, spec.stride, spec.clips_per_video, spec.seed, source
-            )
+            if curate and spec.curation.shots:
+                small = thumbnails(data, width, height, first + count)[first:]
+                found = curation.detect_shots(small, spec.curation)  # segment-relative
+                frame_windows, short = windows.shot_windows(
+                    found, count, spec.num_frames, spec.stride, spec.clips_per_video,
+                    spec.seed, source,
+                )  # fmt: skip
+                length = windows.window_length(count, spec.num_frames, spec.stride)
+                in_video = [(a + first, b + first) for a, b in found]
+                dropped = [(a + first, b + first) for a, b in short]
+                curated.records += curation.shot_records(in_video, dropped, length)
+            else:
+                frame_windows = windows.clip_windows(
+                    count, spec.num_frames, spec.stride, spec.clips_per_video, spec.seed, source
+                )
         except windows.TooFewFramesError as error:
             where = f" in the range {segment[0]:g}-{segment[1]:g} s" if segment else ""
             raise DecodeFailure(TOO_FEW_FRAMES, f"{error}{where}") from error
@@ -260,6 +303,15 @@ def decode_clips(
                     DECODE_ERROR, f"decoded {frames.shape[0]} of {spec.num_frames} frames"
                 )
             frames = center_crop(frames, spec.resolution)
+            if curate:  # on the source's own motion, before any synthetic camera motion
+                span = (int(indices[0]), int(indices[-1]) + 1)
+                records, columns = curation.curate_window(
+                    frames, ordinal, span, source, spec.curation
+                )
+                curated.records += records
+                if columns is None:
+                    continue
+                curated.columns[ordinal] = columns
             frames = apply_camera_motion(frames, spec.camera_motion, spec.camera_strength)
             clips.append((ordinal, indices, np.ascontiguousarray(frames)))
         return clips, fps, version
@@ -295,6 +347,8 @@ def decode_rows(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np.
     frame_indices (frames,), fps, pixels uint8 (frames, R, R, 3), need_mask, row_first`` (and
     ``camera_motion``, ``camera_strength`` when the spec moves the camera)."""
     records: list[dict] = []
+    curation_records: list[dict] = []
+    curated_columns: dict[str, list] = {}
     rows: dict[str, list] = {
         k: []
         for k in ("row", "key", "video_id", "caption", "source", "source_version", "ordinal")
@@ -318,8 +372,9 @@ def decode_rows(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np.
         segment = None
         if "start_s" in batch:  # a ranges row (pipelines.corpora)
             segment = (float(batch["start_s"][i]), float(batch["end_s"][i]))
+        curated = curation.VideoCuration() if spec.curation.active else None
         try:
-            clips, fps, version = decode_clips(source, spec, mask, segment)
+            clips, fps, version = decode_clips(source, spec, mask, segment, curated)
         except DecodeFailure as failure:
             failed = _result(failure.reason, str(failure), 0, cached)
             records.append(record | failed | {"status": STATUS_FAILED})
@@ -327,6 +382,17 @@ def decode_rows(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np.
         except Exception as error:  # never let one video end the run
             failed = _result(DECODE_ERROR, _short(error), 0, cached)
             records.append(record | failed | {"status": STATUS_FAILED})
+            continue
+        if curated is not None:
+            identity_columns = {k: record[k] for k in ("row", "key", "video_id", "source")}
+            curation_records += [identity_columns | r for r in curated.records]
+        drop = curated.first_drop() if curated is not None else None
+        if not clips and drop is not None:  # curation dropped every window still needed
+            message = f"{drop['stage']}: {drop['reason']} (score {drop['score']:.3g})"
+            if drop["detail"]:
+                message += f"; {drop['detail']}"
+            filtered = _result(drop["reason"], message, 0, cached)
+            records.append(record | filtered | {"status": curation.STATUS_FILTERED})
             continue
         if not clips:  # the video has fewer distinct windows than asked; those it has are cached
             records.append(record | _result("", "", 0, cached) | {"status": STATUS_CACHED})
@@ -350,8 +416,12 @@ def decode_rows(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np.
                 ("row_cached", cached),
             ):
                 rows[name].append(value)
+            for name, value in (curated.columns[ordinal] if curated is not None else {}).items():
+                curated_columns.setdefault(name, []).append(value)
     if records:
         _write_outcomes(records, spec.outcomes)
+    if curation_records and spec.curation_dir is not None:
+        curation.write_part(curation_records, spec.curation_dir, "decode")
     size = (spec.num_frames, spec.resolution, spec.resolution, 3)
     count = len(rows["key"])
     camera = {}
@@ -360,21 +430,35 @@ def decode_rows(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np.
             "camera_motion": np.array([spec.camera_motion] * count, dtype=object),
             "camera_strength": np.full(count, spec.camera_strength, np.float32),
         }
-    return camera | {
-        "row": np.array(rows["row"], dtype=np.int64),
-        "key": np.array(rows["key"], dtype=object),
-        "video_id": np.array(rows["video_id"], dtype=object),
-        "caption": np.array(rows["caption"], dtype=object),
-        "source": np.array(rows["source"], dtype=object),
-        "source_version": np.array(rows["source_version"], dtype=object),
-        "ordinal": np.array(rows["ordinal"], dtype=np.int32),
-        "frame_indices": np.array(rows["frame_indices"], dtype=np.int32).reshape(
-            -1, spec.num_frames
-        ),
-        "fps": np.array(rows["fps"], dtype=np.float32),
-        "pixels": np.stack(rows["pixels"]) if rows["pixels"] else np.zeros((0, *size), np.uint8),
-        "need_mask": np.array(rows["need_mask"], dtype=np.int64),
-        "row_first": np.array(rows["row_first"], dtype=bool),
-        "row_clips": np.array(rows["row_clips"], dtype=np.int32),
-        "row_cached": np.array(rows["row_cached"], dtype=np.int32),
-    }
+    added = {}
+    if spec.curation.motion_score:
+        added["motion_score"] = np.array(curated_columns.get("motion_score", []), np.float32)
+    if spec.curation.text_score:
+        added["text_score"] = np.array(curated_columns.get("text_score", []), np.float32)
+    if spec.curation.dedup:
+        hashes = curated_columns.get("phash", [])
+        added["phash"] = np.array(hashes, np.uint64).reshape(-1, 3)
+    return (
+        camera
+        | added
+        | {
+            "row": np.array(rows["row"], dtype=np.int64),
+            "key": np.array(rows["key"], dtype=object),
+            "video_id": np.array(rows["video_id"], dtype=object),
+            "caption": np.array(rows["caption"], dtype=object),
+            "source": np.array(rows["source"], dtype=object),
+            "source_version": np.array(rows["source_version"], dtype=object),
+            "ordinal": np.array(rows["ordinal"], dtype=np.int32),
+            "frame_indices": np.array(rows["frame_indices"], dtype=np.int32).reshape(
+                -1, spec.num_frames
+            ),
+            "fps": np.array(rows["fps"], dtype=np.float32),
+            "pixels": np.stack(rows["pixels"])
+            if rows["pixels"]
+            else np.zeros((0, *size), np.uint8),
+            "need_mask": np.array(rows["need_mask"], dtype=np.int64),
+            "row_first": np.array(rows["row_first"], dtype=bool),
+            "row_clips": np.array(rows["row_clips"], dtype=np.int32),
+            "row_cached": np.array(rows["row_cached"], dtype=np.int32),
+        }
+    )

@@ -167,8 +167,10 @@ class EncodeClips:
             "row_first": first,
             "row_clips": batch["row_clips"][take],
             "row_cached": batch["row_cached"][take],
+            "ordinal": batch["ordinal"][take],  # read by deduplication, not stored
         }
-        for name in ("camera_motion", "camera_strength"):  # per clip, when the camera moves
+        # Per clip, when the camera moves; curation's scores and hashes (``pipelines.curation``).
+        for name in ("camera_motion", "camera_strength", "motion_score", "text_score", "phash"):
             if name in batch:
                 out[name] = batch[name][take]
         if self.text_encoder is not None:

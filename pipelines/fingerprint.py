@@ -8,11 +8,13 @@ machine, a re-download) still match.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from typing import Any
 
 from animatediff.config import Config
+from pipelines.curation import CurationSpec
 
 PIPELINE_VERSION = "2"
 """Bumped whenever decoding, resizing or encoding changes what a latent means, or clip ids change
@@ -51,6 +53,14 @@ def fingerprint_from_models(cfg: Config, vae: Any, text_encoder: Any | None = No
             "kind": data.camera_motion,
             "strength": float(data.camera_strength),
         }
+    curation = CurationSpec.from_data(data)
+    if curation.active:
+        # Absent without curation (caches written before it existed keep their fingerprint).
+        # Shots change which windows are drawn and the filters which clips exist, so a cache
+        # curated otherwise must not be reused.
+        fingerprint["curation"] = {
+            k: v for k, v in dataclasses.asdict(curation).items() if k != "sample_fraction"
+        } | {"dedup_distance": data.dedup_distance if data.dedup else None}
     if data.cache_text_embeddings:
         if text_encoder is None:
             raise ValueError(

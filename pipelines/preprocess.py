@@ -29,6 +29,7 @@ import numpy as np
 from animatediff.config import Config, ConfigError
 from animatediff.preflight import check_base_model, check_output_dir, check_root
 from animatediff.storage import Location, locate
+from pipelines.curation import CURATION_PARTS, CurationSpec, merge_curation
 from pipelines.decode import DecodeSpec, decode_batch
 from pipelines.encode import EncodeClips
 from pipelines.fingerprint import data_fingerprint, fingerprint_dir_name, fingerprint_hash
@@ -147,6 +148,12 @@ def outcome_failure(cfg: Config, counts: dict) -> str | None:
         return f"data.input: {cfg.data.input} holds no rows"
     reasons = ", ".join(f"{n} {reason}" for reason, n in counts["failed_by_reason"].items())
     if counts["rows_encoded"] + counts["rows_cached"] == 0:
+        if counts.get("rows_filtered"):  # curation dropped some rows (``pipelines.curation``)
+            filtered = ", ".join(f"{n} {r}" for r, n in counts["filtered_by_reason"].items())
+            return (
+                f"no clip was encoded: {failed} rows failed ({reasons}), "
+                f"{counts['rows_filtered']} were filtered ({filtered})"
+            )
         return f"no clip was encoded: all {read} rows failed ({reasons})"
     if failed / read > cfg.data.max_error_fraction:
         return (
@@ -175,7 +182,14 @@ def run_preprocess(cfg: Config, run_id: str | None = None) -> dict:
     provenance = {"base": cfg.model.base.pretrained, "single_file": cfg.model.base.single_file}
     store = ShardStore(output.join(fingerprint_dir_name(fingerprint)), fingerprint, provenance)
     cached = store.open()
-    writer = ShardWriter(store, run_id, flush_every=data.manifest_flush_shards)
+    curation = CurationSpec.from_data(data)
+    writer = ShardWriter(
+        store,
+        run_id,
+        flush_every=data.manifest_flush_shards,
+        curation=curation.active,
+        dedup_distance=data.dedup_distance if data.dedup else -1,
+    )
 
     plan = PlanSpec(
         fmt=data.format,
@@ -203,6 +217,8 @@ def run_preprocess(cfg: Config, run_id: str | None = None) -> dict:
         content_hash=data.content_hash,
         camera_motion=data.camera_motion,
         camera_strength=data.camera_strength,
+        curation=curation,
+        curation_dir=writer.run_dir.join(CURATION_PARTS),
     )
     ds = build_pipeline(cfg, plan, decode, cached, input_location, columns)
     base = {"run_id": run_id, "fingerprint_hash": fp_hash, "output": store.directory.uri}
@@ -227,6 +243,10 @@ def run_preprocess(cfg: Config, run_id: str | None = None) -> dict:
         "elapsed_s": round(elapsed, 3),
         "clips_per_s": round(counts["clips_encoded"] / elapsed, 3) if elapsed > 0 else 0.0,
     }
+    if curation.active:
+        from pipelines.curation_report import write_reports
+
+        summary["curation_reports"] = write_reports(writer.run_dir)
     store.record_run(writer.run_dir, summary)
     store.write_manifest()
     if data.log_mlflow:
@@ -246,6 +266,8 @@ def _record_interrupted(store: ShardStore, writer: ShardWriter, base: dict) -> N
     """List what an interrupted run committed and record it; never hides the interruption."""
     try:
         counts = merge_outcomes(writer.run_dir)
+        if writer.curation:  # the decisions made so far (near-duplicates are not decided)
+            counts |= merge_curation(writer.run_dir)
         counts |= {"clips_encoded": writer.clips_written, "shards_written": writer.shards_written}
         store.refresh()
         store.record_run(writer.run_dir, {**base, "status": "interrupted", **counts})
@@ -266,6 +288,14 @@ def format_summary(summary: dict) -> str:
         f"  rows failed      {summary['rows_failed']:>10}",
     ]
     lines += [f"    {reason:<15}{n:>10}" for reason, n in summary["failed_by_reason"].items()]
+    if "filtered_by_reason" in summary:  # curation (``pipelines.curation``) was on
+        lines += [
+            f"  rows filtered    {summary['rows_filtered']:>10}",
+            f"  shots detected   {summary['shots_detected']:>10}",
+            f"  windows dropped  {summary['clips_filtered']:>10}",
+            f"  clips dedup'd    {summary['clips_deduplicated']:>10}",
+        ]
+        lines += [f"    {reason:<15}{n:>10}" for reason, n in summary["filtered_by_reason"].items()]
     lines += [
         f"  clips encoded    {summary['clips_encoded']:>10}",
         f"  clips cached     {summary['clips_cached']:>10}",

@@ -17,7 +17,16 @@ bool``, ``latent_mean``/``latent_std``: Ray tensor ``float16 (4, frames, H/8,
 W/8)`` (unscaled posterior; multiply samples by the fingerprint's ``scaling_factor``), and with
 ``data.cache_text_embeddings``: ``text_embedding: float16 (77, dim)``, ``input_ids: list<int32>``;
 with a ``data.camera_motion``: ``camera_motion: string`` and ``camera_strength: float32`` (the
-crop trajectory, ``pipelines.camera.crop_box``, also in the fingerprint).
+crop trajectory, ``pipelines.camera.crop_box``, also in the fingerprint); with curation
+(``pipelines.curation``): ``motion_score: float32``, ``text_score: float32``, ``phash:
+list<uint64>`` (3 perceptual hashes, ``pipelines.dedup``).
+
+Near-duplicates (``data.dedup``) are decided by ``ShardWriter.finish`` once the run has seen
+every clip (so the kept clip does not depend on the order the streaming pipeline delivered them
+in; see ``pipelines.dedup``). The dropped ones were already committed: they are listed in
+``deduplicated-<hash>.parquet`` (``shard``, ``clip_id``, ``kept_clip_id``, accumulated over runs,
+named by the manifest's ``deduplicated`` entry); readers skip them like retired clips, and they
+stay in the cache index so that no later run encodes them again.
 
 Commit protocol: a shard becomes visible all at once (temp file + rename locally, a single PUT on
 object stores) and readers only read shards listed in ``manifest.json``, itself replaced
@@ -54,7 +63,7 @@ import pyarrow.parquet as pq
 
 from animatediff.storage import Location, atomic_output, read_bytes, write_atomic
 from animatediff.text import quote
-from pipelines import windows
+from pipelines import curation, dedup, windows
 from pipelines.decode import OUTCOME_SCHEMA
 from pipelines.fingerprint import FingerprintMismatchError, fingerprint_differences
 from pipelines.sources import DUPLICATE, STATUS_CACHED, STATUS_FAILED
@@ -63,6 +72,9 @@ MANIFEST = "manifest.json"
 SHARDS = "shards"
 RUNS = "runs"
 SUMMARY = "summary.json"
+DEDUP_SCHEMA = pa.schema(
+    [("shard", pa.string()), ("clip_id", pa.string()), ("kept_clip_id", pa.string())]
+)
 STATUS_ENCODED = "encoded"
 
 
@@ -106,7 +118,24 @@ CAMERA_COLUMNS = {
 }
 """Present when ``data.camera_motion`` is not ``none`` (so shards without camera motion keep the
 schema they always had)."""
+
+
+def _hash_lists(values: np.ndarray) -> pa.Array:
+    """``(rows, hashes)`` uint64 -> a list<uint64> column."""
+    values = np.asarray(values, np.uint64)
+    length = values.shape[1] if values.ndim == 2 else 0
+    offsets = np.arange(len(values) + 1, dtype=np.int32) * length
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.reshape(-1)))
+
+
+CURATION_COLUMNS = {
+    "motion_score": lambda values: pa.array(np.asarray(values, np.float32)),
+    "text_score": lambda values: pa.array(np.asarray(values, np.float32)),
+    "phash": _hash_lists,
+}
+"""Each present when its curation stage is on (``pipelines.curation``)."""
 OPTIONAL_COLUMNS = {"text_embedding": TEXT_COLUMNS, "camera_motion": CAMERA_COLUMNS}
+OPTIONAL_COLUMNS |= {name: {name: convert} for name, convert in CURATION_COLUMNS.items()}
 """Column groups a batch has or lacks as a whole, keyed by the column that marks the group."""
 
 
@@ -200,7 +229,10 @@ class ShardStore:
         self._write_retired(
             [entries[i]["path"] for i in retired["shard"]], retired["clip_id"].tolist()
         )
-        self.manifest["num_clips"] = int(live.sum())
+        # Near-duplicates stay in the cache index (decided, never encoded again) but not in
+        # the count of clips readers see.
+        dropped = set(self.deduplicated()["clip_id"].to_pylist())
+        self.manifest["num_clips"] = int((live & ~frame["clip_id"].isin(dropped)).sum())
         self.write_manifest()
         return np.sort(windows.clip_id_to_int(frame.loc[live, "clip_id"].tolist()))
 
@@ -219,6 +251,49 @@ class ShardStore:
             "path"
         ):
             self.directory.fs.delete_file(self.directory.join(previous["path"]).path)
+
+    def deduplicated(self) -> pa.Table:
+        """The near-duplicate list (``shard``, ``clip_id``, ``kept_clip_id``); empty if none."""
+        entry = self.manifest.get("deduplicated")
+        if not entry:
+            return pa.table({"shard": [], "clip_id": [], "kept_clip_id": []}, DEDUP_SCHEMA)
+        return pq.read_table(pa.BufferReader(read_bytes(self.directory.join(entry["path"]))))
+
+    def add_deduplicated(self, shards: list[str], clip_ids: list[str], kept: list[str]) -> None:
+        """Append near-duplicates to the list: a new content-named file, then the manifest entry
+        (written by ``write_manifest``), then the old file goes."""
+        if not clip_ids:
+            return
+        previous = self.manifest.get("deduplicated")
+        new = pa.table({"shard": shards, "clip_id": clip_ids, "kept_clip_id": kept}, DEDUP_SCHEMA)
+        data = parquet_bytes(pa.concat_tables([self.deduplicated(), new]))
+        name = f"deduplicated-{hashlib.sha256(data).hexdigest()[:16]}.parquet"
+        write_atomic(self.directory.join(name), data)
+        self.manifest["deduplicated"] = {"path": name, "clips": len(clip_ids)}
+        self.manifest["deduplicated"]["clips"] += previous["clips"] if previous else 0
+        self.write_manifest()
+        if previous is not None and previous["path"] != name:
+            self.directory.fs.delete_file(self.directory.join(previous["path"]).path)
+
+    def clip_hashes(self, exclude_prefix: str) -> list[tuple[str, np.ndarray]]:
+        """``(clip id, phash uint64 (3,))`` of the live, not deduplicated clips of every listed
+        shard that has hashes, in commit order, except shards whose path starts with
+        ``exclude_prefix`` (this run's)."""
+        gone = set(self.deduplicated()["clip_id"].to_pylist())
+        gone |= {c for ids in load_retired(self.directory, self.manifest).values() for c in ids}
+        found = []
+        for entry in self.manifest["shards"]:
+            if entry["path"].startswith(exclude_prefix):
+                continue
+            location = self.directory.join(entry["path"])
+            with location.fs.open_input_file(location.path) as source:
+                if "phash" not in pq.ParquetFile(source).schema_arrow.names:
+                    continue
+                table = pq.read_table(source, columns=["clip_id", "phash"])
+            for clip_id, hashes in zip(table["clip_id"].to_pylist(), table["phash"].to_pylist()):
+                if clip_id not in gone:
+                    found.append((clip_id, np.array(hashes, np.uint64)))
+        return found
 
     def _record_killed_runs(self) -> None:
         """Runs that left a directory but no summary (killed before they could write one):
@@ -294,8 +369,13 @@ class ShardWriter:
     store: ShardStore
     run_id: str
     flush_every: int
+    curation: bool = False
+    """Merge curation records at the end (``pipelines.curation``)."""
+    dedup_distance: int = -1
+    """Near-duplicate distance in bits (``data.dedup_distance``); -1: no deduplication."""
     shards_written: int = 0
     clips_written: int = 0
+    _windows: dict[tuple[int, int], dict] = field(default_factory=dict)
     _seen: set[int] = field(default_factory=set)
     _since_flush: int = 0
 
@@ -335,11 +415,12 @@ class ShardWriter:
                 record |= {"clips": 0, "cached_clips": 0}
             records.append(record)
         if keep.any():
-            known = SHARD_COLUMNS | TEXT_COLUMNS | CAMERA_COLUMNS
+            known = SHARD_COLUMNS | TEXT_COLUMNS | CAMERA_COLUMNS | CURATION_COLUMNS
             rows = {k: v[keep] for k, v in batch.items() if k in known}
-            self.store.commit(
-                shard_table(rows), f"part-{self.run_id}-{self.shards_written:06d}.parquet"
-            )
+            name = f"part-{self.run_id}-{self.shards_written:06d}.parquet"
+            self.store.commit(shard_table(rows), name)
+            if self.dedup_distance >= 0:
+                self._note_windows(batch, keep, posixpath.join(SHARDS, name))
             self.shards_written += 1
             self.clips_written += int(keep.sum())
             self._since_flush += 1
@@ -351,17 +432,95 @@ class ShardWriter:
             self.store.write_manifest()
             self._since_flush = 0
 
+    def _note_windows(self, batch: dict[str, np.ndarray], keep: np.ndarray, shard: str) -> None:
+        """Remember each committed clip's window, hashes and shard for ``_deduplicate`` (about
+        150 bytes a clip, like the clip id set)."""
+        for i in np.flatnonzero(keep):
+            window = (int(batch["row"][i]), int(batch["ordinal"][i]))
+            entry = self._windows.setdefault(
+                window,
+                {
+                    "key": str(batch["key"][i]),
+                    "video_id": str(batch["video_id"][i]),
+                    "source": str(batch["source"][i]),
+                    "span": (int(batch["frame_indices"][i][0]), int(batch["frame_indices"][i][-1])),
+                    "hashes": np.asarray(batch["phash"][i], np.uint64),
+                    "clips": [],
+                },
+            )
+            entry["clips"].append((str(batch["clip_id"][i]), shard, bool(batch["flipped"][i])))
+
+    def _deduplicate(self) -> dict[int, dict]:
+        """Decide the near-duplicates of this run (see the module doc), list them, record every
+        decision; returns the outcome changes of rows that lost clips."""
+        seeds = self.store.clip_hashes(f"{SHARDS}/part-{self.run_id}-")
+        order = sorted(self._windows)  # by input row, then ordinal: the keep priority
+        # A window's name is its first clip (the plain one when both were encoded).
+        names = {w: sorted(self._windows[w]["clips"], key=lambda c: c[2])[0][0] for w in order}
+        items = [(names[w], self._windows[w]["hashes"]) for w in order]
+        dropped = dedup.find_duplicates(items, self.dedup_distance, seeds)
+        records, shards, clip_ids, kept = [], [], [], []
+        lost: dict[int, list[tuple[int, str, int]]] = {}
+        for window in order:
+            entry = self._windows[window]
+            found = dropped.get(names[window])
+            record = {
+                "row": window[0],
+                "key": entry["key"],
+                "video_id": entry["video_id"],
+                "source": entry["source"],
+                "stage": "dedup",
+                "ordinal": window[1],
+                "start": entry["span"][0],
+                "end": entry["span"][1] + 1,
+                "decision": curation.DROPPED if found else curation.KEPT,
+                "reason": dedup.NEAR_DUPLICATE if found else "",
+                "score": float(found[1]) if found else 0.0,
+                "detail": f"duplicate of clip {found[0]}" if found else "",
+                "thumbnail": None,
+            }
+            records.append(record)
+            if found:
+                for clip_id, shard, _ in entry["clips"]:
+                    shards.append(shard)
+                    clip_ids.append(clip_id)
+                    kept.append(found[0])
+                lost.setdefault(window[0], []).append((len(entry["clips"]), found[0], found[1]))
+        curation.write_part(records, self.run_dir.join(curation.CURATION_PARTS), "dedup")
+        self.store.add_deduplicated(shards, clip_ids, kept)
+        self.clips_deduplicated = len(clip_ids)
+        written: dict[int, int] = {}
+        for window, entry in self._windows.items():
+            written[window[0]] = written.get(window[0], 0) + len(entry["clips"])
+        changes = {}
+        for row, losses in lost.items():
+            remaining = written[row] - sum(n for n, _, _ in losses)
+            change: dict = {"clips": remaining}
+            if remaining == 0:
+                kept_id, distance = losses[0][1], losses[0][2]
+                change |= {"status": curation.STATUS_FILTERED, "reason": dedup.NEAR_DUPLICATE}
+                change["message"] = f"dedup: duplicate of clip {kept_id} ({distance} bits)"
+            changes[row] = change
+        return changes
+
     def finish(self) -> dict:
-        """Merge this run's outcome parts into ``outcomes.parquet`` and ``errors.parquet`` and
-        return the counts."""
-        counts = merge_outcomes(self.run_dir)
+        """Decide near-duplicates (``data.dedup``), merge this run's outcome parts into
+        ``outcomes.parquet`` and ``errors.parquet`` (and its curation parts, see
+        ``pipelines.curation``) and return the counts."""
+        self.clips_deduplicated = 0
+        changes = self._deduplicate() if self.dedup_distance >= 0 else {}
+        counts = merge_outcomes(self.run_dir, changes)
+        if self.curation:
+            counts |= curation.merge_curation(self.run_dir)
+            counts["clips_deduplicated"] = self.clips_deduplicated
         return counts | {"clips_encoded": self.clips_written, "shards_written": self.shards_written}
 
 
-def merge_outcomes(run_dir: Location) -> dict:
+def merge_outcomes(run_dir: Location, changes: dict[int, dict] | None = None) -> dict:
     """Merge a run's outcome parts (``runs/<run>/parts/``) into ``outcomes.parquet`` and
     ``errors.parquet`` (streaming, one part at a time, each sorted by input row), delete the parts and
-    return the row counts."""
+    return the row counts. ``changes``: updates of the ``encoded`` records of some rows (input
+    row -> fields), e.g. rows whose clips turned out to be near-duplicates."""
     fs = run_dir.fs
     parts_dir = run_dir.join("parts")
     parts = sorted(
@@ -370,6 +529,7 @@ def merge_outcomes(run_dir: Location) -> dict:
         if info.path.endswith(".parquet") and not posixpath.basename(info.path).startswith(".")
     )
     counts = {"rows_read": 0, "rows_encoded": 0, "rows_cached": 0, "rows_failed": 0}
+    counts["rows_filtered"] = 0
     counts["clips_cached"] = 0
     failed_by_reason: dict[str, int] = {}
     with (
@@ -381,6 +541,12 @@ def merge_outcomes(run_dir: Location) -> dict:
         for path in parts:
             with fs.open_input_file(path) as source:
                 table = pq.read_table(source, schema=OUTCOME_SCHEMA).sort_by("row")
+            if changes:
+                records = table.to_pylist()
+                for record in records:
+                    if record["status"] == STATUS_ENCODED and record["row"] in changes:
+                        record |= changes[record["row"]]
+                table = pa.Table.from_pylist(records, schema=OUTCOME_SCHEMA)
             all_writer.write_table(table)
             failed = table.filter(pc.equal(table["status"], STATUS_FAILED))
             error_writer.write_table(failed)
@@ -389,6 +555,7 @@ def merge_outcomes(run_dir: Location) -> dict:
             counts["rows_encoded"] += status.count(STATUS_ENCODED)
             counts["rows_cached"] += status.count(STATUS_CACHED)
             counts["rows_failed"] += status.count(STATUS_FAILED)
+            counts["rows_filtered"] += status.count(curation.STATUS_FILTERED)
             counts["clips_cached"] += int(pc.sum(table["cached_clips"]).as_py() or 0)
             for reason in failed["reason"].to_pylist():
                 failed_by_reason[reason] = failed_by_reason.get(reason, 0) + 1
@@ -400,12 +567,14 @@ def merge_outcomes(run_dir: Location) -> dict:
 
 
 def load_retired(directory: Location, manifest: dict) -> dict[str, set[str]]:
-    """The retired clip ids of a shard set, by shard path (relative, as the manifest lists it)."""
-    entry = manifest.get("retired")
-    if not entry:
-        return {}
-    table = pq.read_table(pa.BufferReader(read_bytes(directory.join(entry["path"]))))
+    """The retired clip ids of a shard set, by shard path (relative, as the manifest lists it),
+    near-duplicates (``data.dedup``) included: readers skip both."""
     retired: dict[str, set[str]] = {}
-    for shard, clip_id in zip(table["shard"].to_pylist(), table["clip_id"].to_pylist()):
-        retired.setdefault(shard, set()).add(clip_id)
+    for name in ("retired", "deduplicated"):
+        entry = manifest.get(name)
+        if not entry:
+            continue
+        table = pq.read_table(pa.BufferReader(read_bytes(directory.join(entry["path"]))))
+        for shard, clip_id in zip(table["shard"].to_pylist(), table["clip_id"].to_pylist()):
+            retired.setdefault(shard, set()).add(clip_id)
     return retired

@@ -100,3 +100,32 @@ def clip_id(
 def clip_id_to_int(ids: list[str] | np.ndarray) -> np.ndarray:
     """Clip ids as uint64 (a compact, sortable cache index)."""
     return np.array([int(i, 16) for i in ids], dtype=np.uint64)
+
+
+def shot_windows(
+    shots: list[tuple[int, int]],
+    num_video_frames: int,
+    num_frames: int,
+    stride: int,
+    clips: int,
+    seed: int,
+    source: str,
+) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+    """``clip_windows`` drawn inside shots: ``(windows, dropped shots)``.
+
+    Every window spans ``window_length(num_video_frames, ...)`` frames inside one shot, so none
+    crosses a cut; shots shorter than that are dropped. The draw is a prefix of one seeded
+    permutation of every valid start in every kept shot, so a video that is one shot gets
+    exactly ``clip_windows``'s windows. Raises ``TooFewFramesError`` like ``clip_windows``."""
+    if num_video_frames < num_frames:
+        raise TooFewFramesError(f"{num_video_frames} decodable frames, a clip needs {num_frames}")
+    length = window_length(num_video_frames, num_frames, stride)
+    kept = [(a, b) for a, b in shots if b - a >= length]
+    dropped = [(a, b) for a, b in shots if b - a < length]
+    starts = np.concatenate(
+        [np.arange(a, b - length + 1) for a, b in kept] or [np.zeros((0,), np.int64)]
+    )
+    if not len(starts):
+        return [], dropped
+    order = source_rng(seed, source).permutation(len(starts))[:clips]
+    return [window_indices(int(starts[i]), length, num_frames) for i in order], dropped

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 import time
+from pathlib import Path
 from typing import Any
 
 from animatediff.config import Config
@@ -26,6 +28,18 @@ def _columns(output: Location, manifest: dict) -> dict[str, str]:
     path = output.join(manifest["shards"][-1]["path"])
     with path.fs.open_input_file(path.path) as file:
         return columns_of(pq.read_schema(file))
+
+
+def _log_file(cfg: Config, mlflow_client: Any, run_id: str, uri: str, folder: str) -> None:
+    """Log a file of the run's directory (local or object store) as an artifact."""
+    import tempfile
+
+    from animatediff.storage import locate, read_bytes
+
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / posixpath.basename(uri)
+        path.write_bytes(read_bytes(locate(uri, cfg.storage)))
+        mlflow_client.log_artifact(run_id, str(path), folder)
 
 
 def _errors_table(errors: Location) -> Any:
@@ -115,6 +129,8 @@ def log_preprocess_run(
         if isinstance(v, int | float) and not isinstance(v, bool)
     }
     metrics |= {f"failed.{k}": float(v) for k, v in summary["failed_by_reason"].items()}
+    # Curation (``pipelines.curation``): drops by reason, windows and shots.
+    metrics |= {f"filtered.{k}": float(v) for k, v in summary.get("filtered_by_reason", {}).items()}
     now = int(time.time() * 1000)
     mlflow_client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
     mlflow_client.log_dict(run_id, fingerprint, "fingerprint.json")
@@ -124,5 +140,7 @@ def log_preprocess_run(
     table = _errors_table(errors) if errors is not None else None
     if table is not None and len(table):
         mlflow_client.log_table(run_id, table, "errors.json")
+    for uri in summary.get("curation_reports", {}).values():
+        _log_file(cfg, mlflow_client, run_id, uri, "curation")
     mlflow_client.set_terminated(run_id)
     return run_id

@@ -114,6 +114,39 @@ class DataConfig:
     fraction of the input rows failed; it also fails when no row encoded or was cached."""
     log_mlflow: bool = False
     """Log counts, throughput and the fingerprint to MLflow (``mlflow.*`` settings)."""
+    shots: bool = False
+    """Curation: detect cuts (``pipelines/shots.py``) and draw clip windows inside shots only;
+    shots shorter than a window are dropped (reason ``short_shot``). Decodes every frame of each
+    video once more at a 32-pixel short side."""
+    shot_threshold: float = 30.0
+    """A cut: mean absolute difference of consecutive 32-pixel frames at or above this (0-255)."""
+    motion_score: bool = False
+    """Curation: store each clip's motion score (mean absolute difference of its consecutive
+    frames, 0-255; ``pipelines/motion.py``) as the shard column ``motion_score``. Implied by the
+    motion thresholds."""
+    min_motion: float = 0.0
+    """Drop windows whose motion score is below this (reason ``static``); 0: off."""
+    max_motion: float = 0.0
+    """Drop windows whose motion score is above this (flashes, missed cuts: ``jitter``); 0: off."""
+    max_motion_spike: float = 0.0
+    """Drop windows whose largest frame step exceeds this many times their median step (one
+    flash or cut in calm footage: ``motion_spike``); 0: off."""
+    text_score: bool = False
+    """Curation: store each clip's text-overlay score (fraction of sharp pixels that stay
+    constant, ``pipelines/overlay.py``) as the shard column ``text_score``."""
+    max_text_score: float = 0.0
+    """Drop windows whose text-overlay score is above this (``text_overlay``); 0: off. Implies
+    ``data.text_score``."""
+    dedup: bool = False
+    """Curation: drop near-duplicate clips (``pipelines/dedup.py``): a perceptual hash of three
+    frames per window, stored as the shard column ``phash``; of duplicates within
+    ``data.dedup_distance`` bits the clip already cached, else the lowest input row and ordinal,
+    is kept. Decided at the end of the run: duplicates are encoded, then retired."""
+    dedup_distance: int = 8
+    """Largest Hamming distance (of 192 bits) between two duplicate windows' hashes."""
+    report_sample_fraction: float = 0.01
+    """With curation on: fraction of windows (a deterministic sample) that keep a small
+    thumbnail for the run's sample sheet (``runs/<run>/curation_samples.png``)."""
 
     def __post_init__(self) -> None:
         for name in ("num_frames", "stride", "clips_per_video", "shard_size", "encode_batch_size"):
@@ -154,6 +187,20 @@ class DataConfig:
             f"must be in [0, 1], got {self.max_error_fraction}",
         )
         check(0 < self.camera_strength < 1, "data.camera_strength", "must be in (0, 1)")
+        check(self.shot_threshold > 0, "data.shot_threshold", "must be > 0")
+        for name in ("min_motion", "max_motion", "max_motion_spike", "max_text_score"):
+            check(getattr(self, name) >= 0, f"data.{name}", "must be >= 0 (0: off)")
+        check(
+            not (0 < self.max_motion <= self.min_motion),
+            "data.max_motion",
+            f"must be above data.min_motion={self.min_motion:g} (or 0: off)",
+        )
+        check(0 <= self.dedup_distance < 192, "data.dedup_distance", "must be in [0, 192)")
+        check(
+            0 <= self.report_sample_fraction <= 1,
+            "data.report_sample_fraction",
+            "must be in [0, 1]",
+        )
         mirrored = ("pan_left", "pan_right", "roll_clockwise", "roll_anticlockwise")
         check(
             not (self.flip and self.camera_motion in mirrored),
