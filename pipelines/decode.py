@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from animatediff.storage import Location, write_atomic
 from animatediff.text import quote
 from pipelines import identity, windows
+from pipelines.buckets import center_crop_to, cover_shape, nearest_bucket
 from pipelines.camera import apply_camera_motion
 from pipelines.paths import UnsafePathError, confine, locate_path
 from pipelines.sources import STATUS_CACHED, STATUS_FAILED, STATUS_TODO, UNSAFE_PATH
@@ -81,6 +82,16 @@ class DecodeSpec:
     camera_motion: str = "none"
     """``data.camera_motion``, applied to every clip after the centre crop (``pipelines.camera``)."""
     camera_strength: float = 0.0
+    buckets: tuple[tuple[int, int], ...] = ()
+    """``data.buckets``: ``(height, width)`` sizes; empty: the square ``resolution`` crop."""
+
+    def frame_size(self, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """``((resize width, resize height), (crop height, crop width))`` of a
+        ``width x height`` video: the square crop, or its bucket's (``pipelines.buckets``)."""
+        if not self.buckets:
+            return resize_shape(width, height, self.resolution), (self.resolution,) * 2
+        bucket = self.buckets[nearest_bucket(width, height, self.buckets)]
+        return cover_shape(width, height, bucket), bucket
 
 
 def resize_shape(width: int, height: int, resolution: int) -> tuple[int, int]:
@@ -206,13 +217,14 @@ def probe(data: str | io.BytesIO) -> tuple[int, int]:
 def decode_clips(
     source: str, spec: DecodeSpec, need_mask: int
 ) -> tuple[list[tuple[int, np.ndarray, np.ndarray]], float, str]:
-    """``([(ordinal, frame_indices (frames,), frames uint8 (frames, R, R, 3))...], fps,
-    content identity)`` for each window whose plain or flipped clip is still needed."""
+    """``([(ordinal, frame_indices (frames,), frames uint8 (frames, H, W, 3))...], fps,
+    content identity)`` for each window whose plain or flipped clip is still needed; ``H = W =
+    data.resolution``, or the video's bucket with ``data.buckets``."""
     import decord
 
     data, version = _fetch(locate_path(spec.root, source), spec)
     width, height = probe(data)
-    out_width, out_height = resize_shape(width, height, spec.resolution)
+    (out_width, out_height), crop = spec.frame_size(width, height)
     try:
         reader = decord.VideoReader(
             data, width=out_width, height=out_height, num_threads=spec.threads
@@ -239,7 +251,7 @@ def decode_clips(
                 raise DecodeFailure(
                     DECODE_ERROR, f"decoded {frames.shape[0]} of {spec.num_frames} frames"
                 )
-            frames = center_crop(frames, spec.resolution)
+            frames = center_crop_to(frames, crop)
             frames = apply_camera_motion(frames, spec.camera_motion, spec.camera_strength)
             clips.append((ordinal, indices, np.ascontiguousarray(frames)))
         return clips, fps, version
@@ -247,6 +259,17 @@ def decode_clips(
         # decord keeps decoder state and buffers alive with the reader (known leaks upstream).
         reader.seek(0)
         del reader
+
+
+def stack_rows(arrays: list[np.ndarray]) -> np.ndarray:
+    """Per-row arrays -> one ``(rows, ...)`` array when they share a shape, else a 1-D object
+    array holding them (rows of different buckets cannot share a fixed-shape column)."""
+    if len({a.shape for a in arrays}) <= 1:
+        return np.stack(arrays)
+    column = np.empty(len(arrays), dtype=object)
+    for i, array in enumerate(arrays):  # one by one: numpy would try to broadcast a list
+        column[i] = array
+    return column
 
 
 def _result(reason: str, message: str, clips: int, cached: int) -> dict:
@@ -273,7 +296,11 @@ def decode_batch(batch: dict[str, np.ndarray], spec: DecodeSpec) -> Iterator[dic
 def decode_rows(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np.ndarray]:
     """Plan rows -> clip rows ``row, key, video_id, caption, source, source_version, ordinal,
     frame_indices (frames,), fps, pixels uint8 (frames, R, R, 3), need_mask, row_first`` (and
-    ``camera_motion``, ``camera_strength`` when the spec moves the camera)."""
+    ``camera_motion``, ``camera_strength`` when the spec moves the camera).
+
+    With ``data.buckets`` each clip has its bucket's ``(frames, H, W, 3)`` and the columns
+    ``height``, ``width`` say which; ``pixels`` is then an object array of per-clip arrays when
+    the batch mixes buckets (``stack_rows``), as Ray Data hands variable-shaped tensors over."""
     records: list[dict] = []
     rows: dict[str, list] = {
         k: []
@@ -331,13 +358,18 @@ def decode_rows(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np.
         _write_outcomes(records, spec.outcomes)
     size = (spec.num_frames, spec.resolution, spec.resolution, 3)
     count = len(rows["key"])
-    camera = {}
+    extra = {}
+    if spec.buckets:
+        extra = {
+            "height": np.array([p.shape[1] for p in rows["pixels"]], dtype=np.int32),
+            "width": np.array([p.shape[2] for p in rows["pixels"]], dtype=np.int32),
+        }
     if spec.camera_motion != "none":
-        camera = {
+        extra |= {
             "camera_motion": np.array([spec.camera_motion] * count, dtype=object),
             "camera_strength": np.full(count, spec.camera_strength, np.float32),
         }
-    return camera | {
+    return extra | {
         "row": np.array(rows["row"], dtype=np.int64),
         "key": np.array(rows["key"], dtype=object),
         "video_id": np.array(rows["video_id"], dtype=object),
@@ -349,7 +381,7 @@ def decode_rows(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np.
             -1, spec.num_frames
         ),
         "fps": np.array(rows["fps"], dtype=np.float32),
-        "pixels": np.stack(rows["pixels"]) if rows["pixels"] else np.zeros((0, *size), np.uint8),
+        "pixels": stack_rows(rows["pixels"]) if rows["pixels"] else np.zeros((0, *size), np.uint8),
         "need_mask": np.array(rows["need_mask"], dtype=np.int64),
         "row_first": np.array(rows["row_first"], dtype=bool),
         "row_clips": np.array(rows["row_clips"], dtype=np.int32),

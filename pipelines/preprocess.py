@@ -187,6 +187,7 @@ def run_preprocess(cfg: Config, run_id: str | None = None) -> dict:
         content_hash=data.content_hash,
         camera_motion=data.camera_motion,
         camera_strength=data.camera_strength,
+        buckets=data.buckets,
     )
     ds = build_pipeline(cfg, plan, decode, cached, input_location, columns)
     base = {"run_id": run_id, "fingerprint_hash": fp_hash, "output": store.directory.uri}

@@ -17,7 +17,15 @@ bool``, ``latent_mean``/``latent_std``: Ray tensor ``float16 (4, frames, H/8,
 W/8)`` (unscaled posterior; multiply samples by the fingerprint's ``scaling_factor``), and with
 ``data.cache_text_embeddings``: ``text_embedding: float16 (77, dim)``, ``input_ids: list<int32>``;
 with a ``data.camera_motion``: ``camera_motion: string`` and ``camera_strength: float32`` (the
-crop trajectory, ``pipelines.camera.crop_box``, also in the fingerprint).
+crop trajectory, ``pipelines.camera.crop_box``, also in the fingerprint); with ``data.buckets``:
+``height: int32``, ``width: int32`` (the clip's bucket in pixels).
+
+Buckets: a shard holds clips of one bucket only, and its manifest entry names it (``"bucket":
+[height, width]``). A Ray tensor column has one shape per file (a variable-shaped column would
+reach training as object arrays that cannot be stacked into a batch, and every reader would pay
+for it); with one bucket per shard each shard keeps the fixed-shape schema above, and training
+builds one dataset per bucket from the manifest alone, without reading rows. A batch of mixed
+buckets from the encoder is split by ``bucket_groups`` into one shard per bucket.
 
 Commit protocol: a shard becomes visible all at once (temp file + rename locally, a single PUT on
 object stores) and readers only read shards listed in ``manifest.json``, itself replaced
@@ -106,7 +114,16 @@ CAMERA_COLUMNS = {
 }
 """Present when ``data.camera_motion`` is not ``none`` (so shards without camera motion keep the
 schema they always had)."""
-OPTIONAL_COLUMNS = {"text_embedding": TEXT_COLUMNS, "camera_motion": CAMERA_COLUMNS}
+BUCKET_COLUMNS = {
+    "height": lambda values: pa.array(np.asarray(values, np.int32)),
+    "width": lambda values: pa.array(np.asarray(values, np.int32)),
+}
+"""Present when ``data.buckets`` is set: the clip's size in pixels (one bucket per shard)."""
+OPTIONAL_COLUMNS = {
+    "text_embedding": TEXT_COLUMNS,
+    "camera_motion": CAMERA_COLUMNS,
+    "height": BUCKET_COLUMNS,
+}
 """Column groups a batch has or lacks as a whole, keyed by the column that marks the group."""
 
 
@@ -119,6 +136,36 @@ def shard_table(batch: dict[str, np.ndarray]) -> pa.Table:
         if marker in batch:
             columns |= {name: convert(batch[name]) for name, convert in group.items()}
     return pa.table(columns)
+
+
+def bucket_groups(batch: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """A latent batch -> one batch per bucket (``height``, ``width``), in order of first
+    appearance, rows in their order; tensor columns that mix shapes (object arrays of per-row
+    arrays) become regular ``(rows, ...)`` arrays. A batch without buckets is returned whole."""
+    if "height" not in batch:
+        return [batch]
+    sizes = list(zip(np.asarray(batch["height"]).tolist(), np.asarray(batch["width"]).tolist()))
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, size in enumerate(sizes):
+        groups.setdefault(size, []).append(i)
+
+    def take(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        part = values[rows]
+        if part.dtype == object and len(part) and isinstance(part[0], np.ndarray):
+            return np.stack(list(part))
+        return part
+
+    return [
+        {name: take(values, np.array(rows)) for name, values in batch.items()}
+        for rows in groups.values()
+    ]
+
+
+def shard_bucket(table: pa.Table) -> list[int] | None:
+    """``[height, width]`` of a shard's clips (one bucket per shard), or None without buckets."""
+    if "height" not in table.column_names or table.num_rows == 0:
+        return None
+    return [int(table["height"][0].as_py()), int(table["width"][0].as_py())]
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -261,12 +308,23 @@ class ShardStore:
                 self.directory.fs.delete_file(info.path)
             elif name.endswith(".parquet") and relative not in listed:
                 data = read_bytes(shard_dir.join(name))
-                rows = pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows
-                self._record(relative, rows, data, adopted=True)
+                file = pq.ParquetFile(pa.BufferReader(data))
+                sizes = [c for c in ("height", "width") if c in file.schema_arrow.names]
+                bucket = shard_bucket(file.read(columns=sizes)) if sizes else None
+                self._record(relative, file.metadata.num_rows, data, adopted=True, bucket=bucket)
 
-    def _record(self, relative: str, rows: int, data: bytes, adopted: bool = False) -> None:
+    def _record(
+        self,
+        relative: str,
+        rows: int,
+        data: bytes,
+        adopted: bool = False,
+        bucket: list[int] | None = None,
+    ) -> None:
         entry = {"path": relative, "rows": rows, "bytes": len(data)}
         entry["sha256"] = hashlib.sha256(data).hexdigest()
+        if bucket is not None:
+            entry["bucket"] = bucket
         if adopted:
             entry["adopted"] = True
         self.manifest["shards"].append(entry)
@@ -277,7 +335,7 @@ class ShardStore:
         data = parquet_bytes(table)
         relative = posixpath.join(SHARDS, name)
         write_atomic(self.directory.join(relative), data)
-        self._record(relative, table.num_rows, data)
+        self._record(relative, table.num_rows, data, bucket=shard_bucket(table))
         return self.manifest["shards"][-1]
 
     def write_manifest(self) -> None:
@@ -335,14 +393,15 @@ class ShardWriter:
                 record |= {"clips": 0, "cached_clips": 0}
             records.append(record)
         if keep.any():
-            known = SHARD_COLUMNS | TEXT_COLUMNS | CAMERA_COLUMNS
+            known = SHARD_COLUMNS | TEXT_COLUMNS | CAMERA_COLUMNS | BUCKET_COLUMNS
             rows = {k: v[keep] for k, v in batch.items() if k in known}
-            self.store.commit(
-                shard_table(rows), f"part-{self.run_id}-{self.shards_written:06d}.parquet"
-            )
-            self.shards_written += 1
+            for group in bucket_groups(rows):  # one shard per bucket (see the module doc)
+                self.store.commit(
+                    shard_table(group), f"part-{self.run_id}-{self.shards_written:06d}.parquet"
+                )
+                self.shards_written += 1
+                self._since_flush += 1
             self.clips_written += int(keep.sum())
-            self._since_flush += 1
         if records:
             table = pa.Table.from_pylist(records, schema=OUTCOME_SCHEMA)
             name = f"part-writer-{self.shards_written:06d}-{len(records)}-{hashlib.sha256(parquet_bytes(table)).hexdigest()[:16]}.parquet"
