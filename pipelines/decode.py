@@ -5,7 +5,9 @@ Per video: confine it to the video root (a symbolic link out of it is ``unsafe_p
 never opened; the real path is what gets read), check the object (missing, empty, unreadable),
 note its content identity (``pipelines.identity``), probe the container with PyAV (size,
 video stream), then decord's ``VideoReader`` resizes while decoding (ffmpeg's scaler, cheaper
-than resizing decoded full-size frames) and ``get_batch`` fetches each window. Frames stay uint8
+than resizing decoded full-size frames) and ``get_batch`` fetches each window; the frames are
+centre-cropped to the ``data.resolution`` square, or with ``data.buckets`` to the video's bucket
+(``pipelines.buckets``: nearest aspect ratio, resized to cover it). Frames stay uint8
 ``(frames, height, width, 3)`` until the encoder: a quarter of the bytes of float32 in the object
 store. Every failure becomes an outcome record with a reason category; nothing raises.
 

@@ -39,6 +39,8 @@ def test_each_video_goes_to_the_bucket_nearest_its_aspect_ratio():
     assert nearest_bucket(640, 480, FIVE) == 1  # 4:3 -> 288x224 (9:7)
     assert nearest_bucket(480, 640, FIVE) == 2
     assert nearest_bucket(48, 80, FIVE) == 4  # the portrait test clips: 3:5
+    # In log ratio 1.45:1 is nearer 2:1 than 1:1 (0.32 vs 0.37); in plain ratio it would not be.
+    assert nearest_bucket(145, 100, ((64, 64), (64, 128))) == 1
     # Log ratio: a 2:1 video is as far from 1:1 as a 1:2 one, mirrored buckets mirror the choice.
     for width, height in ((300, 200), (500, 210), (1000, 999), (7, 3)):
         a, b = nearest_bucket(width, height, FIVE), nearest_bucket(height, width, FIVE)
@@ -402,3 +404,25 @@ def test_validation_batches_hold_one_bucket_each():
         "latent_std": np.ones((5, 4, 2, 4, 4), np.float16),
     }
     assert [len(b) for b in validation_batches(plain, 2)] == [2, 2, 1]
+
+
+def test_validation_clips_of_several_buckets_are_read_bucket_by_bucket(tmp_path):
+    from trainer.data import read_bucket_clips
+
+    directory = locate(str(tmp_path / "fp-x"))
+    store = ShardStore(directory, {"buckets": [list(b) for b in BUCKETS]})
+    store.open()
+    writer = ShardWriter(store, "run", flush_every=1)
+    ids = [windows.clip_id("f", str(i), 0, 0, False) for i in range(5)]
+    writer.write(_latent_rows(ids, [(64, 96), (96, 64), (64, 96), (64, 64), (96, 64)]))
+    store.write_manifest()
+    manifest = load_manifest(directory)
+    columns = ["caption", "latent_mean"]
+    clips = read_bucket_clips(directory, manifest, 4, columns)
+    # Bucket order (as the manifest lists them), shard order inside; the limit counts them all.
+    assert clips["caption"].tolist() == [f"clip {ids[i]}" for i in (0, 2, 1, 4)]
+    assert [m.shape[2:] for m in clips["latent_mean"]] == [(8, 12)] * 2 + [(12, 8)] * 2
+    chosen = read_bucket_clips(directory, manifest, 3, columns, [ids[3], ids[1], ids[0], ids[2]])
+    assert chosen["caption"].tolist() == [f"clip {ids[i]}" for i in (0, 1, 3)]
+    one = read_bucket_clips(directory, manifest, 2, columns)  # one bucket: a regular array
+    assert one["latent_mean"].shape == (2, 4, 2, 8, 12)

@@ -3,6 +3,11 @@
 The shard set is found once on the driver (``pipelines.latents.find_shard_set`` checks the
 fingerprint against the model being trained); the training rows go to Ray Train as a Ray Dataset
 split across workers, the few validation clips travel to the workers with the loop config.
+
+With ``data.buckets`` there is one dataset per bucket (``BucketData``) and a ``BucketStream`` per
+worker: each micro-batch comes whole from one bucket, the same on every rank, drawn by
+``bucket_for_step`` from the seed and the step alone, and each bucket's stream position is saved
+in the checkpoint (``Position.buckets``), so resuming stays exact.
 """
 
 from __future__ import annotations
