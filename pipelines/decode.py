@@ -5,7 +5,9 @@ Per video: confine it to the video root (a symbolic link out of it is ``unsafe_p
 never opened; the real path is what gets read), check the object (missing, empty, unreadable),
 note its content identity (``pipelines.identity``), probe the container with PyAV (size,
 video stream), then decord's ``VideoReader`` resizes while decoding (ffmpeg's scaler, cheaper
-than resizing decoded full-size frames) and ``get_batch`` fetches each window. Frames stay uint8
+than resizing decoded full-size frames) and ``get_batch`` fetches each window; the frames are
+centre-cropped to the ``data.resolution`` square, or with ``data.buckets`` to the video's bucket
+(``pipelines.buckets``: nearest aspect ratio, resized to cover it). Frames stay uint8
 ``(frames, height, width, 3)`` until the encoder: a quarter of the bytes of float32 in the object
 store. Every failure becomes an outcome record with a reason category; nothing raises.
 
@@ -28,6 +30,7 @@ import pyarrow.parquet as pq
 from animatediff.storage import Location, write_atomic
 from animatediff.text import quote
 from pipelines import curation, identity, shots, windows
+from pipelines.buckets import center_crop_to, cover_shape, nearest_bucket
 from pipelines.camera import apply_camera_motion
 from pipelines.paths import UnsafePathError, confine, locate_path
 from pipelines.sources import BAD_RANGE, STATUS_CACHED, STATUS_FAILED, STATUS_TODO, UNSAFE_PATH
@@ -85,6 +88,16 @@ class DecodeSpec:
     """Curation stages run on the decoded windows (``pipelines.curation``); all off by default."""
     curation_dir: Location | None = None
     """Directory of this run's curation record parts (needed when curation is active)."""
+    buckets: tuple[tuple[int, int], ...] = ()
+    """``data.buckets``: ``(height, width)`` sizes; empty: the square ``resolution`` crop."""
+
+    def frame_size(self, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """``((resize width, resize height), (crop height, crop width))`` of a
+        ``width x height`` video: the square crop, or its bucket's (``pipelines.buckets``)."""
+        if not self.buckets:
+            return resize_shape(width, height, self.resolution), (self.resolution,) * 2
+        bucket = self.buckets[nearest_bucket(width, height, self.buckets)]
+        return cover_shape(width, height, bucket), bucket
 
 
 def resize_shape(width: int, height: int, resolution: int) -> tuple[int, int]:
@@ -253,7 +266,7 @@ def decode_clips(
         path = source.removesuffix(windows.segment_fragment(*segment))
     data, version = _fetch(locate_path(spec.root, path), spec)
     width, height = probe(data)
-    out_width, out_height = resize_shape(width, height, spec.resolution)
+    (out_width, out_height), crop = spec.frame_size(width, height)
     try:
         reader = decord.VideoReader(
             data, width=out_width, height=out_height, num_threads=spec.threads
@@ -302,7 +315,7 @@ def decode_clips(
                 raise DecodeFailure(
                     DECODE_ERROR, f"decoded {frames.shape[0]} of {spec.num_frames} frames"
                 )
-            frames = center_crop(frames, spec.resolution)
+            frames = center_crop_to(frames, crop)
             if curate:  # on the source's own motion, before any synthetic camera motion
                 span = (int(indices[0]), int(indices[-1]) + 1)
                 records, columns = curation.curate_window(
@@ -319,6 +332,17 @@ def decode_clips(
         # decord keeps decoder state and buffers alive with the reader (known leaks upstream).
         reader.seek(0)
         del reader
+
+
+def stack_rows(arrays: list[np.ndarray]) -> np.ndarray:
+    """Per-row arrays -> one ``(rows, ...)`` array when they share a shape, else a 1-D object
+    array holding them (rows of different buckets cannot share a fixed-shape column)."""
+    if len({a.shape for a in arrays}) <= 1:
+        return np.stack(arrays)
+    column = np.empty(len(arrays), dtype=object)
+    for i, array in enumerate(arrays):  # one by one: numpy would try to broadcast a list
+        column[i] = array
+    return column
 
 
 def _result(reason: str, message: str, clips: int, cached: int) -> dict:
@@ -345,7 +369,11 @@ def decode_batch(batch: dict[str, np.ndarray], spec: DecodeSpec) -> Iterator[dic
 def decode_rows(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np.ndarray]:
     """Plan rows -> clip rows ``row, key, video_id, caption, source, source_version, ordinal,
     frame_indices (frames,), fps, pixels uint8 (frames, R, R, 3), need_mask, row_first`` (and
-    ``camera_motion``, ``camera_strength`` when the spec moves the camera)."""
+    ``camera_motion``, ``camera_strength`` when the spec moves the camera).
+
+    With ``data.buckets`` each clip has its bucket's ``(frames, H, W, 3)`` and the columns
+    ``height``, ``width`` say which; ``pixels`` is then an object array of per-clip arrays when
+    the batch mixes buckets (``stack_rows``), as Ray Data hands variable-shaped tensors over."""
     records: list[dict] = []
     curation_records: list[dict] = []
     curated_columns: dict[str, list] = {}
@@ -424,9 +452,14 @@ def decode_rows(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np.
         curation.write_part(curation_records, spec.curation_dir, "decode")
     size = (spec.num_frames, spec.resolution, spec.resolution, 3)
     count = len(rows["key"])
-    camera = {}
+    extra = {}
+    if spec.buckets:
+        extra = {
+            "height": np.array([p.shape[1] for p in rows["pixels"]], dtype=np.int32),
+            "width": np.array([p.shape[2] for p in rows["pixels"]], dtype=np.int32),
+        }
     if spec.camera_motion != "none":
-        camera = {
+        extra |= {
             "camera_motion": np.array([spec.camera_motion] * count, dtype=object),
             "camera_strength": np.full(count, spec.camera_strength, np.float32),
         }
@@ -439,7 +472,7 @@ def decode_rows(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np.
         hashes = curated_columns.get("phash", [])
         added["phash"] = np.array(hashes, np.uint64).reshape(-1, 3)
     return (
-        camera
+        extra
         | added
         | {
             "row": np.array(rows["row"], dtype=np.int64),
@@ -453,7 +486,7 @@ def decode_rows(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np.
                 -1, spec.num_frames
             ),
             "fps": np.array(rows["fps"], dtype=np.float32),
-            "pixels": np.stack(rows["pixels"])
+            "pixels": stack_rows(rows["pixels"])
             if rows["pixels"]
             else np.zeros((0, *size), np.uint8),
             "need_mask": np.array(rows["need_mask"], dtype=np.int64),

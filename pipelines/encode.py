@@ -63,6 +63,24 @@ def encode_latents(
     return layout(mean), layout(std)
 
 
+def shape_groups(column: np.ndarray) -> list[np.ndarray]:
+    """Row indices of each shape in a tensor column, in order of first appearance: one group for a
+    regular ``(rows, ...)`` array, several for an object array of per-row arrays (clips of
+    different ``data.buckets`` in one batch)."""
+    if column.dtype != object:
+        return [np.arange(len(column))]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, row in enumerate(column):
+        groups.setdefault(np.shape(row), []).append(i)
+    return [np.array(rows, np.int64) for rows in groups.values()]
+
+
+def stack_group(column: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``column[rows]`` as one ``(len(rows), ...)`` array (the rows share a shape)."""
+    part = column[rows]
+    return np.stack(list(part)) if part.dtype == object else part
+
+
 def resolve_dtype(name: str, use_gpu: bool):
     import torch
 
@@ -121,6 +139,13 @@ class EncodeClips:
         """uint8 ``(batch, frames, H, W, 3)`` -> mean, std float16 ``(batch, 4, frames, H/8, W/8)``."""
         return encode_latents(self.vae, frames, self.device, self.dtype, chunk=self.batch_size)
 
+    def _encode(self, frames: np.ndarray, flipped: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 ``(batch, frames, H, W, 3)`` of one shape, flipping the rows marked ``flipped``
+        (reverse the width axis, in place: ``frames`` is the caller's own copy), -> mean, std
+        ``(batch, 4, frames, H/8, W/8)``."""
+        frames[flipped] = frames[flipped][:, :, :, ::-1]
+        return self.encode_latents(frames)
+
     def encode_text(self, captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Captions -> embeddings float16 ``(batch, tokens, dim)`` and token ids int32."""
         import torch
@@ -134,13 +159,18 @@ class EncodeClips:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         take, flipped, first = self._expand(batch)
-        frames = batch["pixels"][take]
-        # Horizontal flip: reverse the width axis of (batch, frames, H, W, 3).
-        frames[flipped] = frames[flipped][:, :, :, ::-1]
-        if len(take):
-            mean, std = self.encode_latents(frames)
+        pixels = batch["pixels"][take]
+        groups = shape_groups(pixels)
+        if len(take) and len(groups) > 1:  # clips of several buckets: encode each shape apart
+            mean, std = np.empty(len(take), object), np.empty(len(take), object)
+            for rows in groups:
+                group_mean, group_std = self._encode(stack_group(pixels, rows), flipped[rows])
+                for j, i in enumerate(rows):
+                    mean[i], std[i] = group_mean[j], group_std[j]
+        elif len(take):
+            mean, std = self._encode(stack_group(pixels, groups[0]), flipped)
         else:  # keep the column shapes of empty batches consistent with the others
-            _, num_frames, height, width, _ = frames.shape
+            _, num_frames, height, width, _ = pixels.shape
             shape = (0, self.latent_channels, num_frames, height // self.downsample)
             mean = std = np.zeros((*shape, width // self.downsample), np.float16)
         sources, ordinals = batch["source"][take], batch["ordinal"][take]
@@ -169,8 +199,12 @@ class EncodeClips:
             "row_cached": batch["row_cached"][take],
             "ordinal": batch["ordinal"][take],  # read by deduplication, not stored
         }
-        # Per clip, when the camera moves; curation's scores and hashes (``pipelines.curation``).
-        for name in ("camera_motion", "camera_strength", "motion_score", "text_score", "phash"):
+        # Per clip, when the camera moves; curation's scores and hashes (``pipelines.curation``);
+        # the bucket with data.buckets.
+        for name in (
+            "camera_motion", "camera_strength", "motion_score", "text_score", "phash", "height",
+            "width",
+        ):  # fmt: skip
             if name in batch:
                 out[name] = batch[name][take]
         if self.text_encoder is not None:

@@ -125,14 +125,15 @@ def _held_out_batches(cfg: Config, shard_set: tuple[Any, dict] | None = None) ->
     """The evaluation's held-out clips: ``evaluate.data_uri``, else the validation split that
     training used."""
     from animatediff.training import BATCH_COLUMNS
-    from trainer.data import held_out_clips, read_clips, validation_batches
+    from trainer.data import held_out_clips, read_bucket_clips, read_clips, validation_batches
 
     evaluate, train = cfg.evaluate, cfg.train
     location, manifest = shard_set or held_out_set(cfg)
     clip_ids = None
     if not evaluate.data_uri and not train.val_data_uri:
         clip_ids, _ = held_out_clips(location, manifest, train.val_max_clips)
-    clips = read_clips(location, manifest, evaluate.max_clips, list(BATCH_COLUMNS), clip_ids)
+    read = read_bucket_clips if cfg.data.buckets else read_clips  # buckets: a shape per bucket
+    clips = read(location, manifest, evaluate.max_clips, list(BATCH_COLUMNS), clip_ids)
     return validation_batches(clips, max(1, train.batch_size))
 
 

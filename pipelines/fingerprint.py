@@ -47,6 +47,10 @@ def fingerprint_from_models(cfg: Config, vae: Any, text_encoder: Any | None = No
         "latent_dtype": LATENT_DTYPE,
         "text_encoder": None,
     }
+    if data.buckets:
+        # Absent without buckets (caches of square crops keep their fingerprint); the list, in
+        # order, decides which bucket each video lands in.
+        fingerprint["buckets"] = [[int(h), int(w)] for h, w in data.buckets]
     if data.camera_motion != "none":
         # Absent without camera motion: caches written before it existed keep their fingerprint.
         fingerprint["camera_motion"] = {

@@ -219,6 +219,7 @@ def run_preprocess(cfg: Config, run_id: str | None = None) -> dict:
         camera_strength=data.camera_strength,
         curation=curation,
         curation_dir=writer.run_dir.join(CURATION_PARTS),
+        buckets=data.buckets,
     )
     ds = build_pipeline(cfg, plan, decode, cached, input_location, columns)
     base = {"run_id": run_id, "fingerprint_hash": fp_hash, "output": store.directory.uri}

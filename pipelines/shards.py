@@ -19,7 +19,8 @@ W/8)`` (unscaled posterior; multiply samples by the fingerprint's ``scaling_fact
 with a ``data.camera_motion``: ``camera_motion: string`` and ``camera_strength: float32`` (the
 crop trajectory, ``pipelines.camera.crop_box``, also in the fingerprint); with curation
 (``pipelines.curation``): ``motion_score: float32``, ``text_score: float32``, ``phash:
-list<uint64>`` (3 perceptual hashes, ``pipelines.dedup``).
+list<uint64>`` (3 perceptual hashes, ``pipelines.dedup``); with ``data.buckets``: ``height:
+int32``, ``width: int32`` (the clip's bucket in pixels).
 
 Near-duplicates (``data.dedup``) are decided by ``ShardWriter.finish`` once the run has seen
 every clip (so the kept clip does not depend on the order the streaming pipeline delivered them
@@ -27,6 +28,13 @@ in; see ``pipelines.dedup``). The dropped ones were already committed: they are 
 ``deduplicated-<hash>.parquet`` (``shard``, ``clip_id``, ``kept_clip_id``, accumulated over runs,
 named by the manifest's ``deduplicated`` entry); readers skip them like retired clips, and they
 stay in the cache index so that no later run encodes them again.
+
+Buckets: a shard holds clips of one bucket only, and its manifest entry names it (``"bucket":
+[height, width]``). A Ray tensor column has one shape per file (a variable-shaped column would
+reach training as object arrays that cannot be stacked into a batch, and every reader would pay
+for it); with one bucket per shard each shard keeps the fixed-shape schema above, and training
+builds one dataset per bucket from the manifest alone, without reading rows. A batch of mixed
+buckets from the encoder is split by ``bucket_groups`` into one shard per bucket.
 
 Commit protocol: a shard becomes visible all at once (temp file + rename locally, a single PUT on
 object stores) and readers only read shards listed in ``manifest.json``, itself replaced
@@ -134,7 +142,16 @@ CURATION_COLUMNS = {
     "phash": _hash_lists,
 }
 """Each present when its curation stage is on (``pipelines.curation``)."""
-OPTIONAL_COLUMNS = {"text_embedding": TEXT_COLUMNS, "camera_motion": CAMERA_COLUMNS}
+BUCKET_COLUMNS = {
+    "height": lambda values: pa.array(np.asarray(values, np.int32)),
+    "width": lambda values: pa.array(np.asarray(values, np.int32)),
+}
+"""Present when ``data.buckets`` is set: the clip's size in pixels (one bucket per shard)."""
+OPTIONAL_COLUMNS = {
+    "text_embedding": TEXT_COLUMNS,
+    "camera_motion": CAMERA_COLUMNS,
+    "height": BUCKET_COLUMNS,
+}
 OPTIONAL_COLUMNS |= {name: {name: convert} for name, convert in CURATION_COLUMNS.items()}
 """Column groups a batch has or lacks as a whole, keyed by the column that marks the group."""
 
@@ -148,6 +165,36 @@ def shard_table(batch: dict[str, np.ndarray]) -> pa.Table:
         if marker in batch:
             columns |= {name: convert(batch[name]) for name, convert in group.items()}
     return pa.table(columns)
+
+
+def bucket_groups(batch: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """A latent batch -> one batch per bucket (``height``, ``width``), in order of first
+    appearance, rows in their order; tensor columns that mix shapes (object arrays of per-row
+    arrays) become regular ``(rows, ...)`` arrays. A batch without buckets is returned whole."""
+    if "height" not in batch:
+        return [batch]
+    sizes = list(zip(np.asarray(batch["height"]).tolist(), np.asarray(batch["width"]).tolist()))
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, size in enumerate(sizes):
+        groups.setdefault(size, []).append(i)
+
+    def take(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        part = values[rows]
+        if part.dtype == object and len(part) and isinstance(part[0], np.ndarray):
+            return np.stack(list(part))
+        return part
+
+    return [
+        {name: take(values, np.array(rows)) for name, values in batch.items()}
+        for rows in groups.values()
+    ]
+
+
+def shard_bucket(table: pa.Table) -> list[int] | None:
+    """``[height, width]`` of a shard's clips (one bucket per shard), or None without buckets."""
+    if "height" not in table.column_names or table.num_rows == 0:
+        return None
+    return [int(table["height"][0].as_py()), int(table["width"][0].as_py())]
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -336,12 +383,23 @@ class ShardStore:
                 self.directory.fs.delete_file(info.path)
             elif name.endswith(".parquet") and relative not in listed:
                 data = read_bytes(shard_dir.join(name))
-                rows = pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows
-                self._record(relative, rows, data, adopted=True)
+                file = pq.ParquetFile(pa.BufferReader(data))
+                sizes = [c for c in ("height", "width") if c in file.schema_arrow.names]
+                bucket = shard_bucket(file.read(columns=sizes)) if sizes else None
+                self._record(relative, file.metadata.num_rows, data, adopted=True, bucket=bucket)
 
-    def _record(self, relative: str, rows: int, data: bytes, adopted: bool = False) -> None:
+    def _record(
+        self,
+        relative: str,
+        rows: int,
+        data: bytes,
+        adopted: bool = False,
+        bucket: list[int] | None = None,
+    ) -> None:
         entry = {"path": relative, "rows": rows, "bytes": len(data)}
         entry["sha256"] = hashlib.sha256(data).hexdigest()
+        if bucket is not None:
+            entry["bucket"] = bucket
         if adopted:
             entry["adopted"] = True
         self.manifest["shards"].append(entry)
@@ -352,7 +410,7 @@ class ShardStore:
         data = parquet_bytes(table)
         relative = posixpath.join(SHARDS, name)
         write_atomic(self.directory.join(relative), data)
-        self._record(relative, table.num_rows, data)
+        self._record(relative, table.num_rows, data, bucket=shard_bucket(table))
         return self.manifest["shards"][-1]
 
     def write_manifest(self) -> None:
@@ -415,15 +473,18 @@ class ShardWriter:
                 record |= {"clips": 0, "cached_clips": 0}
             records.append(record)
         if keep.any():
-            known = SHARD_COLUMNS | TEXT_COLUMNS | CAMERA_COLUMNS | CURATION_COLUMNS
-            rows = {k: v[keep] for k, v in batch.items() if k in known}
-            name = f"part-{self.run_id}-{self.shards_written:06d}.parquet"
-            self.store.commit(shard_table(rows), name)
-            if self.dedup_distance >= 0:
-                self._note_windows(batch, keep, posixpath.join(SHARDS, name))
-            self.shards_written += 1
+            known = (
+                SHARD_COLUMNS | TEXT_COLUMNS | CAMERA_COLUMNS | CURATION_COLUMNS | BUCKET_COLUMNS
+            )
+            kept = {k: v[keep] for k, v in batch.items()}
+            for group in bucket_groups(kept):  # one shard per bucket (see the module doc)
+                name = f"part-{self.run_id}-{self.shards_written:06d}.parquet"
+                self.store.commit(shard_table({k: v for k, v in group.items() if k in known}), name)
+                if self.dedup_distance >= 0:
+                    self._note_windows(group, posixpath.join(SHARDS, name))
+                self.shards_written += 1
+                self._since_flush += 1
             self.clips_written += int(keep.sum())
-            self._since_flush += 1
         if records:
             table = pa.Table.from_pylist(records, schema=OUTCOME_SCHEMA)
             name = f"part-writer-{self.shards_written:06d}-{len(records)}-{hashlib.sha256(parquet_bytes(table)).hexdigest()[:16]}.parquet"
@@ -432,10 +493,10 @@ class ShardWriter:
             self.store.write_manifest()
             self._since_flush = 0
 
-    def _note_windows(self, batch: dict[str, np.ndarray], keep: np.ndarray, shard: str) -> None:
+    def _note_windows(self, batch: dict[str, np.ndarray], shard: str) -> None:
         """Remember each committed clip's window, hashes and shard for ``_deduplicate`` (about
         150 bytes a clip, like the clip id set)."""
-        for i in np.flatnonzero(keep):
+        for i in range(len(batch["key"])):
             window = (int(batch["row"][i]), int(batch["ordinal"][i]))
             entry = self._windows.setdefault(
                 window,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,9 @@ class Position:
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
+    buckets: list[list[int]] = field(default_factory=list)
+    """With ``data.buckets``: ``[epoch, batch_in_epoch]`` of each bucket's stream
+    (``trainer.data.BucketStream``); empty otherwise."""
 
 
 @dataclass

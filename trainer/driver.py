@@ -208,6 +208,8 @@ def run_training(cfg: Config, hooks: Sequence[StepHook] = ()) -> TrainOutcome:
             "tracking_uri": tracking_uri,
             "val_clips": data.val_clips,
             "hooks": list(hooks),
+            # With data.buckets: each bucket's dataset name and share of the steps.
+            "buckets": [(b.name, b.weight) for b in data.buckets] if data.buckets else None,
         },
         scaling_config=scaling_config(train),
         torch_config=TorchConfig(backend="nccl" if train.use_gpu else "gloo"),
@@ -219,7 +221,9 @@ def run_training(cfg: Config, hooks: Sequence[StepHook] = ()) -> TrainOutcome:
             checkpoint_config=CheckpointConfig(num_to_keep=train.keep_last),
             worker_runtime_env={"env_vars": env_vars} if env_vars else None,
         ),
-        datasets={"train": data.dataset},
+        datasets=(
+            {b.name: b.dataset for b in data.buckets} if data.buckets else {"train": data.dataset}
+        ),
         # A deterministic split: a resumed run re-reads each epoch in the same order.
         dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
     )

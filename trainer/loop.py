@@ -39,7 +39,7 @@ from animatediff.training import (
 )
 from trainer import checkpoint
 from trainer.checkpoint import Position, TrainerState
-from trainer.data import batch_stream, validation_batches
+from trainer.data import BucketStream, batch_stream, validation_batches
 from trainer.engine import setup_engine
 from trainer.export import Export
 
@@ -202,7 +202,18 @@ class Worker:
                 loop_config["tracking_uri"], self.run_id, f"{event} ({self.world} workers)"
             )
         self.val_batches = validation_batches(loop_config["val_clips"], self.train.batch_size)
-        self.stream = batch_stream(ray.train.get_dataset_shard("train"), self.cfg, self.position)
+        buckets = loop_config.get("buckets")
+        if buckets:  # data.buckets: every micro-batch from one bucket, the same on every rank
+            self.stream = BucketStream(
+                [ray.train.get_dataset_shard(name) for name, _ in buckets],
+                [weight for _, weight in buckets],
+                self.cfg,
+                self.position,
+            )
+        else:
+            self.stream = batch_stream(
+                ray.train.get_dataset_shard("train"), self.cfg, self.position
+            )
         self.samples_per_step = self.train.batch_size * self.train.grad_accum_steps * self.world
         self.window = LogWindow(self.position.step, time.perf_counter())
 
@@ -253,6 +264,8 @@ class Worker:
             self.engine.step()
             window.add_loss(loss.detach())
             self.position.epoch, self.position.batch_in_epoch = epoch, index + 1
+        if isinstance(self.stream, BucketStream):
+            self.position.buckets = [list(p) for p in self.stream.positions]
         window.add_grad_norm(self.engine.get_global_grad_norm())
         window.step_s += time.perf_counter() - start
         window.steps += 1

@@ -62,7 +62,15 @@ class DataConfig:
     """Frame stride inside the sampling window ``(num_frames - 1) * stride + 1``; shorter videos
     get a smaller effective stride."""
     resolution: int = 256
-    """Square clip size: short side resized to it, then centre-cropped (multiple of 8)."""
+    """Square clip size: short side resized to it, then centre-cropped (multiple of 8). Unused
+    when ``data.buckets`` is set."""
+    buckets: tuple[tuple[int, int], ...] = ()
+    """Aspect-ratio buckets: ``(height, width)`` pairs of about equal area, each a multiple of 8,
+    e.g. ``[[256, 256], [224, 288], [288, 224], [192, 320], [320, 192]]``. Each video goes to the
+    bucket nearest its aspect ratio (in log ratio; ties to the earlier bucket), is resized to
+    cover it and centre-cropped to it (``pipelines/buckets.py``); shards hold one bucket each and
+    training batches hold one bucket each. Empty: the square ``data.resolution`` crop. Part of the
+    fingerprint."""
     clips_per_video: int = 1
     """Distinct windows drawn per video (fewer when the video has fewer distinct starts)."""
     flip: bool = False
@@ -159,6 +167,7 @@ class DataConfig:
             "data.resolution",
             f"must be a positive multiple of 8, got {self.resolution}",
         )
+        self._check_buckets()
         check(self.clips_per_video <= 32, "data.clips_per_video", "must be <= 32")
         for name in ("encode_num_cpus", "decode_num_cpus"):
             check(getattr(self, name) > 0, f"data.{name}", "must be > 0")
@@ -206,4 +215,37 @@ class DataConfig:
             not (self.flip and self.camera_motion in mirrored),
             "data.flip",
             f"a flipped {self.camera_motion} clip moves the other way; turn data.flip off",
+        )
+
+    def _check_buckets(self) -> None:
+        for index, bucket in enumerate(self.buckets):
+            option = f"data.buckets[{index}]"
+            check(len(bucket) == 2, option, f"must be a [height, width] pair, got {list(bucket)}")
+            check(
+                all(side > 0 and side % 8 == 0 for side in bucket),
+                option,
+                f"height and width must be positive multiples of 8, got {list(bucket)}",
+            )
+        if not self.buckets:
+            return
+        ratios = [round(w / h, 9) for h, w in self.buckets]
+        duplicate = next((b for b, r in zip(self.buckets, ratios) if ratios.count(r) > 1), None)
+        check(
+            duplicate is None,
+            "data.buckets",
+            f"two buckets share the aspect ratio of {list(duplicate or ())}: the later one would "
+            "never be chosen",
+        )
+        areas = [h * w for h, w in self.buckets]
+        check(
+            max(areas) <= 2 * min(areas),
+            "data.buckets",
+            f"areas range from {min(areas)} to {max(areas)} pixels; buckets should hold about "
+            "equal area (largest at most twice the smallest)",
+        )
+        check(
+            self.camera_motion == "none" or all(h == w for h, w in self.buckets),
+            "data.buckets",
+            f"data.camera_motion={self.camera_motion} needs square frames; use square buckets "
+            "or no buckets",
         )
