@@ -17,7 +17,7 @@ from animatediff.config import ConfigError, DataConfig
 from animatediff.storage import locate
 from pipelines import curation, dedup, motion, overlay, shots, windows
 from pipelines.curation_report import histogram_panel, write_reports
-from pipelines.decode import DecodeSpec, decode_rows
+from pipelines.decode import DecodeSpec, decode_clips, decode_rows
 from pipelines.preprocess import format_summary
 from pipelines.shards import ShardStore, ShardWriter, load_retired
 from pipelines.sources import STATUS_TODO
@@ -255,6 +255,25 @@ def test_static_and_noisy_videos_end_as_filtered_rows_with_their_scores(footage,
     assert all(r["score"] > 40.0 for r in dropped if r["reason"] == motion.JITTER)
     assert all(r["thumbnail"] for r in dropped)  # sampled for the report
     assert set(clips["key"]) == {"cuts"} and (clips["motion_score"] >= 2.0).all()
+
+
+def test_shots_of_a_ranges_segment_are_found_among_its_frames_only(footage, tmp_path):
+    # cuts.mp4 at 10 fps: shots [0, 20), [20, 26), [26, 46), [46, 66). The range 2.25-6.6 s
+    # holds frames 23..65, so its shots are [23, 26) (short), [26, 46) and [46, 66).
+    spec = DecodeSpec(
+        num_frames=8, stride=2, resolution=64, seed=0, clips_per_video=32, threads=1,
+        root=locate(str(footage)), outcomes=locate(str(tmp_path / "parts")),
+        curation=curation.CurationSpec(shots=True),
+    )  # fmt: skip
+    source = str(footage / PAGE_DIR / "cuts.mp4") + windows.segment_fragment(2.25, 6.6)
+    curated = curation.VideoCuration()
+    clips, _, _ = decode_clips(source, spec, 0x5555555555555555, (2.25, 6.6), curated)
+    shots_found = [r for r in curated.records if r["stage"] == "shots"]
+    found = [(r["start"], r["end"], r["reason"]) for r in shots_found]
+    assert found == [(23, 26, curation.SHORT_SHOT), (26, 46, ""), (46, 66, "")]
+    assert len(clips) == 2 * 6  # every 15-frame window of the two long shots
+    for _, indices, _ in clips:
+        assert any(a <= indices[0] and indices[-1] < b for a, b in [(26, 46), (46, 66)])
 
 
 # --------------------------------------------------------------------------------------------
