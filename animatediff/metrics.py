@@ -131,6 +131,31 @@ def centroids(
     return result
 
 
+def scale_growth(
+    video: np.ndarray, mask: np.ndarray | None = None, threshold: float = DEFAULT_THRESHOLD
+) -> float:
+    """How fast the foreground grows: the least-squares slope of ``log(radius)`` per frame,
+    with ``radius`` the RMS distance of a frame's foreground pixels from their centroid.
+
+    0 for a subject of constant size (wherever it moves), ``> 0`` for a zoom in (``log 2 / 7``
+    for a subject that doubles in size over 8 frames), ``< 0`` for a zoom out. Frames with fewer
+    than two foreground pixels are left out; NaN when fewer than two frames remain."""
+    if mask is None:
+        mask = foreground_mask(video, threshold=threshold)
+    mask = np.asarray(mask, dtype=bool)  # (frames, height, width)
+    centres = centroids(video, mask=mask, min_pixels=2)  # (frames, 2) x, y
+    ys, xs = np.indices(mask.shape[1:])
+    radii = np.full(len(mask), np.nan)
+    for index, (frame, (cx, cy)) in enumerate(zip(mask, centres)):
+        if not np.isnan(cx):
+            squared = (xs[frame] - cx) ** 2 + (ys[frame] - cy) ** 2
+            radii[index] = math.sqrt(float(squared.mean()))
+    valid = np.flatnonzero(radii > 0)
+    if len(valid) < 2:
+        return float("nan")
+    return float(np.polyfit(valid.astype(np.float64), np.log(radii[valid]), 1)[0])
+
+
 def direction_label(vx: float, vy: float, directions: int = 4) -> str:
     """Compass label of an image-coordinate velocity (``vy > 0`` is down).
 

@@ -365,6 +365,15 @@ def _cpu_seconds() -> float:
     return (user + nice + system) / os.sysconf("SC_CLK_TCK")
 
 
+def _spread(values: list[float]) -> str:
+    """Mean with its standard error and quartiles (the error needs two values)."""
+    if len(values) < 2:
+        return f"one value {values[0]:.3f} (no spread: raise --cycles)"
+    error = statistics.stdev(values) / len(values) ** 0.5
+    quartiles = " ".join(f"{q:.3f}" for q in statistics.quantiles(values, n=4))
+    return f"mean {statistics.fmean(values):.3f} +/- {error:.3f} (standard error), quartiles {quartiles}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warmup", type=int, default=3)
@@ -428,7 +437,8 @@ def main() -> None:
             engine_overhead(cfg, args.threads, args.engine_blocks)
             figures = paired_overhead(cfg, args.threads, args.cycles, args.warmup)
             ratios = [ray_s / plain_s for plain_s, ray_s in figures["pairs"]]
-            error = statistics.stdev(ratios) / len(ratios) ** 0.5
+            if not ratios:
+                raise SystemExit("no cycle gave a clean Ray window: raise --cycles")
             plain_rate = args.batch_size / statistics.fmean(p for p, _ in figures["pairs"])
             ray_rate = args.batch_size / statistics.fmean(r for _, r in figures["pairs"])
             print(
@@ -439,9 +449,8 @@ def main() -> None:
             )
             print(
                 f"  plain PyTorch {plain_rate:.3f} samples/s, Ray Train 1 worker {ray_rate:.3f} "
-                f"samples/s. Ray/plain step time: median {statistics.median(ratios):.3f}, mean "
-                f"{statistics.fmean(ratios):.3f} +/- {error:.3f} (standard error), quartiles "
-                + " ".join(f"{q:.3f}" for q in statistics.quantiles(ratios, n=4))
+                f"samples/s. Ray/plain step time: median {statistics.median(ratios):.3f}, "
+                + _spread(ratios)
             )
             print("  all ratios, sorted: " + " ".join(f"{r:.2f}" for r in sorted(ratios)))
             print(

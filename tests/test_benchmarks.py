@@ -75,3 +75,22 @@ def test_serve_prints_latency_burst_and_throughput():
     bursts = re.findall(r"^burst \d: (\d+) x 200, (\d+) x 503, other none;", out, re.M)
     assert len(bursts) == 4, out  # every request answered 200 or 503
     assert re.search(r"^batched / unbatched throughput: [\d.]+x$", out, re.M), out
+
+
+@pytest.mark.slow  # minutes: a Ray Train run paired with a plain loop, then six short ZeRO runs
+@pytest.mark.integration
+def test_train_prints_overhead_data_stall_and_memory_per_zero_stage():
+    out = _run(
+        "train",
+        *("--frames", "4", "--resolution", "32", "--batch-size", "1", "--threads", "1"),
+        *("--clips", "16", "--cycles", "8", "--warmup", "1", "--log-every", "3"),
+        *("--engine-blocks", "2", "--memory-steps", "1", "--memory-layers", "1"),
+        *("--memory-ff-mult", "4", "--memory-buckets", "20000000"),
+    )
+    assert re.search(r"^  Ray Train overhead \(median\): [+-][\d.]+%", out, re.M), out
+    assert re.search(
+        r"^\[data stall\] data-wait fraction per clean window: mean [\d.]+%", out, re.M
+    )
+    peaks = re.findall(r"^    ZeRO-(\d).*: peak ([\d.]+) GiB", out, re.M)
+    assert [stage for stage, _ in peaks] == ["0", "2", "3"] * 2, out  # two allocators
+    assert all(float(peak) > 0 for _, peak in peaks), out

@@ -27,6 +27,7 @@ from animatediff.metrics import (
     label_agreement,
     motion_magnitude,
     relative_difference,
+    scale_growth,
     trajectory,
 )
 from animatediff.report import GAP, LABEL_HEIGHT, contact_sheet, markdown_table, save_png
@@ -155,6 +156,28 @@ def test_the_background_is_the_border_median_and_the_mask_thresholds_any_channel
     faint[0, 4, 4] = (100, 100, 126)
     assert np.argwhere(foreground_mask(faint, threshold=0.15)[0]).tolist() == [[3, 3]]
     assert foreground_mask(faint, background=(100, 151, 100))[0].sum() == 63
+
+
+def growing_square(sides: list[int], size: int = 48) -> np.ndarray:
+    """A square centred on the canvas whose side is ``sides[t]`` pixels in frame ``t``."""
+    video = np.empty((len(sides), size, size, 3), dtype=np.uint8)
+    video[:] = BACKGROUND
+    for t, side in enumerate(sides):
+        start = (size - side) // 2
+        video[t, start : start + side, start : start + side] = SQUARE
+    return video
+
+
+def test_scale_growth_is_the_log_size_slope_per_frame():
+    doubling = [round(8 * 2 ** (t / 7)) for t in range(8)]  # side 8 -> 16 over 8 frames
+    assert scale_growth(growing_square(doubling)) == pytest.approx(math.log(2) / 7, rel=0.05)
+    assert scale_growth(growing_square(doubling[::-1])) == pytest.approx(-math.log(2) / 7, rel=0.05)
+
+
+def test_a_moving_subject_of_constant_size_does_not_grow():
+    assert abs(scale_growth(moving_square((2, 1)))) < 1e-9
+    empty = np.zeros((8, 16, 16, 3), dtype=np.uint8)
+    assert math.isnan(scale_growth(empty))
 
 
 def test_direction_accuracy_is_the_share_of_matches():

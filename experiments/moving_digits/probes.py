@@ -93,18 +93,26 @@ def seam_consistency(video: np.ndarray, extractor, cfg: Config) -> tuple[float, 
     return float(cosine[seams].mean()), float(cosine[inside].mean())
 
 
+def trained_paths(cfg: Config) -> tuple[Path, Path]:
+    """``(base pipeline directory, native motion module directory)`` that the reproduction's
+    runs ``digits-base`` and ``digits-motion`` logged to its MLflow store."""
+    from tracking.runs import resolve_tracking_uri
+
+    tracking_uri = resolve_tracking_uri(cfg.mlflow)
+    base = _finished_run_artifacts(tracking_uri, cfg.mlflow.experiment, "digits-base")
+    motion = _finished_run_artifacts(tracking_uri, cfg.mlflow.experiment, "digits-motion")
+    return base / "pipeline", motion / "motion_module"
+
+
 def load_trained(args: argparse.Namespace) -> tuple[Config, object, object]:
     """``(cfg, TextToVideo, classifier extractor)`` of the reproduction's trained models."""
     from animatediff.checkpoints import load_any
     from animatediff.features import load_extractor
     from animatediff.sampling import TextToVideo
-    from tracking.runs import resolve_tracking_uri
 
     cfg = load_config(args.config, args.overrides)
-    tracking_uri = resolve_tracking_uri(cfg.mlflow)
-    base = _finished_run_artifacts(tracking_uri, cfg.mlflow.experiment, "digits-base") / "pipeline"
-    motion = _finished_run_artifacts(tracking_uri, cfg.mlflow.experiment, "digits-motion")
-    modules, motion_cfg = load_any(motion / "motion_module", defaults=cfg.model.motion)
+    base, motion = trained_paths(cfg)
+    modules, motion_cfg = load_any(motion, defaults=cfg.model.motion)
     cfg = cfg.with_base(dataclasses.replace(cfg.model.base, pretrained=str(base)))
     cfg = cfg.with_motion(motion_cfg)
     extractor = load_extractor(f"classifier:{Path(args.work) / 'classifier'}")

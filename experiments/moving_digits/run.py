@@ -82,8 +82,11 @@ def render(cfg: Config, work: Path) -> tuple[Sets, dict[str, np.ndarray]]:
     return sets, {"frames": frames, "labels": labels}
 
 
-def preprocess(cfg: Config, table: Path, output: Path, frames: int) -> str:
-    """Ray Data preprocess of one collection; returns the shard set's URI."""
+def preprocess(
+    cfg: Config, table: Path, output: Path, frames: int, extra: list[str] | tuple[str, ...] = ()
+) -> str:
+    """Ray Data preprocess of one collection (``extra``: more ``data.`` overrides, e.g. camera
+    motion); returns the shard set's URI."""
     from pipelines.preprocess import run_preprocess
 
     stage = with_overrides(
@@ -95,6 +98,7 @@ def preprocess(cfg: Config, table: Path, output: Path, frames: int) -> str:
             f"data.num_frames={frames}",
             "data.stride=1",
             f"data.resolution={cfg.reproduce.canvas}",
+            *extra,
         ],
     )
     summary = run_preprocess(stage)
