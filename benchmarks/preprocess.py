@@ -22,6 +22,8 @@ means one physical core, not a logical Ray CPU. Prints measured figures only.
 - curation_e2e: end-to-end clips/s (decode + encode + shards, Ray, all cores) with curation on
   vs off. The replicated rows are copies of a few videos, so deduplication drops most of them:
   rates count input rows processed.
+- folder: the same rows as a ``data.format=folder`` tree (video links + ``.txt`` captions), end
+  to end with curation off and on: rows read, clips, failures and drops by reason.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ def config(work: Path, table: Path, out: str, args: argparse.Namespace, *extra: 
             f"data.stride={args.stride}",
             f"data.resolution={args.resolution}",
             f"data.decode_rows_per_task={args.decode_rows_per_task}",
+            "data.follow_symlinks=true",  # the replicated rows link to videos outside the root
             f"model.base.cache_dir={work / 'base'}",
             *extra,
         ],
@@ -239,8 +242,9 @@ def bench_decode(source: Path, work: Path, args: argparse.Namespace) -> None:
         root = locate(data.video_root)
         parts = locate(str(work / "decode-parts"))
         spec = DecodeSpec(
-            data.num_frames, data.stride, data.resolution, data.seed, 1, 1, root, parts
-        )
+            data.num_frames, data.stride, data.resolution, data.seed, 1, 1, root, parts,
+            follow_symlinks=data.follow_symlinks,
+        )  # fmt: skip
         raw = ray.remote(num_cpus=1)(raw_decode)
         cpu: dict[int, list[tuple[float, float]]] = {n: [] for n in sizes}
 
@@ -258,6 +262,7 @@ def bench_decode(source: Path, work: Path, args: argparse.Namespace) -> None:
                 data.seed,
                 1,
                 False,
+                follow_symlinks=data.follow_symlinks,
             )
             ds = build_decode_pipeline(
                 cfg, plan, spec, np.zeros(0, np.uint64), input_location, columns
@@ -461,8 +466,6 @@ def bench_curation_e2e(source: Path, work: Path, args: argparse.Namespace) -> No
     try:
         run_pipeline(config(work, replicate(source, 2, work), "warm-e2e", args))
         for key, extra in (("off", ()), ("on", tuple(args.curation.split(",")))):
-            # the replicated rows are symbolic links to the real videos, outside the root
-            extra = ("data.follow_symlinks=true", *extra)
             results[key] = run_pipeline(config(work, table, f"e2e-{key}", args, *extra))
     finally:
         stop_ray()
@@ -472,6 +475,42 @@ def bench_curation_e2e(source: Path, work: Path, args: argparse.Namespace) -> No
             f"  curation {key:<3}: {summary['rows_read'] / summary['wall_s']:.2f} rows/s, "
             f"{summary['clips_encoded']} clips encoded, {summary['rows_failed']} rows failed, "
             f"wall {summary['wall_s']:.1f} s, "
+            f"dropped {summary.get('filtered_by_reason', {})}"
+        )
+
+
+def folder_of(source: Path, count: int, work: Path) -> Path:
+    """The replicated rows as a ``data.format=folder`` tree: each video a symbolic link beside a
+    same-named ``.txt`` caption (what users bring: "a folder of mp4s with captions")."""
+    folder = work / f"folder{count}"
+    with open(replicate(source, count, work), newline="") as file:
+        for row in csv.DictReader(file):
+            video = folder / row["page_dir"] / f"{row['videoid']}.mp4"
+            video.parent.mkdir(parents=True, exist_ok=True)
+            linked = work / "videos" / row["page_dir"] / f"{row['videoid']}.mp4"
+            video.symlink_to(linked.resolve())
+            video.with_suffix(".txt").write_text(row["name"])
+    return folder
+
+
+def bench_folder(source: Path, work: Path, args: argparse.Namespace) -> None:
+    """The folder input end to end (all cores), curation off and on: every video is a row."""
+    folder = folder_of(source, args.clips, work)
+    results = {}
+    start_ray(ALL_CORES, 2 * len(ALL_CORES))
+    try:
+        for key, extra in (("off", ()), ("on", tuple(args.curation.split(",")))):
+            inputs = ("data.format=folder", f"data.input={folder}", "data.video_root=")
+            cfg = config(work, folder, f"folder-{key}", args, *inputs, *extra)
+            results[key] = run_pipeline(cfg)
+    finally:
+        stop_ray()
+    print(f"\n== folder input (videos + .txt captions): {args.clips} videos, all cores")
+    for key, summary in results.items():
+        print(
+            f"  curation {key:<3}: {summary['rows_read']} rows read, {summary['clips_encoded']} "
+            f"clips encoded, {summary['rows_failed']} rows failed, wall {summary['wall_s']:.1f} s "
+            f"({summary['rows_read'] / summary['wall_s']:.2f} rows/s), "
             f"dropped {summary.get('filtered_by_reason', {})}"
         )
 
@@ -497,7 +536,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--sections",
         default="decode,scaling,memory",
-        help="of decode, scaling, memory, memory_curated, curation, curation_e2e",
+        help="of decode, scaling, memory, memory_curated, curation, curation_e2e, folder",
     )
     parser.add_argument(
         "--curation",
@@ -522,6 +561,7 @@ def main(argv: list[str] | None = None) -> None:
                 "memory_curated": functools.partial(bench_memory, curated=True),
                 "curation": bench_curation,
                 "curation_e2e": bench_curation_e2e,
+                "folder": bench_folder,
             }
             sections[section](source, work, args)
             sys.stdout.flush()

@@ -94,3 +94,30 @@ def test_train_prints_overhead_data_stall_and_memory_per_zero_stage():
     peaks = re.findall(r"^    ZeRO-(\d).*: peak ([\d.]+) GiB", out, re.M)
     assert [stage for stage, _ in peaks] == ["0", "2", "3"] * 2, out  # two allocators
     assert all(float(peak) > 0 for _, peak in peaks), out
+
+
+@pytest.mark.slow  # minutes: each section starts its own Ray
+@pytest.mark.integration
+def test_preprocess_prints_every_section(tmp_path):
+    from data_media import PAGE_DIR, good_rows, write_video, write_webvid_csv
+
+    rows = good_rows(3)
+    for videoid, _, _ in rows:
+        write_video(tmp_path / "videos" / PAGE_DIR / f"{videoid}.mp4", frames=24, seed=int(videoid))
+    write_webvid_csv(tmp_path / "webvid.csv", rows)
+    sections = "decode,scaling,memory,memory_curated,curation,curation_e2e,folder"
+    out = _run(
+        "preprocess",
+        str(tmp_path),
+        *("--clips", "4", "--memory-clips", "2", "--repeats", "1", "--num-frames", "4"),
+        *("--stride", "2", "--resolution", "32", "--sections", sections),
+    )
+    assert re.search(r"pipeline overhead vs raw resized *: whole run +-?[\d.]+ %", out), out
+    encoded = re.findall(r"^  \d core\(s\): (\d+) clips, wall", out, re.M)
+    assert len(encoded) == 2 and all(int(n) > 0 for n in encoded), out
+    assert re.search(r"speed-up 2 vs 1 core: whole run [\d.]+x", out), out
+    assert len(re.findall(r"^  10N / N: driver [\d.]+x, process tree [\d.]+x", out, re.M)) == 2
+    assert re.search(r"all curation \(no thumbnail\) [\d.]+ % of decode", out), out
+    for key in ("off", "on "):  # every replicated row is read; none fails
+        assert re.search(rf"curation {key}: [\d.]+ rows/s, \d+ clips encoded, 0 rows failed", out)
+        assert re.search(rf"curation {key}: 4 rows read, \d+ clips encoded, 0 rows failed", out)

@@ -37,20 +37,23 @@ TOY = [
 ]
 
 
+def _toy_overrides(tmp_path: Path) -> list[str]:
+    return [
+        f"output_dir={tmp_path}",
+        f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"train.storage_path={tmp_path / 'ray_results'}",
+        f"model.base.cache_dir={tmp_path / 'cache'}",
+        *TOY,
+    ]
+
+
 def test_the_chain_runs_at_toy_size(ray_cluster, tmp_path):
     from mlflow import MlflowClient
 
     from jobs import cli, reproduce
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    argv = [
-        f"--config={ROOT / 'configs/moving_digits.yaml'}",
-        f"output_dir={tmp_path}",
-        f"mlflow.tracking_uri={store}",
-        f"train.storage_path={tmp_path / 'ray_results'}",
-        f"model.base.cache_dir={tmp_path / 'cache'}",
-        *TOY,
-    ]
+    argv = [f"--config={ROOT / 'configs/moving_digits.yaml'}", *_toy_overrides(tmp_path)]
     assert cli.run(reproduce.main, argv) == 0
     work = tmp_path / "reproduce"
     summary = json.loads((work / "summary.json").read_text())
@@ -67,6 +70,29 @@ def test_the_chain_runs_at_toy_size(ray_cluster, tmp_path):
     client = MlflowClient(store)
     names = {m.name for m in client.search_registered_models()}
     assert {"moving-digits-motion", "moving-digits-motion-image"} <= names
+
+
+@pytest.mark.slow  # the toy chain again, then both adaptation experiments on its models
+def test_the_adaptation_experiments_run_on_the_reproductions_models(ray_cluster, tmp_path):
+    from experiments.moving_digits import adapt
+    from jobs import cli, reproduce
+
+    preset = f"--config={ROOT / 'configs/moving_digits.yaml'}"
+    assert cli.run(reproduce.main, [preset, *_toy_overrides(tmp_path)]) == 0
+    work = tmp_path / "reproduce"
+    small = ["--work", str(work), "--steps", "1", "--clips", "4", preset]
+    adapt.main(["finetune", *small, *_toy_overrides(tmp_path)])
+    finetune = (work / "adapt" / "finetune.md").read_text()
+    for condition in ("as-is", "scratch", "finetuned"):
+        assert f"| {condition} |" in finetune
+    assert (work / "adapt" / "finetune" / "finetune_sheet.png").stat().st_size > 0
+    lora = [*small, "--prompts", "2", "--scales", "0", "1", *_toy_overrides(tmp_path)]
+    adapt.main(["motion_lora", *lora])
+    report = (work / "adapt" / "motion_lora.md").read_text()
+    assert "| 0 |" in report and "| 1 |" in report
+    # Scale 0 merges nothing: the plain module's video, pixel for pixel.
+    assert "largest pixel difference 0 (of 255)" in report
+    assert (work / "adapt" / "motion_lora" / "zoom_sheet.png").stat().st_size > 0
 
 
 @pytest.mark.slow

@@ -457,6 +457,7 @@ def test_two_workers_split_each_epoch_and_step_on_the_averaged_gradient(
     assert _update_error(initial, want, alone) > 0.2
 
 
+@pytest.mark.slow  # compiling DeepSpeed's CPU Adam takes minutes on 2 cores
 def test_zero2_with_optimizer_offload_follows_the_reference(reference, shards) -> None:
     """ZeRO-Offload: the optimizer state lives in CPU memory, stepped by DeepSpeed's CPU Adam
     (compiled on first use); in fp32 it is the same AdamW, so it follows the reference run."""

@@ -32,9 +32,17 @@ from pathlib import Path
 import numpy as np
 
 from animatediff.config import Config, load_config
+from animatediff.report import contact_sheet, save_png
 from experiments.moving_digits import data
 from experiments.moving_digits.probes import PRESET, trained_paths
-from experiments.moving_digits.run import evaluate, preprocess, prompts_file, train, with_overrides
+from experiments.moving_digits.run import (
+    evaluate,
+    preprocess,
+    prompts_file,
+    sheet,
+    train,
+    with_overrides,
+)
 
 FINETUNE_COLUMNS = (
     "held_out_loss",
@@ -101,12 +109,11 @@ def finetune(args: argparse.Namespace) -> str:
         "train.register=false",
         *clip_data(cfg),
     ]
-    name = f"digits-speed{args.speed}"
     seconds: dict[str, float] = {}
-    modules: dict[str, str] = {"trained module as is": str(motion)}
-    for condition, extra in (("from scratch", []), ("fine-tuned", [f"train.init_from={motion}"])):
+    modules: dict[str, str] = {"as-is": str(motion)}
+    for condition, extra in (("scratch", []), ("finetuned", [f"train.init_from={motion}"])):
         start = time.perf_counter()
-        run = f"{name}-{'scratch' if not extra else 'finetune'}-{args.steps}"
+        run = f"digits-speed{args.speed}-{condition}-{args.steps}"
         modules[condition] = str(train(cfg, run, [*common, *extra]).motion_dir)
         seconds[condition] = time.perf_counter() - start
     scored = [
@@ -120,14 +127,16 @@ def finetune(args: argparse.Namespace) -> str:
         *clip_data(cfg),
     ]
     metrics = {
-        condition: evaluate(cfg, f"speed{args.speed}-{index}", module, scored)
-        for index, (condition, module) in enumerate(modules.items())
+        condition: evaluate(cfg, f"speed{args.speed}-{condition}", module, scored)
+        for condition, module in modules.items()
     }
+    folders = [f"speed{args.speed}-{condition}" for condition in modules]
+    picture = save_png(sheet(work, cfg, 3, folders), work / "finetune_sheet.png")
     timing = ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items())
     return (
         f"New domain: digits moving {args.speed} px/frame (trained on {rc.speed}); "
         f"{args.clips} training clips, {rc.heldout_clips} held-out clips of held-out digits; "
-        f"{args.steps} steps each (training time: {timing}).\n\n"
+        f"{args.steps} steps each (training time: {timing}). Videos: {picture}\n\n"
         + markdown(metrics, FINETUNE_COLUMNS)
     )
 
@@ -177,16 +186,27 @@ def motion_lora(args: argparse.Namespace) -> str:
     modules, motion_cfg = load_any(motion, defaults=cfg.model.motion)
     cfg = cfg.with_motion(motion_cfg)
     lora = read_motion_lora(outcome.export_path)
-    rows = []
+
+    def caption(index: int) -> str:
+        return data.caption(index % rc.eval_digits, rc.directions[index % len(rc.directions)])
+
+    seed = rc.eval_seed + 30_000  # seeds no other stage of the experiment draws
+    plain = TextToVideo(cfg, modules)(caption(0), seed=seed)
+    rows, shown, labels, scale0_difference = [], [], [], None
     for scale in args.scales:
         pipeline = TextToVideo(cfg, merge_motion_loras(modules, [(lora, scale)]))
         growth = []
         for index in range(args.prompts):
-            label, direction = index % rc.eval_digits, rc.directions[index % len(rc.directions)]
-            video = pipeline(data.caption(label, direction), seed=rc.eval_seed + 30_000 + index)
+            video = pipeline(caption(index), seed=seed + index)
             growth.append(scale_growth(video))
+            if index == 0 and scale == 0:
+                scale0_difference = int(np.abs(video.astype(int) - plain.astype(int)).max())
+            if index < 3:
+                shown.append(video)
+                labels.append(f"LoRA scale {scale:g}: {caption(index)}")
         finite = np.asarray(growth)[np.isfinite(growth)]
         rows.append((scale, float(finite.mean()), float(finite.std()), len(finite)))
+    picture = save_png(contact_sheet(shown, labels), work / "zoom_sheet.png")
     lines = [
         f"MotionLoRA rank {args.rank}, {args.steps} steps on {args.clips} clips zoomed in by "
         f"{args.strength} (training {train_seconds:.0f} s). Growth = slope of log(subject size) "
@@ -197,6 +217,9 @@ def motion_lora(args: argparse.Namespace) -> str:
         "| LoRA scale | growth per frame (mean) | std | videos measured |",
         "|---|---|---|---|",
         *(f"| {scale:g} | {mean:+.4f} | {std:.4f} | {n} |" for scale, mean, std, n in rows),
+        "",
+        "Scale 0 against the plain module (same prompt and seed): largest pixel difference "
+        f"{scale0_difference} (of 255). Videos: {picture}",
     ]
     return "\n".join(lines)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -395,8 +396,11 @@ def report(summary: dict[str, Any], cfg: Config, command: str, wall_s: float) ->
     )
 
 
-def sheet(work: Path, cfg: Config, rows_per_condition: int = 4) -> np.ndarray:
-    """The contact sheet: the first prompts of every condition, one row per video."""
+def sheet(
+    work: Path, cfg: Config, rows_per_condition: int = 4, conditions: Sequence[str] = CONDITIONS
+) -> np.ndarray:
+    """The contact sheet: the first prompts of every condition (its ``evaluate/<condition>``
+    folder under ``work``), one row per video."""
     from PIL import Image
 
     from animatediff.report import contact_sheet
@@ -404,7 +408,7 @@ def sheet(work: Path, cfg: Config, rows_per_condition: int = 4) -> np.ndarray:
     videos, labels = [], []
     prompts = [json.loads(line) for line in (work / "prompts.jsonl").read_text().splitlines()]
     step = max(1, len(prompts) // rows_per_condition)
-    for name in CONDITIONS:
+    for name in conditions:
         for index in range(0, step * rows_per_condition, step):
             path = work / "evaluate" / name / f"{index:05d}.gif"
             with Image.open(path) as gif:
