@@ -10,6 +10,31 @@ import numpy as np
 PAGE_DIR = "000001_000050"
 
 
+def plan_rows(keys, root, spec_kwargs=None, captions=None, cached=None):
+    """``(PlanSpec, plan rows)`` of WebVid rows ``keys`` under ``root/PAGE_DIR`` (``root``: a
+    ``Location``), as ``plan_batch`` makes them for the decode stage."""
+    from pipelines.sources import Columns, PlanSpec, plan_batch
+
+    defaults = dict(
+        fmt="webvid",
+        layout="page_dir",
+        video_ext=".mp4",
+        columns=Columns("videoid", "name", None, "page_dir"),
+        root=root,
+        fingerprint_hash="fp",
+        seed=0,
+        clips_per_video=1,
+        flip=False,
+    )
+    spec = PlanSpec(**(defaults | (spec_kwargs or {})))
+    batch = {
+        "videoid": np.array([k.encode() for k in keys], dtype=object),
+        "page_dir": np.array([PAGE_DIR.encode()] * len(keys), dtype=object),
+        "name": np.array(captions or [b"a caption"] * len(keys), dtype=object),
+    }
+    return spec, plan_batch(batch, spec, cached if cached is not None else np.zeros(0, np.uint64))
+
+
 def write_video(
     path: Path,
     frames: int = 30,

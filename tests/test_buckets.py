@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from data_media import PAGE_DIR, write_video
+from data_media import PAGE_DIR, plan_rows, write_video
 
 from animatediff.config import ConfigError, DataConfig, load_config
 from animatediff.storage import locate
@@ -20,7 +20,6 @@ from pipelines import windows
 from pipelines.buckets import center_crop_to, cover_shape, nearest_bucket
 from pipelines.decode import DecodeSpec, decode_rows
 from pipelines.shards import ShardStore, ShardWriter, load_manifest
-from pipelines.sources import Columns, PlanSpec, plan_batch
 from trainer.checkpoint import Position, TrainerState
 from trainer.data import BucketStream, bucket_for_step, validation_batches
 
@@ -130,23 +129,7 @@ def shaped_media(tmp_path_factory) -> Path:
 
 
 def _plan(root, keys):
-    spec = PlanSpec(
-        fmt="webvid",
-        layout="page_dir",
-        video_ext=".mp4",
-        columns=Columns("videoid", "name", None, "page_dir"),
-        root=root,
-        fingerprint_hash="fp",
-        seed=0,
-        clips_per_video=1,
-        flip=False,
-    )
-    batch = {
-        "videoid": np.array([k.encode() for k in keys], dtype=object),
-        "page_dir": np.array([PAGE_DIR.encode()] * len(keys), dtype=object),
-        "name": np.array([f"a {k} video".encode() for k in keys], dtype=object),
-    }
-    return plan_batch(batch, spec, np.zeros(0, np.uint64))
+    return plan_rows(keys, root, captions=[f"a {k} video".encode() for k in keys])[1]
 
 
 def _spec(root, outcomes, **kwargs):

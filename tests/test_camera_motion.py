@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_media import PAGE_DIR, write_video
+from data_media import PAGE_DIR, plan_rows, write_video
 
 from animatediff.config import ConfigError, DataConfig, load_config
 from animatediff.storage import locate
@@ -17,7 +17,6 @@ from pipelines.camera import CAMERA_MOTIONS, apply_camera_motion, crop_box
 from pipelines.decode import DecodeSpec, decode_rows
 from pipelines.fingerprint import fingerprint_from_models, fingerprint_hash
 from pipelines.shards import shard_table
-from pipelines.sources import Columns, PlanSpec, plan_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -136,23 +135,7 @@ def test_flip_with_a_mirrored_motion_and_bad_strengths_are_refused():
 def test_decode_applies_the_motion_and_records_it_per_clip(tmp_path):
     write_video(tmp_path / PAGE_DIR / "1.mp4", frames=30, seed=1)
     root = locate(str(tmp_path))
-    plan_spec = PlanSpec(
-        fmt="webvid",
-        layout="page_dir",
-        video_ext=".mp4",
-        columns=Columns("videoid", "name", None, "page_dir"),
-        root=root,
-        fingerprint_hash="fp",
-        seed=0,
-        clips_per_video=1,
-        flip=False,
-    )
-    batch = {
-        "videoid": np.array([b"1"], dtype=object),
-        "page_dir": np.array([PAGE_DIR.encode()], dtype=object),
-        "name": np.array([b"a caption"], dtype=object),
-    }
-    plan = plan_batch(batch, plan_spec, np.zeros(0, np.uint64))
+    _, plan = plan_rows(["1"], root)
     args = dict(num_frames=8, stride=2, resolution=32, seed=0, clips_per_video=1, threads=1)
     plain = decode_rows(plan, DecodeSpec(**args, root=root, outcomes=locate(str(tmp_path / "a"))))
     moving = decode_rows(

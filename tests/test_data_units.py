@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from data_media import BAD_KINDS, PAGE_DIR, write_bad_videos, write_video
+from data_media import BAD_KINDS, PAGE_DIR, plan_rows, write_bad_videos, write_video
 
 from animatediff.config import ConfigError, DataConfig, load_config
 from animatediff.storage import Location, locate
@@ -144,28 +144,6 @@ def test_resize_and_center_crop():
     np.testing.assert_array_equal(crop, frames[:, :, 1:5])
 
 
-def _plan_rows(keys, root, spec_kwargs=None, captions=None, cached=None):
-    spec = PlanSpec(
-        fmt="webvid",
-        layout="page_dir",
-        video_ext=".mp4",
-        columns=Columns("videoid", "name", None, "page_dir"),
-        root=root,
-        fingerprint_hash="fp",
-        seed=0,
-        clips_per_video=1,
-        flip=False,
-    )
-    if spec_kwargs:
-        spec = PlanSpec(**{**spec.__dict__, **spec_kwargs})
-    batch = {
-        "videoid": np.array([k.encode() for k in keys], dtype=object),
-        "page_dir": np.array([PAGE_DIR.encode()] * len(keys), dtype=object),
-        "name": np.array(captions or [b"a caption"] * len(keys), dtype=object),
-    }
-    return spec, plan_batch(batch, spec, cached if cached is not None else np.zeros(0, np.uint64))
-
-
 @pytest.fixture(scope="module")
 def media(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("media")
@@ -193,7 +171,7 @@ def test_every_bad_kind_is_recorded_with_its_reason(media, tmp_path):
     captions = [b"ok"] * len(keys)
     captions[keys.index("2000009")] = b"  "
     captions[keys.index("2000010")] = b"\xff\xfe"
-    _, plan = _plan_rows(keys, root, captions=captions)
+    _, plan = plan_rows(keys, root, captions=captions)
     clips = decode_rows(plan, _decode_spec(root, locate(str(tmp_path / "out"))))
     assert list(clips["key"]) == ["1"]
     assert clips["pixels"].shape == (1, 8, 32, 32, 3) and clips["pixels"].dtype == np.uint8
@@ -211,7 +189,7 @@ def test_decoded_frames_follow_the_windows(media, tmp_path):
     import decord
 
     root = locate(str(media))
-    spec, plan = _plan_rows(["1", "2"], root, {"clips_per_video": 2, "flip": True})
+    spec, plan = plan_rows(["1", "2"], root, {"clips_per_video": 2, "flip": True})
     assert plan["need_mask"].tolist() == [0b1111, 0b1111]
     decode = _decode_spec(root, locate(str(tmp_path)), clips_per_video=2)
     clips = decode_rows(plan, decode)
@@ -233,19 +211,19 @@ def test_decoded_frames_follow_the_windows(media, tmp_path):
 
 def test_plan_skips_cached_clips_and_in_batch_duplicates(media):
     root = locate(str(media))
-    spec, plan = _plan_rows(["1", "1", "2"], root, {"flip": True})
+    spec, plan = plan_rows(["1", "1", "2"], root, {"flip": True})
     assert plan["status"].tolist() == ["todo", "failed", "todo"]
     assert plan["reason"][1] == "duplicate"
     source, version = str(plan["source"][0]), str(plan["source_version"][0])
     assert version.startswith("size=")  # the plan stat'ed the file: its content identity
     cached = np.sort(windows.clip_id_to_int([windows.clip_id("fp", source, 0, 0, False, version)]))
-    _, plan = _plan_rows(["1", "2"], root, {"flip": True}, cached=cached)
+    _, plan = plan_rows(["1", "2"], root, {"flip": True}, cached=cached)
     assert plan["need_mask"].tolist() == [0b10, 0b11]  # only the flipped clip of video 1
     assert plan["cached_clips"].tolist() == [1, 0]
     both = windows.clip_id_to_int(
         [windows.clip_id("fp", source, 0, 0, f, version) for f in (False, True)]
     )
-    _, plan = _plan_rows(["1"], root, {"flip": True}, cached=np.sort(both))
+    _, plan = plan_rows(["1"], root, {"flip": True}, cached=np.sort(both))
     assert plan["status"].tolist() == ["cached"]
 
 
@@ -619,7 +597,7 @@ def linked_root(tmp_path, media) -> Path:
 def _webvid_plan(root: Path, rows, layout="page_dir", **spec):
     keys = [k for k, _ in rows]
     spec_kwargs = {"layout": layout, **spec}
-    batch_spec, plan = _plan_rows(keys, locate(str(root)), spec_kwargs)
+    batch_spec, plan = plan_rows(keys, locate(str(root)), spec_kwargs)
     if layout == "page_dir":
         batch = {
             "videoid": np.array([k.encode() for k in keys], dtype=object),
@@ -687,18 +665,18 @@ def test_the_decoder_refuses_links_out_of_the_root_too(linked_root, tmp_path):
 def test_blank_captions_and_empty_ids(media):
     root = locate(str(media))
     captions = [b"\xe2\x80\x8b\xe2\x80\x8b", "\ufeff\u200d \u2060".encode(), b" ok \xe2\x80\x8b"]
-    _, plan = _plan_rows(["1", "2", "2000009"], root, captions=captions)
+    _, plan = plan_rows(["1", "2", "2000009"], root, captions=captions)
     assert plan["reason"].tolist() == ["bad_caption", "bad_caption", ""]
     assert plan["caption"][2] == "ok"
     assert "\\u200b" in plan["message"][0]  # shown escaped, so a reader sees why
-    _, plan = _plan_rows(["", "1"], root)
+    _, plan = plan_rows(["", "1"], root)
     assert plan["key"].tolist() == ["<row 0: empty videoid>", "1"]  # was '<None: >'
     assert plan["reason"][0] == "unsafe_path"
 
 
 def test_plan_rows_keep_their_input_row_number(media, tmp_path):
     root = locate(str(media))
-    spec, _ = _plan_rows(["1"], root)
+    spec, _ = plan_rows(["1"], root)
     batch = {
         "videoid": np.array([b"2000001", b"1", b"../x"], dtype=object),
         "page_dir": np.array([PAGE_DIR.encode()] * 3, dtype=object),
@@ -722,7 +700,7 @@ def test_a_replaced_file_is_not_served_from_the_cache(tmp_path):
     root = locate(str(tmp_path))
 
     def plan(cached, **spec):
-        return _plan_rows(["1"], root, spec, cached=cached)[1]
+        return plan_rows(["1"], root, spec, cached=cached)[1]
 
     first = plan(np.zeros(0, np.uint64))
     version = str(first["source_version"][0])
