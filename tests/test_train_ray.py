@@ -375,7 +375,7 @@ def test_accumulation_and_cosine_schedule_match_a_plain_pytorch_loop(ray_cluster
     assert outcome.step == 5
     state = json.loads((Path(outcome.checkpoint_path) / "trainer_state.json").read_text())
     # 10 micro-batches over 6 training clips (2 of the 8 are held out for validation).
-    assert state["position"] == {"step": 5, "epoch": 1, "batch_in_epoch": 4}
+    assert state["position"] == {"step": 5, "epoch": 1, "batch_in_epoch": 4, "buckets": []}
     initial, want = _plain_pytorch_reference(cfg)
     assert _update_error(initial, want, _motion(outcome.motion_dir)) < 0.05  # measured <= 2%
     # The tolerance separates: the same loop without accumulation is far off.
