@@ -86,7 +86,8 @@ def test_the_adaptation_experiments_run_on_the_reproductions_models(ray_cluster,
     for condition in ("as-is", "scratch", "finetuned"):
         assert f"| {condition} |" in finetune
     assert (work / "adapt" / "finetune" / "finetune_sheet.png").stat().st_size > 0
-    lora = [*small, "--prompts", "2", "--scales", "0", "1", *_toy_overrides(tmp_path)]
+    # --scales takes every number after it: the overrides come first
+    lora = [*small, *_toy_overrides(tmp_path), "--prompts", "2", "--scales", "0", "1"]
     adapt.main(["motion_lora", *lora])
     report = (work / "adapt" / "motion_lora.md").read_text()
     assert "| 0 |" in report and "| 1 |" in report

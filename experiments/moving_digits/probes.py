@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, default=64, help="long_video: frames")
     parser.add_argument("--prompts", type=int, default=12, help="prompts (direction: seeds)")
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options and overrides in any order
     {"long_video": long_video, "direction": direction, "text_path": text_path}[args.probe](args)
 
 
