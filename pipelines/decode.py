@@ -220,9 +220,12 @@ def probe(data: str | io.BytesIO) -> tuple[int, int]:
     return width, height
 
 
-def thumbnails(data: str | io.BytesIO, width: int, height: int, count: int) -> np.ndarray:
-    """Every frame of the video, uint8 ``(count, h, w, 3)`` at a ``shots.THUMBNAIL_SIDE`` short
-    side (decord resizes while decoding; consecutive indices decode without seeking)."""
+def thumbnails(
+    data: str | io.BytesIO, width: int, height: int, count: int, first: int = 0
+) -> np.ndarray:
+    """Frames ``first`` to ``first + count`` of the video (a ranges segment; the whole video by
+    default), uint8 ``(count, h, w, 3)`` at a ``shots.THUMBNAIL_SIDE`` short side (decord resizes
+    while decoding; consecutive indices decode without seeking)."""
     import decord
 
     small_width, small_height = resize_shape(width, height, shots.THUMBNAIL_SIDE)
@@ -233,10 +236,10 @@ def thumbnails(data: str | io.BytesIO, width: int, height: int, count: int) -> n
         num_threads=1,
     )
     try:
-        count = min(count, len(reader))
+        end = min(first + count, len(reader))
         chunks = [
-            reader.get_batch(list(range(start, min(start + 256, count)))).asnumpy()
-            for start in range(0, count, 256)
+            reader.get_batch(list(range(start, min(start + 256, end)))).asnumpy()
+            for start in range(first, end, 256)
         ]
         return np.concatenate(chunks) if chunks else np.zeros((0, 1, 1, 3), np.uint8)
     finally:
@@ -284,7 +287,7 @@ def decode_clips(
         curate = spec.curation.active and curated is not None
         try:
             if curate and spec.curation.shots:
-                small = thumbnails(data, width, height, first + count)[first:]
+                small = thumbnails(data, width, height, count, first)
                 found = curation.detect_shots(small, spec.curation)  # segment-relative
                 frame_windows, short = windows.shot_windows(
                     found, count, spec.num_frames, spec.stride, spec.clips_per_video,
