@@ -197,6 +197,7 @@ def main(workdir: Path, facts_path: Path) -> None:
 def run_all(cluster, trainer_nodes, s3, base, tracking_uri, workdir, facts, mark) -> None:
     import ray
     from safetensors.torch import load_file
+    from train_helpers import TOY_SHAPES
 
     from animatediff.config import load_config
     from jobs import preprocess as preprocess_job
@@ -208,14 +209,7 @@ def run_all(cluster, trainer_nodes, s3, base, tracking_uri, workdir, facts, mark
         f"model.base.pretrained={base}",
         f"mlflow.tracking_uri={tracking_uri}",
         "output_dir=s3://outputs/tiny",
-        "data.num_frames=4",
-        "data.resolution=32",
-        "sample.num_frames=4",
-        "sample.context_frames=4",
-        "sample.context_overlap=1",
-        "sample.height=32",
-        "sample.width=32",
-        "sample.num_inference_steps=2",
+        *TOY_SHAPES,
     ]
     preprocess_args = [
         "data.format=jsonl",

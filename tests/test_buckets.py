@@ -15,7 +15,7 @@ import torch
 from data_media import PAGE_DIR, plan_rows, write_video
 
 from animatediff.config import ConfigError, DataConfig, load_config
-from animatediff.storage import locate
+from animatediff.storage import Location, locate
 from pipelines import windows
 from pipelines.buckets import center_crop_to, cover_shape, nearest_bucket
 from pipelines.decode import DecodeSpec, decode_rows
@@ -238,14 +238,24 @@ def _latent_rows(ids: list[str], sizes: list[tuple[int, int]]) -> dict[str, np.n
     }
 
 
-def test_a_batch_of_mixed_buckets_becomes_one_shard_per_bucket(tmp_path):
+MIXED = [(64, 96), (96, 64), (64, 96), (64, 64), (96, 64)]
+"""(height, width) of five clips in three buckets, interleaved."""
+
+
+def _write_mixed(tmp_path: Path) -> tuple[Location, ShardWriter, list[str]]:
+    """One batch of the ``MIXED`` clips written to a bucketed store:
+    ``(store directory, writer, clip ids)``."""
     directory = locate(str(tmp_path / "fp-x"))
     store = ShardStore(directory, {"buckets": [list(b) for b in BUCKETS]})
     store.open()
     writer = ShardWriter(store, "run", flush_every=1)
-    ids = [windows.clip_id("f", str(i), 0, 0, False) for i in range(5)]
-    sizes = [(64, 96), (96, 64), (64, 96), (64, 64), (96, 64)]
-    writer.write(_latent_rows(ids, sizes))
+    ids = [windows.clip_id("f", str(i), 0, 0, False) for i in range(len(MIXED))]
+    writer.write(_latent_rows(ids, MIXED))
+    return directory, writer, ids
+
+
+def test_a_batch_of_mixed_buckets_becomes_one_shard_per_bucket(tmp_path):
+    directory, writer, ids = _write_mixed(tmp_path)
     manifest = load_manifest(directory)
     assert [e["bucket"] for e in manifest["shards"]] == [[64, 96], [96, 64], [64, 64]]
     assert [e["rows"] for e in manifest["shards"]] == [2, 2, 1]
@@ -263,7 +273,7 @@ def test_a_batch_of_mixed_buckets_becomes_one_shard_per_bucket(tmp_path):
         assert values[:, 0, 0, 0, 0].tolist() == rows  # each row where it belongs
     # A shard a killed run left unlisted is adopted with its bucket.
     (tmp_path / "fp-x" / "manifest.json").unlink()
-    reopened = ShardStore(directory, store.fingerprint)
+    reopened = ShardStore(directory, writer.store.fingerprint)
     reopened.open()
     adopted = sorted((e["path"], e["bucket"]) for e in load_manifest(directory)["shards"])
     assert adopted == sorted((e["path"], e["bucket"]) for e in manifest["shards"])
@@ -392,13 +402,8 @@ def test_validation_batches_hold_one_bucket_each():
 def test_validation_clips_of_several_buckets_are_read_bucket_by_bucket(tmp_path):
     from trainer.data import read_bucket_clips
 
-    directory = locate(str(tmp_path / "fp-x"))
-    store = ShardStore(directory, {"buckets": [list(b) for b in BUCKETS]})
-    store.open()
-    writer = ShardWriter(store, "run", flush_every=1)
-    ids = [windows.clip_id("f", str(i), 0, 0, False) for i in range(5)]
-    writer.write(_latent_rows(ids, [(64, 96), (96, 64), (64, 96), (64, 64), (96, 64)]))
-    store.write_manifest()
+    directory, writer, ids = _write_mixed(tmp_path)
+    writer.store.write_manifest()
     manifest = load_manifest(directory)
     columns = ["caption", "latent_mean"]
     clips = read_bucket_clips(directory, manifest, 4, columns)

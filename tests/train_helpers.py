@@ -21,6 +21,17 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 STEPS = ["train.max_steps=6", "train.checkpoint_every=2", "train.keep_last=2"]
+TOY_SHAPES = [
+    "data.num_frames=4",
+    "data.resolution=32",
+    "sample.num_frames=4",
+    "sample.context_frames=4",
+    "sample.context_overlap=1",
+    "sample.height=32",
+    "sample.width=32",
+    "sample.num_inference_steps=2",
+]
+"""4 frames at 32 px, sampled in 2 steps: the training tests' clip and video shapes."""
 """The reference run's length and checkpoints (``conftest.reference``)."""
 
 
@@ -33,14 +44,7 @@ def tiny_train_config(tmp: Path, *overrides: str) -> Config:
             f"train.storage_path={tmp / 'ray_results'}",
             f"mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}",
             f"model.base.cache_dir={tmp / 'cache'}",
-            "data.num_frames=4",
-            "data.resolution=32",
-            "sample.num_frames=4",
-            "sample.context_frames=4",
-            "sample.context_overlap=1",
-            "sample.height=32",
-            "sample.width=32",
-            "sample.num_inference_steps=2",
+            *TOY_SHAPES,
             *overrides,
         ],
     )
