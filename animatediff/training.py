@@ -261,9 +261,7 @@ def _video_unet(unet2d: torch.nn.Module, cfg: Config) -> torch.nn.Module:
     if cfg.train.stage == "motion_lora":
         lora = cfg.train.lora
         add_lora(unet.motion_modules, lora.target_modules, lora.rank, lora.scale_alpha)
-    if cfg.model.motion.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    return unet
+    return unet  # checkpointing as model.motion says (VideoUNet.__init__)
 
 
 def build_training_model(cfg: Config, seed: int | None = None) -> TrainingModel:

@@ -20,7 +20,11 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import (
+    CheckpointPolicy,
+    checkpoint,
+    create_selective_checkpoint_contexts,
+)
 
 from animatediff.config import MotionModuleConfig
 from animatediff.motion_module import MotionModules
@@ -31,6 +35,26 @@ _MID_TYPE = "UNetMidBlock2DCrossAttn"
 
 # One step of a layer group: ("resnet" | "attn" | "motion", module).
 Step = tuple[str, nn.Module]
+
+_aten = torch.ops.aten
+# What ``checkpoint_saves="matmuls"`` keeps: the ops whose recomputation costs the most.
+_MATMUL_OPS = {
+    _aten.mm.default,
+    _aten.addmm.default,
+    _aten.bmm.default,
+    _aten.baddbmm.default,
+    _aten.convolution.default,
+    _aten._scaled_dot_product_flash_attention_for_cpu.default,
+    _aten._scaled_dot_product_flash_attention.default,
+    _aten._scaled_dot_product_efficient_attention.default,
+    _aten._scaled_dot_product_cudnn_attention.default,
+}
+
+
+def _save_matmuls(_ctx, op, *_args, **_kwargs) -> CheckpointPolicy:
+    """Selective-checkpointing policy: keep matmul, convolution and attention outputs, recompute
+    the rest (norms, activations, element-wise ops)."""
+    return CheckpointPolicy.MUST_SAVE if op in _MATMUL_OPS else CheckpointPolicy.PREFER_RECOMPUTE
 
 
 def _check_supported(unet2d: nn.Module) -> None:
@@ -140,8 +164,11 @@ class VideoUNet(nn.Module):
         self.base_norm_across_frames = motion_cfg.base_norm == "across_frames"
         self.gradient_checkpointing = False
         self.checkpoint_motion_modules = True
+        self.checkpoint_saves = "nothing"
         if motion_cfg.gradient_checkpointing:
-            self.enable_gradient_checkpointing()
+            self.enable_gradient_checkpointing(
+                motion_cfg.checkpoint_motion_modules, motion_cfg.checkpoint_saves
+            )
 
     @classmethod
     def from_unet2d(
@@ -167,15 +194,24 @@ class VideoUNet(nn.Module):
         """The motion-module parameters that train (all of them, or a MotionLoRA's adapters)."""
         return [p for p in self.motion_modules.parameters() if p.requires_grad]
 
-    def enable_gradient_checkpointing(self, motion_modules: bool = True) -> None:
-        """Recompute activations in the backward pass.
+    def enable_gradient_checkpointing(
+        self, motion_modules: bool = True, saves: str = "nothing"
+    ) -> None:
+        """Recompute activations in the backward pass (``model.motion.checkpoint_*``).
 
         ``motion_modules=True`` (the default): every resnet/attention/motion-module group, the
-        upsamplers and the output head keep only their input; the least memory. ``False``: only
+        upsamplers and the output head are checkpointed; the least memory. ``False``: only
         the 2D layers are recomputed and the motion modules keep their activations (what diffusers'
-        ``UNetMotionModel`` does outside its mid block): more memory, less recomputation."""
+        ``UNetMotionModel`` does outside its mid block): more memory, less recomputation.
+        ``saves``: ``nothing`` (a group keeps its input only) or ``matmuls`` (also its matmul,
+        convolution and attention outputs: only the cheap ops are recomputed)."""
+        if saves not in ("nothing", "matmuls"):
+            raise ValueError(
+                f"model.motion.checkpoint_saves: 'nothing' or 'matmuls', got {saves!r}"
+            )
         self.gradient_checkpointing = True
         self.checkpoint_motion_modules = motion_modules
+        self.checkpoint_saves = saves
         # The groups already cover the motion modules; checkpointing them again would recompute twice.
         self.motion_modules.set_gradient_checkpointing(False)
 
@@ -186,9 +222,12 @@ class VideoUNet(nn.Module):
     # -- forward ------------------------------------------------------------------------------
 
     def _checkpointed(self, fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
-        if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(fn, *args, use_reentrant=False)
-        return fn(*args)
+        if not (self.gradient_checkpointing and torch.is_grad_enabled()):
+            return fn(*args)
+        if self.checkpoint_saves == "matmuls":
+            context = partial(create_selective_checkpoint_contexts, _save_matmuls)
+            return checkpoint(fn, *args, use_reentrant=False, context_fn=context)
+        return checkpoint(fn, *args, use_reentrant=False)
 
     def _group(
         self,

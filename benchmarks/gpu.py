@@ -173,8 +173,6 @@ def training_model(cfg: Config, components: dict, tokenizer: Any, device: str):
 
     torch.manual_seed(cfg.train.seed)
     unet = VideoUNet.from_unet2d(components["unet"], cfg.model.motion).to(device)
-    if cfg.model.motion.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
     return TrainingModel(
         unet=unet,
         conditioner=TextConditioner(tokenizer, components["text_encoder"].to(device)),

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from animatediff.config import MotionModuleConfig
 from animatediff.motion_module import MotionModules, to_diffusers_key
@@ -113,10 +114,14 @@ def test_parity_with_diffusers_unet_motion_model(unet2d, mid_block):
 def test_gradient_checkpointing_same_outputs_and_grads_and_fewer_saved_tensors(unet2d):
     sample, timestep, text = _inputs(batch=1)
     results = {}
-    for mode in ("off", "config", "2d-only"):
-        video = _video_unet(unet2d, gradient_checkpointing=mode == "config")
-        if mode == "2d-only":
-            video.enable_gradient_checkpointing(motion_modules=False)
+    modes = {
+        "off": {},
+        "config": {"gradient_checkpointing": True},
+        "2d-only": {"gradient_checkpointing": True, "checkpoint_motion_modules": False},
+        "matmuls": {"gradient_checkpointing": True, "checkpoint_saves": "matmuls"},
+    }
+    for mode, options in modes.items():
+        video = _video_unet(unet2d, **options)
         assert video.gradient_checkpointing == (mode != "off")
         saved = []
 
@@ -126,12 +131,13 @@ def test_gradient_checkpointing_same_outputs_and_grads_and_fewer_saved_tensors(u
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = video(sample, timestep, text)
-        F.mse_loss(out, torch.zeros_like(out)).backward()
+        with _CountMatmuls() as recomputed:
+            F.mse_loss(out, torch.zeros_like(out)).backward()
         grads = [p.grad for p in video.trainable_parameters()]
-        results[mode] = (out.detach(), grads, sum(saved))
-    reference, reference_grads, saved_off = results["off"]
-    for mode in ("config", "2d-only"):
-        out, grads, _ = results[mode]
+        results[mode] = (out.detach(), grads, sum(saved), recomputed.calls)
+    reference, reference_grads, saved_off, _ = results["off"]
+    for mode in ("config", "2d-only", "matmuls"):
+        out, grads, *_ = results[mode]
         assert torch.allclose(out, reference, atol=1e-6)
         assert all(
             torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(grads, reference_grads)
@@ -139,6 +145,31 @@ def test_gradient_checkpointing_same_outputs_and_grads_and_fewer_saved_tensors(u
     # Everything checkpointed keeps group inputs only; 2D-only keeps the motion activations too.
     assert results["config"][2] < saved_off / 3
     assert results["config"][2] < results["2d-only"][2] < saved_off
+    # The backward pass re-runs forward matmuls, convolutions and attention only when they were
+    # not kept: never without checkpointing, and never with checkpoint_saves="matmuls" either.
+    assert results["off"][3] == results["matmuls"][3] == 0
+    assert results["config"][3] > results["2d-only"][3] > 0
+
+
+# Forward-only ops (their backward passes are other ops): run during backward() only to recompute.
+FORWARD_MATMULS = (
+    {"convolution", "addmm"}
+    | {f"_scaled_dot_product_{kind}_attention" for kind in ("flash", "efficient", "cudnn")}
+    | {"_scaled_dot_product_flash_attention_for_cpu"}
+)
+
+
+class _CountMatmuls(TorchDispatchMode):
+    """Counts convolution, biased-linear and attention forward ops (selective checkpointing keeps
+    their outputs)."""
+
+    def __enter__(self):
+        self.calls = 0
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += func.overloadpacket.__name__ in FORWARD_MATMULS
+        return func(*args, **(kwargs or {}))
 
 
 def test_scalar_timestep_broadcasts(unet2d):

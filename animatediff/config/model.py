@@ -74,6 +74,16 @@ class MotionModuleConfig:
     """Zero-initialise ``proj_out`` (weight and bias) so a fresh module is the identity."""
     gradient_checkpointing: bool = False
     """Recompute motion-module and UNet activations in the backward pass to save memory."""
+    checkpoint_motion_modules: bool = True
+    """With ``gradient_checkpointing``: True recomputes every resnet/attention/motion-module group
+    (the least memory); False recomputes the frozen 2D layers only and keeps the motion modules'
+    activations (what diffusers' ``UNetMotionModel`` does; more memory, less recomputation)."""
+    checkpoint_saves: Literal["nothing", "matmuls"] = "nothing"
+    """With ``gradient_checkpointing``: what a checkpointed group keeps from its forward pass.
+    ``nothing``: only its input, everything is recomputed. ``matmuls``: also the outputs of its
+    linear layers, convolutions and attention (torch's selective checkpointing), so the backward
+    pass recomputes only norms, activations and element-wise ops. ``benchmarks/memory.py``
+    measures what each costs at SD 1.5 size."""
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "num_heads", "attention_blocks", "max_frames", "norm_groups"):
