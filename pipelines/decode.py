@@ -394,7 +394,10 @@ def decode_clips(
         path = source.removesuffix(windows.segment_fragment(*segment))
     data, version = _fetch(locate_path(spec.root, path), spec)
     container, width, height = open_video(data)
-    with container:  # kept open for the shot pass
+    curate = spec.curation.active and curated is not None
+    if not (curate and spec.curation.shots):
+        container.close()  # only the shot pass decodes with PyAV
+    with container:
         (out_width, out_height), crop = spec.frame_size(width, height)
         try:
             reader = decord.VideoReader(
@@ -410,7 +413,6 @@ def decode_clips(
                     first, count = windows.segment_frames(timestamps, *segment)
                 except windows.RangeError as error:
                     raise DecodeFailure(BAD_RANGE, str(error)) from error
-            curate = spec.curation.active and curated is not None
             shared: ShotPass | None = None
             try:
                 if curate and spec.curation.shots:
