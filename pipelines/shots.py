@@ -11,10 +11,12 @@ decodes the video's frames once, scales each to a thumbnail and holds the decode
 the windows' frames are converted from them once the shots are known. The codec decodes every
 frame in any case (a cut can be anywhere), so what shot detection adds to decoding a window is
 the codec's work on the frames after the window and the thumbnails' scaling, which point-
-sampling keeps cheap (``THUMBNAIL_SAMPLES``). Measured on the held-in real clips (1280x720 and
-480x270 H.264, one 16-frame window at stride 4, one core): 129 % of the window's decode time
-with a second decode of the whole video for the thumbnails, about 45 % shared
-(``benchmarks/preprocess.py --sections curation``).
+sampling keeps cheap (``THUMBNAIL_SAMPLES``). Measured on the sample clips (1280x720 and 480x270
+H.264, one 16-frame window at stride 4 a video, one core, CPU time; ``benchmarks/preprocess.py
+--sections curation --clips 64``): shot detection cost 115 % of the window's decode when the
+thumbnails were a second decode of the whole video, 32 % in the shared pass, most of it the
+codec's work after the window (a quarter of the codec time of a video whose window ends at a
+random place) and the rest the thumbnails (about 0.1 ms a frame).
 """
 
 from __future__ import annotations
