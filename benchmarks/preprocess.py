@@ -16,9 +16,10 @@ means one physical core, not a logical Ray CPU. Prints measured figures only.
   >= 1.8x), whole-run and marginal (N vs 2 clips: without the fixed start-up cost of a run).
 - memory: peak RSS of the driver and of the whole Ray process tree at N and 10N clips (target:
   10N <= 1.2x N). ``memory_curated``: the same with the curation stages on (``--curation``).
-- curation: on one core without Ray, the cost per clip of each curation stage (shot detection,
-  motion, text overlay, perceptual hash, report thumbnail) relative to decoding the clip (target:
-  all curation <= 50 % of decode), and decode clips/s with curation on vs off.
+- curation: on one core without Ray, in CPU time, the cost per clip of each curation stage (shot
+  detection, as the extra time of decoding with it; motion, text overlay, perceptual hash, report
+  thumbnail) relative to decoding the clip (target: all curation <= 50 % of decode), and decode
+  clips/s with curation on vs off.
 - curation_e2e: end-to-end clips/s (decode + encode + shards, Ray, all cores) with curation on
   vs off. The replicated rows are copies of a few videos, so deduplication drops most of them:
   rates count input rows processed.
@@ -387,14 +388,18 @@ def bench_memory(source: Path, work: Path, args: argparse.Namespace, curated: bo
 
 
 def bench_curation(source: Path, work: Path, args: argparse.Namespace) -> None:
-    """Per-stage costs on one core, in this process (no Ray): each video is decoded as the
-    pipeline decodes it (``decode_clips``, one window), then each stage runs on what it needs."""
-    import decord
+    """Per-stage costs on one core, in this process (no Ray), in CPU seconds of this process (the
+    machine is shared: wall time would count other programs' turns on the core). Each video is
+    decoded as the pipeline decodes it (``decode_clips``, one window), then each stage runs on
+    what it needs. Shot detection shares the decode (``pipelines.decode.shot_pass``), so its cost
+    is ``decode_clips`` with shot detection on minus without, per video."""
+    import dataclasses
 
     from animatediff.storage import locate
-    from pipelines import curation, dedup, motion, overlay, windows
-    from pipelines.decode import DecodeSpec, decode_clips, probe, thumbnails
+    from pipelines import curation, dedup, motion, overlay
+    from pipelines.decode import DecodeSpec, decode_clips
 
+    clock = time.process_time
     os.sched_setaffinity(0, {min(ALL_CORES)})
     table = replicate(source, args.clips, work)
     with open(table, newline="") as file:
@@ -403,51 +408,56 @@ def bench_curation(source: Path, work: Path, args: argparse.Namespace) -> None:
     root, parts = locate(str(work / "videos")), locate(str(work / "curation-bench-parts"))
     cfg = config(work, table, "curation-out", args, *args.curation.split(","))
     spec = curation.CurationSpec.from_data(cfg.data)
+    shot_only = curation.CurationSpec(shots=True, shot_threshold=spec.shot_threshold)
     shape = (args.num_frames, args.stride, args.resolution, 0, 1, 1, root, parts)
     plain = DecodeSpec(*shape, follow_symlinks=True)  # the replicated rows are symbolic links
-    curated = DecodeSpec(*shape, follow_symlinks=True, curation=spec, curation_dir=parts)
+    curated = dataclasses.replace(plain, curation=spec, curation_dir=parts)
+    shot_pass = dataclasses.replace(plain, curation=shot_only, curation_dir=parts)
     decode_clips(paths[0], plain, 1)  # warm-up: imports
-    sizes = {path: probe(path) for path in paths}
-    lengths = {path: len(decord.VideoReader(path)) for path in paths}
+    decode_clips(paths[0], shot_pass, 1, curated=curation.VideoCuration())
     stages = ("decode", "shots", "motion", "overlay", "phash", "thumbnail")
-    seconds: dict[str, list[float]] = {k: [] for k in stages}
+    seconds: dict[tuple[str, str], list[float]] = {(k, p): [] for k in stages for p in paths}
     e2e: dict[str, list[float]] = {"off": [], "on": []}
     for _ in range(args.repeats):
         for path in paths:
-            started = time.perf_counter()
+            started = clock()
             clips, _, _ = decode_clips(path, plain, 1)
-            seconds["decode"].append(time.perf_counter() - started)
+            seconds["decode", path].append(clock() - started)
             frames = clips[0][2]
-            width, height = sizes[path]  # what decode_clips knows already
-            started = time.perf_counter()
-            found = curation.detect_shots(thumbnails(path, width, height, lengths[path]), spec)
-            windows.shot_windows(found, lengths[path], args.num_frames, args.stride, 1, 0, path)
-            seconds["shots"].append(time.perf_counter() - started)
+            started = clock()
+            decode_clips(path, shot_pass, 1, curated=curation.VideoCuration())
+            seconds["shots", path].append(clock() - started - seconds["decode", path][-1])
             for stage, work_on in (
                 ("motion", lambda f: motion.motion_verdict(motion.frame_steps(f), 1, 60, 8)),
                 ("overlay", overlay.overlay_score),
                 ("phash", dedup.clip_hash),
                 ("thumbnail", curation.thumbnail),
             ):
-                started = time.perf_counter()
+                started = clock()
                 work_on(frames)
-                seconds[stage].append(time.perf_counter() - started)
+                seconds[stage, path].append(clock() - started)
         for key, decode_spec in (("off", plain), ("on", curated)):
-            started = time.perf_counter()
+            started = clock()
             for path in paths:
                 decode_clips(path, decode_spec, 1, curated=curation.VideoCuration())
-            e2e[key].append(time.perf_counter() - started)
+            e2e[key].append(clock() - started)
     os.sched_setaffinity(0, ALL_CORES)
-    median = {k: statistics.median(v) for k, v in seconds.items()}
+    # Per clip: the mean over the videos of each one's median over the repeats, so shares are
+    # shares of total time (a median over a mix of 1280x720 and 480x270 clips would fall
+    # anywhere between the two sizes).
+    median = {k: statistics.mean(statistics.median(seconds[k, p]) for p in paths) for k in stages}
     print(
-        f"\n== curation: per clip on one core, {len(paths)} clips x {args.repeats}, "
+        f"\n== curation: per clip on one core (CPU time; mean over the clips of the median of "
+        f"{args.repeats} repeats), {len(paths)} clips, "
         f"{args.num_frames} frames at stride {args.stride}, {args.resolution}px, one window a video"
     )
     for stage in stages:
         share = 100 * median[stage] / median["decode"]
-        print(f"  {stage:<10} {1000 * median[stage]:8.2f} ms  {share:6.1f} % of decode")
-    # Shot detection (a video's every frame at 32 px) is the only stage not run on the frames
-    # decode has anyway; the thumbnail is made for data.report_sample_fraction of windows.
+        note = "  (decode with shot detection minus decode)" if stage == "shots" else ""
+        print(f"  {stage:<10} {1000 * median[stage]:8.2f} ms  {share:6.1f} % of decode{note}")
+    # Shot detection (a video's every frame at 32 px, in the decode pass) is the only stage not
+    # run on the frames decode has anyway; the thumbnail is made for
+    # data.report_sample_fraction of windows.
     total = sum(median[k] for k in ("shots", "motion", "overlay", "phash"))
     print(
         f"  all curation (no thumbnail) {100 * total / median['decode']:.1f} % of decode (target <= 50 %)"
@@ -459,12 +469,21 @@ def bench_curation(source: Path, work: Path, args: argparse.Namespace) -> None:
     )
 
 
+def warm_up(cfg: Config) -> None:
+    """A run of the same input as the measured ones (``--clips`` rows, curation off), so that
+    the worker processes they use have started and imported their modules. After a 2-row
+    warm-up the folder section's first measured run took 5-7 s longer than the second, in
+    either order ("off" 27.7 s then "on" 20.5 s; "on" 34.2 s then "off" 31.1 s); after this
+    one about 2 s (18.1 s then 16.3 s; 16.3 s then 14.6 s)."""
+    run_pipeline(cfg)
+
+
 def bench_curation_e2e(source: Path, work: Path, args: argparse.Namespace) -> None:
     table = replicate(source, args.clips, work)
     results = {}
     start_ray(ALL_CORES, 2 * len(ALL_CORES))
     try:
-        run_pipeline(config(work, replicate(source, 2, work), "warm-e2e", args))
+        warm_up(config(work, table, "warm-e2e", args))
         for key, extra in (("off", ()), ("on", tuple(args.curation.split(",")))):
             results[key] = run_pipeline(config(work, table, f"e2e-{key}", args, *extra))
     finally:
@@ -499,8 +518,9 @@ def bench_folder(source: Path, work: Path, args: argparse.Namespace) -> None:
     results = {}
     start_ray(ALL_CORES, 2 * len(ALL_CORES))
     try:
+        inputs = ("data.format=folder", f"data.input={folder}", "data.video_root=")
+        warm_up(config(work, folder, "warm-folder", args, *inputs))
         for key, extra in (("off", ()), ("on", tuple(args.curation.split(",")))):
-            inputs = ("data.format=folder", f"data.input={folder}", "data.video_root=")
             cfg = config(work, folder, f"folder-{key}", args, *inputs, *extra)
             results[key] = run_pipeline(cfg)
     finally:

@@ -5,7 +5,8 @@ windows are drawn inside shots, short shots are dropped), motion (``pipelines.mo
 and jittery windows are dropped, the score is stored per clip), text overlay
 (``pipelines.overlay``) and near-duplicates (``pipelines.dedup``, decided on the driver at the
 end of the run, see ``pipelines.shards.ShardWriter``). Shots, motion and overlay run inside the
-decode task on the frames it has anyway.
+decode task: shot detection in its one decode pass over the video (``pipelines.decode.shot_pass``),
+motion and overlay on the window's frames.
 
 Every decision is a record (``CURATION_SCHEMA``), kept windows and shots included: decode tasks
 and the driver write them as parts under ``runs/<run>/curation-parts/``; at the end of the run

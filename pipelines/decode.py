@@ -7,9 +7,11 @@ note its content identity (``pipelines.identity``), probe the container with PyA
 video stream), then decord's ``VideoReader`` resizes while decoding (ffmpeg's scaler, cheaper
 than resizing decoded full-size frames) and ``get_batch`` fetches each window; the frames are
 centre-cropped to the ``data.resolution`` square, or with ``data.buckets`` to the video's bucket
-(``pipelines.buckets``: nearest aspect ratio, resized to cover it). Frames stay uint8
-``(frames, height, width, 3)`` until the encoder: a quarter of the bytes of float32 in the object
-store. Every failure becomes an outcome record with a reason category; nothing raises.
+(``pipelines.buckets``: nearest aspect ratio, resized to cover it). With shot detection on, one
+PyAV pass (``shot_pass``) decodes every frame once for the thumbnails and the windows alike,
+scaled by the same ffmpeg filter as decord's, so the clips are the pixels decord would give
+(``pipelines.shots`` has the costs). Frames stay uint8 ``(frames, height, width, 3)`` until
+the encoder: a quarter of the bytes of float32 in the object store. Every failure becomes an outcome record with a reason category; nothing raises.
 
 Outcome records (failed, cached) are written by this stage as small Parquet parts named by a
 hash of their content, so a retried task rewrites the same file instead of adding one.
@@ -19,8 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -44,6 +47,11 @@ TRUNCATED = "truncated"
 NO_VIDEO_STREAM = "no_video_stream"
 TOO_FEW_FRAMES = "too_few_frames"
 DECODE_ERROR = "decode_error"
+
+SHOT_PASS_BYTES = 512 * 2**20
+"""Most bytes of decoded frames ``shot_pass`` holds for one video (or ranges segment): 132 frames
+of 1280x720 take 182 MiB; a longer video takes the two-pass fallback."""
+
 
 OUTCOME_SCHEMA = pa.schema(
     [
@@ -90,6 +98,9 @@ class DecodeSpec:
     """Directory of this run's curation record parts (needed when curation is active)."""
     buckets: tuple[tuple[int, int], ...] = ()
     """``data.buckets``: ``(height, width)`` sizes; empty: the square ``resolution`` crop."""
+    shot_pass_bytes: int = SHOT_PASS_BYTES
+    """Most bytes of decoded frames one shot pass may hold (``shot_pass``); past it, the
+    thumbnails and the windows are decoded apart. The frames are the same either way."""
 
     def frame_size(self, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """``((resize width, resize height), (crop height, crop width))`` of a
@@ -198,26 +209,30 @@ def _explain(data: str | io.BytesIO, reason: str, error: BaseException) -> Decod
     return DecodeFailure(reason, _short(error))
 
 
-def probe(data: str | io.BytesIO) -> tuple[int, int]:
-    """``(width, height)`` of the first video stream, or ``DecodeFailure``."""
+def open_video(data: str | io.BytesIO) -> tuple[Any, int, int]:
+    """``(PyAV container, width, height)`` of the first video stream, or ``DecodeFailure``; the
+    caller closes the container (the shot pass decodes from it: one probe, one open)."""
     import av
 
     try:
-        with av.open(data if isinstance(data, str) else io.BytesIO(data.getvalue())) as container:
-            if not container.streams.video:
-                kinds = sorted({s.type for s in container.streams}) or ["none"]
-                raise DecodeFailure(
-                    NO_VIDEO_STREAM, f"no video stream (streams: {', '.join(kinds)})"
-                )
-            context = container.streams.video[0].codec_context
-            width, height = int(context.width), int(context.height)
-    except DecodeFailure:
-        raise
+        container = av.open(data if isinstance(data, str) else io.BytesIO(data.getvalue()))
     except Exception as error:  # PyAV raises many ffmpeg error classes
         raise _explain(data, NOT_A_VIDEO, error) from error
-    if width <= 0 or height <= 0:
-        raise DecodeFailure(NOT_A_VIDEO, f"video stream has no frame size ({width}x{height})")
-    return width, height
+    try:
+        if not container.streams.video:
+            kinds = sorted({s.type for s in container.streams}) or ["none"]
+            raise DecodeFailure(NO_VIDEO_STREAM, f"no video stream (streams: {', '.join(kinds)})")
+        context = container.streams.video[0].codec_context
+        width, height = int(context.width), int(context.height)
+        if width <= 0 or height <= 0:
+            raise DecodeFailure(NOT_A_VIDEO, f"video stream has no frame size ({width}x{height})")
+    except DecodeFailure:
+        container.close()
+        raise
+    except Exception as error:
+        container.close()
+        raise _explain(data, NOT_A_VIDEO, error) from error
+    return container, width, height
 
 
 def thumbnails(
@@ -225,10 +240,14 @@ def thumbnails(
 ) -> np.ndarray:
     """Frames ``first`` to ``first + count`` of the video (a ranges segment; the whole video by
     default), uint8 ``(count, h, w, 3)`` at a ``shots.THUMBNAIL_SIDE`` short side (decord resizes
-    while decoding; consecutive indices decode without seeking)."""
+    while decoding; consecutive indices decode without seeking). The last resort of shot
+    detection, when PyAV cannot decode the frames as decord indexes them (``shot_pass`` returns
+    None): scaled directly, without ``shots.THUMBNAIL_SAMPLES``'s point-sampling, so on frames
+    over 64 pixels its cut scores differ a little from the shot pass's (by up to 1.6 of 255 on
+    the 1280x720 real clip)."""
     import decord
 
-    small_width, small_height = resize_shape(width, height, shots.THUMBNAIL_SIDE)
+    small_width, small_height = shots.thumbnail_size(width, height)
     reader = decord.VideoReader(
         data if isinstance(data, str) else io.BytesIO(data.getvalue()),
         width=small_width,
@@ -245,6 +264,112 @@ def thumbnails(
     finally:
         reader.seek(0)
         del reader
+
+
+def scaler(stream: Any, width: int, height: int, sample: int = 0) -> Callable[[Any], np.ndarray]:
+    """A PyAV frame of ``stream`` -> uint8 ``(height, width, 3)``, scaled as decord scales (an
+    ffmpeg ``scale=W:H:flags=bilinear,format=rgb24`` filter graph): the same pixels from either
+    reader. ``sample``: a frame larger than ``sample`` times the output a side is first
+    point-sampled to that size (``shots.THUMBNAIL_SAMPLES``)."""
+    import av
+
+    graph = av.filter.Graph()
+    nodes = [graph.add_buffer(template=stream)]
+    if sample and min(stream.width, stream.height) > sample * min(width, height):
+        nodes.append(graph.add("scale", f"{sample * width}:{sample * height}:flags=neighbor"))
+    nodes += [
+        graph.add("scale", f"{width}:{height}:flags=bilinear"),
+        graph.add("format", "rgb24"),
+        graph.add("buffersink"),
+    ]
+    for a, b in zip(nodes[:-1], nodes[1:]):
+        a.link_to(b)
+    graph.configure()
+
+    def scale(frame: Any) -> np.ndarray:
+        graph.push(frame)
+        return graph.pull().to_ndarray()
+
+    return scale
+
+
+@dataclass
+class ShotPass:
+    """One decode of a video's frames for shot detection and clip windows together:
+    ``thumbnails`` uint8 ``(count, h, w, 3)`` (``shots.thumbnail_size``) and the decoded frames,
+    held to convert the windows' frames once shots are known (None when they would not fit in
+    the budget: decord then decodes the windows)."""
+
+    thumbnails: np.ndarray
+    first: int
+    frames: list | None
+    convert: Callable[[Any], np.ndarray]
+
+    def window(self, indices: np.ndarray) -> np.ndarray:
+        """Video frame indices ``(frames,)`` -> uint8 ``(frames, H, W, 3)`` at the decode size."""
+        assert self.frames is not None
+        return np.stack([self.convert(self.frames[int(i) - self.first]) for i in indices])
+
+
+def shot_pass(
+    container: Any,
+    starts: np.ndarray,
+    first: int,
+    count: int,
+    out_size: tuple[int, int],
+    threads: int,
+    budget: int = SHOT_PASS_BYTES,
+) -> ShotPass | None:
+    """Decode frames ``first`` to ``first + count`` of an open PyAV ``container`` once, each
+    scaled to a thumbnail (``shots.thumbnail_size``) and held as decoded for
+    ``ShotPass.window`` unless they would take more than ``budget`` bytes.
+
+    None when the pass cannot stand in for decord's frames exactly, and the caller takes
+    decord's thumbnails (``thumbnails``): a frame's time is not in decord's index ``starts``
+    (every frame's start time, seconds from the stream's start), a frame is missing or
+    repeated, or PyAV fails.
+
+    The codec decodes every frame either way: shot detection needs them all, where a window
+    alone decodes from the keyframe before it to its last frame. Shared, the pass costs shot
+    detection the frames after the window and the thumbnails' scaling, not a second decode of
+    the whole video."""
+    if first + count > len(starts):
+        return None
+    tolerance = 0.5 * float(np.median(np.diff(starts))) if len(starts) > 1 else 1e-3
+    thumbs: list[np.ndarray] = []
+    frames: list | None = []
+    try:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = threads
+        origin, base = stream.start_time or 0, stream.time_base
+        if first > 0:  # lands on the keyframe at or before the segment's first frame
+            container.seek(origin + int(starts[first] / base), stream=stream, backward=True)
+        size = shots.thumbnail_size(stream.width, stream.height)
+        small = scaler(stream, *size, sample=shots.THUMBNAIL_SAMPLES)
+        convert = scaler(stream, *out_size)
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                return None
+            seconds = float((frame.pts - origin) * base)
+            index = int(np.searchsorted(starts, seconds - tolerance))
+            if index >= len(starts) or abs(starts[index] - seconds) > tolerance:
+                return None
+            if index < first:  # decoded on the way from the keyframe to the segment
+                continue
+            if index != first + len(thumbs):
+                return None
+            if not thumbs and count * sum(p.buffer_size for p in frame.planes) > budget:
+                frames = None  # thumbnails only; decord decodes the windows
+            if frames is not None:
+                frames.append(frame)
+            thumbs.append(small(frame))
+            if len(thumbs) == count:
+                break
+    except Exception:  # PyAV raises many ffmpeg error classes; decord will name the failure
+        return None
+    if len(thumbs) != count:
+        return None
+    return ShotPass(np.stack(thumbs), first, frames, convert)
 
 
 def decode_clips(
@@ -268,73 +393,88 @@ def decode_clips(
     if segment is not None:
         path = source.removesuffix(windows.segment_fragment(*segment))
     data, version = _fetch(locate_path(spec.root, path), spec)
-    width, height = probe(data)
-    (out_width, out_height), crop = spec.frame_size(width, height)
-    try:
-        reader = decord.VideoReader(
-            data, width=out_width, height=out_height, num_threads=spec.threads
-        )
-    except Exception as error:  # the container opened, so its stream data is bad
-        raise _explain(data, DECODE_ERROR, error) from error
-    try:
-        first, count = 0, len(reader)
-        if segment is not None:
-            try:
-                timestamps = reader.get_frame_timestamp(list(range(len(reader))))
-                first, count = windows.segment_frames(timestamps, *segment)
-            except windows.RangeError as error:
-                raise DecodeFailure(BAD_RANGE, str(error)) from error
-        curate = spec.curation.active and curated is not None
+    container, width, height = open_video(data)
+    curate = spec.curation.active and curated is not None
+    if not (curate and spec.curation.shots):
+        container.close()  # only the shot pass decodes with PyAV
+    with container:
+        (out_width, out_height), crop = spec.frame_size(width, height)
         try:
-            if curate and spec.curation.shots:
-                small = thumbnails(data, width, height, count, first)
-                found = curation.detect_shots(small, spec.curation)  # segment-relative
-                frame_windows, short = windows.shot_windows(
-                    found, count, spec.num_frames, spec.stride, spec.clips_per_video,
-                    spec.seed, source,
-                )  # fmt: skip
-                length = windows.window_length(count, spec.num_frames, spec.stride)
-                in_video = [(a + first, b + first) for a, b in found]
-                dropped = [(a + first, b + first) for a, b in short]
-                curated.records += curation.shot_records(in_video, dropped, length)
-            else:
-                frame_windows = windows.clip_windows(
-                    count, spec.num_frames, spec.stride, spec.clips_per_video, spec.seed, source
-                )
-        except windows.TooFewFramesError as error:
-            where = f" in the range {segment[0]:g}-{segment[1]:g} s" if segment else ""
-            raise DecodeFailure(TOO_FEW_FRAMES, f"{error}{where}") from error
-        frame_windows = [indices + first for indices in frame_windows]
-        fps = float(reader.get_avg_fps())
-        clips = []
-        for ordinal, indices in enumerate(frame_windows):
-            if not (need_mask >> (2 * ordinal)) & 3:
-                continue
+            reader = decord.VideoReader(
+                data, width=out_width, height=out_height, num_threads=spec.threads
+            )
+        except Exception as error:  # the container opened, so its stream data is bad
+            raise _explain(data, DECODE_ERROR, error) from error
+        try:
+            first, count = 0, len(reader)
+            if segment is not None:
+                try:
+                    timestamps = reader.get_frame_timestamp(list(range(len(reader))))
+                    first, count = windows.segment_frames(timestamps, *segment)
+                except windows.RangeError as error:
+                    raise DecodeFailure(BAD_RANGE, str(error)) from error
+            shared: ShotPass | None = None
             try:
-                frames = reader.get_batch(indices.tolist()).asnumpy()
-            except Exception as error:  # decord raises DECORDError for cut or corrupt streams
-                raise _explain(data, DECODE_ERROR, error) from error
-            if frames.shape[0] != spec.num_frames:
-                raise DecodeFailure(
-                    DECODE_ERROR, f"decoded {frames.shape[0]} of {spec.num_frames} frames"
-                )
-            frames = center_crop_to(frames, crop)
-            if curate:  # on the source's own motion, before any synthetic camera motion
-                span = (int(indices[0]), int(indices[-1]) + 1)
-                records, columns = curation.curate_window(
-                    frames, ordinal, span, source, spec.curation
-                )
-                curated.records += records
-                if columns is None:
+                if curate and spec.curation.shots:
+                    starts = reader.get_frame_timestamp(list(range(len(reader))))[:, 0]
+                    shared = shot_pass(
+                        container, starts, first, count, (out_width, out_height), spec.threads,
+                        spec.shot_pass_bytes,
+                    )  # fmt: skip
+                    if shared is not None:
+                        small = shared.thumbnails
+                    else:
+                        small = thumbnails(data, width, height, count, first)
+                    found = curation.detect_shots(small, spec.curation)  # segment-relative
+                    frame_windows, short = windows.shot_windows(
+                        found, count, spec.num_frames, spec.stride, spec.clips_per_video,
+                        spec.seed, source,
+                    )  # fmt: skip
+                    length = windows.window_length(count, spec.num_frames, spec.stride)
+                    in_video = [(a + first, b + first) for a, b in found]
+                    dropped = [(a + first, b + first) for a, b in short]
+                    curated.records += curation.shot_records(in_video, dropped, length)
+                else:
+                    frame_windows = windows.clip_windows(
+                        count, spec.num_frames, spec.stride, spec.clips_per_video, spec.seed, source
+                    )
+            except windows.TooFewFramesError as error:
+                where = f" in the range {segment[0]:g}-{segment[1]:g} s" if segment else ""
+                raise DecodeFailure(TOO_FEW_FRAMES, f"{error}{where}") from error
+            frame_windows = [indices + first for indices in frame_windows]
+            fps = float(reader.get_avg_fps())
+            clips = []
+            for ordinal, indices in enumerate(frame_windows):
+                if not (need_mask >> (2 * ordinal)) & 3:
                     continue
-                curated.columns[ordinal] = columns
-            frames = apply_camera_motion(frames, spec.camera_motion, spec.camera_strength)
-            clips.append((ordinal, indices, np.ascontiguousarray(frames)))
-        return clips, fps, version
-    finally:
-        # decord keeps decoder state and buffers alive with the reader (known leaks upstream).
-        reader.seek(0)
-        del reader
+                try:
+                    if shared is not None and shared.frames is not None:  # the shot pass's
+                        frames = shared.window(indices)
+                    else:
+                        frames = reader.get_batch(indices.tolist()).asnumpy()
+                except Exception as error:  # decord raises DECORDError for cut or corrupt streams
+                    raise _explain(data, DECODE_ERROR, error) from error
+                if frames.shape[0] != spec.num_frames:
+                    raise DecodeFailure(
+                        DECODE_ERROR, f"decoded {frames.shape[0]} of {spec.num_frames} frames"
+                    )
+                frames = center_crop_to(frames, crop)
+                if curate:  # on the source's own motion, before any synthetic camera motion
+                    span = (int(indices[0]), int(indices[-1]) + 1)
+                    records, columns = curation.curate_window(
+                        frames, ordinal, span, source, spec.curation
+                    )
+                    curated.records += records
+                    if columns is None:
+                        continue
+                    curated.columns[ordinal] = columns
+                frames = apply_camera_motion(frames, spec.camera_motion, spec.camera_strength)
+                clips.append((ordinal, indices, np.ascontiguousarray(frames)))
+            return clips, fps, version
+        finally:
+            # decord keeps decoder state and buffers alive with the reader (known leaks upstream).
+            reader.seek(0)
+            del reader
 
 
 def stack_rows(arrays: list[np.ndarray]) -> np.ndarray:

@@ -2,10 +2,21 @@
 
 A cut is where consecutive frames differ far more than motion makes them: the mean absolute
 pixel difference of two consecutive thumbnails (0-255 units, all channels) at or above a
-threshold, the rule of PySceneDetect's ``ContentDetector`` without its HSV conversion. The frames
-come from a second, tiny decord reader over the whole video (``pipelines.decode``), so every cut
-is found at its exact frame; clip windows are then drawn inside shots
-(``pipelines.windows.shot_windows``). No Ray here.
+threshold, the rule of PySceneDetect's ``ContentDetector`` without its HSV conversion. Every
+frame is scored, so every cut is found at its exact frame; clip windows are then drawn inside
+shots (``pipelines.windows.shot_windows``). No Ray here.
+
+The thumbnails come from the clip decode itself (``pipelines.decode.shot_pass``): one PyAV pass
+decodes the video's frames once, scales each to a thumbnail and holds the decoded frames, and
+the windows' frames are converted from them once the shots are known. The codec decodes every
+frame in any case (a cut can be anywhere), so what shot detection adds to decoding a window is
+the codec's work on the frames after the window and the thumbnails' scaling, which point-
+sampling keeps cheap (``THUMBNAIL_SAMPLES``). Measured on the sample clips (1280x720 and 480x270
+H.264, one 16-frame window at stride 4 a video, one core, CPU time; ``benchmarks/preprocess.py
+--sections curation --clips 64``): shot detection cost 115 % of the window's decode when the
+thumbnails were a second decode of the whole video, 32 % in the shared pass, most of it the
+codec's work after the window (a quarter of the codec time of a video whose window ends at a
+random place) and the rest the thumbnails (about 0.1 ms a frame).
 """
 
 from __future__ import annotations
@@ -14,7 +25,20 @@ import numpy as np
 
 THUMBNAIL_SIDE = 32
 """Short side of the frames the detector reads: cuts change the whole picture, so 32 pixels see
-them, and the resize happens inside the decoder."""
+them."""
+
+THUMBNAIL_SAMPLES = 2
+"""A frame is point-sampled to this many times the thumbnail a side (a 64-pixel short side)
+before the bilinear scale to ``THUMBNAIL_SIDE``, so each thumbnail pixel averages 2 x 2 samples:
+the scaling then costs the same at any frame size (a 1280x720 frame scaled directly costs 0.65
+ms, a sixth of its decode). Frames no larger than that are scaled directly."""
+
+
+def thumbnail_size(width: int, height: int) -> tuple[int, int]:
+    """``(width, height)`` of a ``width x height`` frame's thumbnail: the short side at
+    ``THUMBNAIL_SIDE``, the aspect ratio kept (``pipelines.decode.resize_shape``)."""
+    scale = THUMBNAIL_SIDE / min(width, height)
+    return max(THUMBNAIL_SIDE, round(width * scale)), max(THUMBNAIL_SIDE, round(height * scale))
 
 
 def cut_scores(frames: np.ndarray) -> np.ndarray:

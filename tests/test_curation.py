@@ -15,9 +15,16 @@ from data_media import PAGE_DIR
 
 from animatediff.config import ConfigError, DataConfig
 from animatediff.storage import locate
-from pipelines import curation, dedup, motion, overlay, shots, windows
+from pipelines import curation, decode, dedup, motion, overlay, shots, windows
 from pipelines.curation_report import histogram_panel, write_reports
-from pipelines.decode import DecodeSpec, decode_clips, decode_rows
+from pipelines.decode import (
+    DecodeSpec,
+    decode_clips,
+    decode_rows,
+    open_video,
+    shot_pass,
+    thumbnails,
+)
 from pipelines.preprocess import format_summary
 from pipelines.shards import ShardStore, ShardWriter, load_retired
 from pipelines.sources import STATUS_TODO
@@ -274,6 +281,123 @@ def test_shots_of_a_ranges_segment_are_found_among_its_frames_only(footage, tmp_
     assert len(clips) == 2 * 6  # every 15-frame window of the two long shots
     for _, indices, _ in clips:
         assert any(a <= indices[0] and indices[-1] < b for a, b in [(26, 46), (46, 66)])
+
+
+# The shot pass: one PyAV decode for the thumbnails and the windows' frames, checked against
+# decord, which decodes them apart.
+
+SEGMENT = (2.25, 6.6)  # frames 23..65 of cuts.mp4
+
+
+def _index(path: str, segment: tuple[float, float] | None) -> tuple[np.ndarray, int, int]:
+    """``(every frame's start time, first frame, frame count)`` from decord's index."""
+    import decord
+
+    reader = decord.VideoReader(path)
+    timestamps = reader.get_frame_timestamp(list(range(len(reader))))
+    first, count = (
+        (0, len(reader)) if segment is None else windows.segment_frames(timestamps, *segment)
+    )
+    return timestamps[:, 0], first, count
+
+
+@pytest.mark.parametrize("segment", [None, SEGMENT], ids=["video", "segment"])
+def test_the_shot_pass_decodes_the_pixels_decord_decodes(footage, segment):
+    import decord
+
+    path = str(footage / PAGE_DIR / "cuts.mp4")
+    starts, first, count = _index(path, segment)
+    container, _, _ = open_video(path)
+    with container:
+        found = shot_pass(container, starts, first, count, (40, 40), threads=1)
+    assert found is not None and len(found.frames) == count  # every frame held, none skipped
+    frames = list(range(first, first + count))
+    small = decord.VideoReader(path, width=32, height=32).get_batch(frames).asnumpy()
+    np.testing.assert_array_equal(found.thumbnails, small)
+    picks = np.array([first, first + 7, first + count - 1])
+    sized = decord.VideoReader(path, width=40, height=40).get_batch(picks.tolist()).asnumpy()
+    np.testing.assert_array_equal(found.window(picks), sized)
+
+
+def _decode_cuts(footage: Path, tmp_path: Path, segment, **options) -> tuple[list, list]:
+    spec = DecodeSpec(
+        num_frames=8, stride=2, resolution=64, seed=0, clips_per_video=32, threads=1,
+        root=locate(str(footage)), outcomes=locate(str(tmp_path / "parts")),
+        curation=curation.CurationSpec(shots=True, motion_score=True), **options,
+    )  # fmt: skip
+    source = str(footage / PAGE_DIR / "cuts.mp4")
+    if segment is not None:
+        source += windows.segment_fragment(*segment)
+    curated = curation.VideoCuration()
+    clips, _, _ = decode_clips(source, spec, 0x5555555555555555, segment, curated)
+    return clips, curated.records
+
+
+@pytest.mark.parametrize("segment", [None, SEGMENT], ids=["video", "segment"])
+def test_the_clips_do_not_depend_on_how_shots_were_decoded(footage, tmp_path, segment, monkeypatch):
+    passes, real = [], decode.shot_pass
+    monkeypatch.setattr(
+        decode, "shot_pass", lambda *a, **k: passes.append(real(*a, **k)) or passes[-1]
+    )
+    shared = _decode_cuts(footage, tmp_path, segment)
+    # over the frame budget: the pass keeps thumbnails only and decord decodes the windows
+    apart = _decode_cuts(footage, tmp_path, segment, shot_pass_bytes=0)
+    assert [p.frames is not None for p in passes] == [True, False]
+    monkeypatch.setattr(decode, "shot_pass", lambda *args, **kwargs: None)
+    legacy = _decode_cuts(footage, tmp_path, segment)  # decord's thumbnails, then its windows
+    for clips, records in (apart, legacy):
+        assert records == shared[1]
+        assert [(o, i.tolist()) for o, i, _ in clips] == [(o, i.tolist()) for o, i, _ in shared[0]]
+        for (_, _, frames), (_, _, expected) in zip(clips, shared[0]):
+            np.testing.assert_array_equal(frames, expected)
+    cuts = [r["start"] for r in shared[1] if r["stage"] == "shots"]
+    assert cuts == ([0, 20, 26, 46] if segment is None else [23, 26, 46])
+
+
+def test_cuts_in_large_frames_are_found_at_their_exact_frames(footage, tmp_path):
+    # 192-pixel frames are point-sampled to 64 pixels before the thumbnail's bilinear scale
+    large = np.repeat(np.repeat(read_cuts(footage), 3, axis=1), 3, axis=2)
+    path = write_frames(tmp_path / PAGE_DIR / "large.mp4", large)
+    starts, first, count = _index(str(path), None)
+    container, _, _ = open_video(str(path))
+    with container:
+        found = shot_pass(container, starts, first, count, (64, 64), threads=1)
+    assert found is not None
+    direct = thumbnails(str(path), 192, 192, count)  # decord: bilinear from 192 pixels
+    assert not np.array_equal(found.thumbnails, direct)  # the point-sampling did run
+    scores, reference = shots.cut_scores(found.thumbnails), shots.cut_scores(direct)
+    assert np.abs(scores - reference).max() < 3.0
+    assert shots.detect_cuts(scores, 30.0).tolist() == [20, 26, 46]
+    assert shots.detect_cuts(reference, 30.0).tolist() == [20, 26, 46]
+
+
+def read_cuts(footage: Path) -> np.ndarray:
+    import decord
+
+    reader = decord.VideoReader(str(footage / PAGE_DIR / "cuts.mp4"))
+    return reader.get_batch(list(range(len(reader)))).asnumpy()
+
+
+def test_a_frame_missing_from_the_index_hands_shots_back_to_decord(footage):
+    path = str(footage / PAGE_DIR / "cuts.mp4")
+    starts, first, count = _index(path, None)
+    for index in (starts + 0.06, starts[1:], np.delete(starts, 30)):  # 10 fps: 0.05 s tolerance
+        container, _, _ = open_video(path)
+        with container:
+            assert shot_pass(container, index, 0, min(count, len(index)), (64, 64), 1) is None
+
+
+def test_over_its_budget_the_shot_pass_keeps_thumbnails_only(footage):
+    path = str(footage / PAGE_DIR / "cuts.mp4")
+    starts, first, count = _index(path, None)
+    sizes = []
+    for budget in (count * 64 * 64 * 4, 64 * 64):  # 64-pixel yuv420p frames fit, then do not
+        container, _, _ = open_video(path)
+        with container:
+            found = shot_pass(container, starts, first, count, (64, 64), 1, budget=budget)
+        sizes.append(None if found.frames is None else len(found.frames))
+        assert found.thumbnails.shape == (count, 32, 32, 3)
+    assert sizes == [count, None]
 
 
 # --------------------------------------------------------------------------------------------
