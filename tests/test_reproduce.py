@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +71,48 @@ def test_the_chain_runs_at_toy_size(ray_cluster, tmp_path):
     client = MlflowClient(store)
     names = {m.name for m in client.search_registered_models()}
     assert {"moving-digits-motion", "moving-digits-motion-image"} <= names
+
+
+def _centres(items, directions=("left", "right", "up", "down")) -> dict[str, np.ndarray]:
+    """Each caption direction's stills: the digit's centre of coverage ``(x, y)``, in pixels."""
+    found: dict[str, list] = {d: [] for d in directions}
+    for item in items:
+        coverage = item.frames[0].astype(np.float64).sum(axis=2)
+        ys, xs = np.indices(coverage.shape)
+        centre = ((xs * coverage).sum(), (ys * coverage).sum()) / coverage.sum()
+        found[item.caption.rsplit(" ", 1)[1]].append(centre)
+    return {d: np.array(c) for d, c in found.items()}
+
+
+def test_clip_start_stills_show_where_their_captions_clip_starts():
+    """``still_position=clip_start``: a still is the first frame of a clip moving the caption's
+    way, so left-captioned stills sit right of right-captioned ones (and up below down); with
+    ``anywhere`` the place says nothing about the caption."""
+    from animatediff.config import ReproduceConfig
+    from experiments.moving_digits import data
+
+    def centres(position: str) -> dict[str, np.ndarray]:
+        rc = ReproduceConfig(
+            canvas=32, digit_size=16, speed=2, base_captions="clip", still_position=position
+        )
+        digits, _ = data.digit_split(rc)
+        style = (rc.background, rc.foreground)
+        items = data.stills(digits, 400, np.random.default_rng(0), rc, style, "clip", position)
+        return _centres(items)
+
+    start = centres("clip_start")  # 14 px of travel on a 16 px room: the start fixes the side
+    assert start["left"][:, 0].min() > start["right"][:, 0].max()
+    assert start["up"][:, 1].min() > start["down"][:, 1].max()
+    anywhere = centres("anywhere")
+    assert abs(anywhere["left"][:, 0].mean() - anywhere["right"][:, 0].mean()) < 2
+    assert abs(anywhere["up"][:, 1].mean() - anywhere["down"][:, 1].mean()) < 2
+
+
+def test_clip_start_stills_need_clip_captions():
+    from animatediff.config import ConfigError, ReproduceConfig
+
+    with pytest.raises(ConfigError, match=r"reproduce\.still_position: clip_start needs"):
+        ReproduceConfig(base_captions="digit", still_position="clip_start")
 
 
 @pytest.mark.slow  # the toy chain again, then both adaptation experiments on its models

@@ -34,6 +34,11 @@ class ReproduceConfig:
     base_captions: Literal["digit", "clip"] = "digit"
     """Captions of the base's stills: ``digit`` (``the digit 3``) or ``clip`` (a still of a clip
     with its clip's caption, ``the digit 3 moving left``)."""
+    still_position: Literal["anywhere", "clip_start"] = "anywhere"
+    """Where the base's stills place the digit: ``anywhere`` on the canvas (the position says
+    nothing about the caption's direction), or ``clip_start``: the first frame of a clip moving
+    the way the caption names, so the position carries the direction (needs
+    ``base_captions: clip``)."""
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
     """Canvas colour of the plain style (RGB in [0, 1])."""
     foreground: tuple[float, float, float] = (1.0, 1.0, 1.0)
@@ -90,6 +95,11 @@ class ReproduceConfig:
             "the digit must stay on the canvas for the whole clip",
         )
         check(0 < self.heldout_fraction < 1, "reproduce.heldout_fraction", "must be in (0, 1)")
+        check(
+            self.still_position == "anywhere" or self.base_captions == "clip",
+            "reproduce.still_position",
+            "clip_start needs reproduce.base_captions=clip (a still's direction is its caption's)",
+        )
         check(1 <= self.eval_digits <= 10, "reproduce.eval_digits", "must be in [1, 10]")
         for name in ("train_clips", "heldout_clips", "stills", "style_stills", "frames"):
             check(getattr(self, name) >= 1, f"reproduce.{name}", "must be >= 1")

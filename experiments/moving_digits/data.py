@@ -130,14 +130,17 @@ def stills(
     cfg: ReproduceConfig,
     style: tuple[tuple, tuple],
     captions: str = "digit",
+    position: str = "anywhere",
 ) -> list[Item]:
     """``count`` single frames of random digits at random places. ``captions="clip"`` draws a
-    direction too and captions the still as a frame of that clip would be."""
+    direction too and captions the still as a frame of that clip would be; with
+    ``position="clip_start"`` the still is that clip's first frame (its place shows the
+    direction), with ``anywhere`` any place on the canvas."""
     items = []
     for _ in range(count):
         index = int(rng.integers(len(digits.labels)))
         direction = cfg.directions[int(rng.integers(len(cfg.directions)))]
-        start = trajectory_start(None, rng, cfg)
+        start = trajectory_start(direction if position == "clip_start" else None, rng, cfg)
         alpha = render(digits.images[index], start, None, 1, cfg)
         label = int(digits.labels[index])
         text = caption(label, direction if captions == "clip" else None)

@@ -63,8 +63,9 @@ def render(cfg: Config, work: Path) -> tuple[Sets, dict[str, np.ndarray]]:
     plain = (rc.background, rc.foreground)
     personal = (rc.style_background, rc.style_foreground)
     clip_items = data.clips(train_digits, rc.train_clips, rng, rc, plain)
-    still_items = data.stills(train_digits, rc.stills, rng, rc, plain, rc.base_captions)
-    style_items = data.stills(train_digits, rc.style_stills, rng, rc, personal, rc.base_captions)
+    placed = (rc.base_captions, rc.still_position)
+    still_items = data.stills(train_digits, rc.stills, rng, rc, plain, *placed)
+    style_items = data.stills(train_digits, rc.style_stills, rng, rc, personal, *placed)
     held_items = data.clips(held_digits, rc.heldout_clips, rng, rc, plain)
     sets = Sets(
         clips=data.write_collection(work / "videos" / "clips", clip_items),
