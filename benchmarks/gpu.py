@@ -175,10 +175,11 @@ def training_model(cfg: Config, components: dict, tokenizer: Any, device: str):
     unet = VideoUNet.from_unet2d(components["unet"], cfg.model.motion).to(device)
     return TrainingModel(
         unet=unet,
-        conditioner=TextConditioner(tokenizer, components["text_encoder"].to(device)),
+        conditioner=TextConditioner(tokenizer, components["text_encoder"]),
         alphas_cumprod=alphas_cumprod(make_betas(cfg.model.diffusion)),
         scaling_factor=float(components["vae"].config.scaling_factor),
         base_source=f"random:{cfg.model.base.pretrained}",
+        text_encoder_on_device=False,  # the batches carry text embeddings, as cached shards do
     )
 
 

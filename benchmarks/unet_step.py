@@ -7,18 +7,41 @@ Prints, with and without gradient checkpointing: median step time and peak memor
 events; on CUDA: ``torch.cuda.max_memory_allocated`` above the pre-step level), and ours/diffusers
 ratios (target <= 1.0). Timed steps alternate between the two models so machine load hits both alike.
 
-    .venv/bin/python benchmarks/unet_step.py                  # moderate CPU config
-    .venv/bin/python benchmarks/unet_step.py --preset sd15 --device cuda --frames 16 --size 64
+The checkpointing modes: ``off``; ``all`` (ours recomputes every group, motion modules included);
+``2d-only`` (ours recomputes the 2D layers only); ``matmuls`` (``all`` with torch's selective
+checkpointing: matmul, convolution and attention outputs are kept, the rest recomputed). Diffusers
+runs its own checkpointing in every mode but ``off``.
+
+``--budget`` adds the 10 GiB accounting of one training step on one accelerator (bf16 base,
+ZeRO-2 with the optimizer offloaded, cached latents and text embeddings), term by term, with the
+measured peak of each mode. ``--attention-frames 16 32 64`` adds the peak memory of one
+SD 1.5-width motion module (the first level's) at those lengths, with SDPA's math kernel and with
+torch's default (a memory-efficient kernel, flash attention on CPU).
+
+    .venv/bin/python -m benchmarks.unet_step                  # moderate CPU config
+    .venv/bin/python -m benchmarks.unet_step --preset sd15 --dtype bf16 --frames 16 --size 32 \
+        --repeats 1 --threads 2 --budget --attention-frames 16 32 64       # the issue's table
+    .venv/bin/python -m benchmarks.unet_step --preset sd15 --device cuda --frames 16 --size 64
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
+
+# mode: (ours recomputes the motion modules too (None: no checkpointing), what a checkpointed
+# group keeps, diffusers checkpoints)
+MODES = {
+    "off": (None, "nothing", False),
+    "all": (True, "nothing", True),
+    "2d-only": (False, "nothing", True),
+    "matmuls": (True, "matmuls", True),
+}
 
 PRESETS = {
     # (block_out_channels, cross_attention_dim, attention_head_dim)
@@ -136,6 +159,9 @@ def main() -> None:
         help="torch CPU threads (0: torch's default); 1 keeps CPU "
         "time meaningful when other processes share the cores",
     )
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
+    parser.add_argument("--budget", action="store_true", help="print the 10 GiB accounting")
+    parser.add_argument("--attention-frames", type=int, nargs="*", default=[], help="e.g. 16 32 64")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -158,14 +184,13 @@ def main() -> None:
         f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} "
         f"motion params={sum(p.numel() for p in ours.trainable_parameters()):,}"
     )
-    # (mode, our checkpointing: None | include motion modules, diffusers' checkpointing)
-    modes = (("off", None, False), ("all", True, True), ("2d-only", False, True))
     rows = []
-    for mode, ours_motion, theirs_on in modes:
+    for mode in args.modes:
+        ours_motion, saves, theirs_on = MODES[mode]
         if ours_motion is None:
             ours.disable_gradient_checkpointing()
         else:
-            ours.enable_gradient_checkpointing(motion_modules=ours_motion)
+            ours.enable_gradient_checkpointing(motion_modules=ours_motion, saves=saves)
         if theirs_on:
             theirs.enable_gradient_checkpointing()
         else:
@@ -195,9 +220,98 @@ def main() -> None:
         )
     print(
         "ratios are ours/diffusers (target <= 1.0). 'all': ours recomputes every group incl. the "
-        "motion modules; '2d-only': ours recomputes the 2D layers only; diffusers' checkpointing "
-        "never recomputes the motion modules outside its mid block."
+        "motion modules; '2d-only': ours recomputes the 2D layers only; 'matmuls': 'all' keeping "
+        "matmul/conv/attention outputs; diffusers' checkpointing never recomputes the motion "
+        "modules outside its mid block."
     )
+    if args.budget:
+        print_budget(ours, args, {mode: measured["ours"][1] for mode, measured, _ in rows})
+    if args.attention_frames:
+        print_attention_memory(args)
+
+
+def print_budget(ours, args: argparse.Namespace, peaks: dict[str, float]) -> None:
+    """The accelerator memory of one training step, term by term, for each measured mode.
+
+    What the trainer holds on the device with ``data.cache_text_embeddings`` (the text encoder
+    stays on the CPU, ``TrainingModel.text_encoder_on_device``), cached latents (the VAE never
+    leaves the CPU) and ZeRO-2 with ``train.offload_optimizer`` (fp32 master weights and Adam
+    moments live in CPU memory): the weights at ``--dtype``, plus the step's measured peak of live
+    tensors (activations and the motion modules' gradients), plus DeepSpeed's gradient bucket."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from animatediff.config import TrainConfig
+
+    element = torch.finfo(next(ours.parameters()).dtype).bits // 8
+    trainable = sum(p.numel() for p in ours.trainable_parameters())
+    frozen = sum(p.numel() for p in ours.parameters()) - trainable
+    with torch.device("meta"):  # SD 1.5's text encoder (CLIP ViT-L/14), sized without weights
+        clip = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072))
+    text_encoder = sum(p.numel() for p in clip.parameters())
+    bucket = min(TrainConfig().zero_bucket_size, trainable)  # elements; never more than exist
+    gib = 2**30
+    fixed = [
+        (f"frozen 2D UNet weights ({frozen / 1e6:.0f}M, {args.dtype})", frozen * element),
+        (f"motion module weights ({trainable / 1e6:.0f}M, {args.dtype})", trainable * element),
+        ("fp32 master weights + Adam moments (12 B/param): offloaded to the CPU", 0),
+        (f"text encoder ({text_encoder / 1e6:.0f}M fp32): stays on the CPU, embeddings cached", 0),
+        ("VAE: never on the device, latents cached", 0),
+        (f"ZeRO-2 gradient bucket ({bucket / 1e6:.0f}M elements, {args.dtype})", bucket * element),
+    ]
+    print(
+        f"\nmemory budget of one training step on one accelerator (target <= 10 GiB), {args.dtype}:"
+    )
+    for name, size in fixed:
+        print(f"  {name:<76}{size / gib:>8.2f} GiB")
+    base = sum(size for _, size in fixed)
+    for mode, peak in peaks.items():
+        total = base + peak
+        print(
+            f"  + measured step peak, checkpointing {mode!r:<12} {peak / gib:>6.2f} GiB "
+            f"= {total / gib:>6.2f} GiB ({'meets' if total <= 10 * gib else 'misses'} 10 GiB)"
+        )
+    print(
+        f"  not counted: the CUDA context and allocator fragmentation; the text encoder on the "
+        f"device would add {text_encoder * 4 / gib:.2f} GiB, the optimizer without offload "
+        f"{trainable * 12 / gib:.2f} GiB"
+    )
+
+
+def module_step(module, hidden: torch.Tensor, frames: int) -> None:
+    """Forward+backward of ``module`` on ``hidden`` ``(frames, channels, height, width)``."""
+    module(hidden, frames).float().square().mean().backward()
+    hidden.grad = None
+    module.zero_grad(set_to_none=True)
+
+
+def print_attention_memory(args: argparse.Namespace) -> None:
+    """Peak memory of forward+backward through one motion module at SD 1.5's first level (320
+    channels, ``--size`` latents), SDPA's math kernel against torch's default choice."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from animatediff.config import MotionModuleConfig
+    from animatediff.motion_module import MotionModule
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    cfg = MotionModuleConfig(norm_groups=32, num_heads=8, max_frames=max(args.attention_frames))
+    torch.manual_seed(0)
+    module = MotionModule(320, cfg).to(args.device, dtype)
+    default = SDPBackend.FLASH_ATTENTION if args.device == "cpu" else SDPBackend.EFFICIENT_ATTENTION
+    print(
+        f"\none motion module (320 channels, latent {args.size}x{args.size}, {args.dtype}), "
+        "peak MiB of forward+backward:"
+    )
+    print(f"{'frames':>8}{'math':>12}{default.name.lower():>22}{'ratio':>9}")
+    for frames in args.attention_frames:
+        hidden = torch.randn(frames, 320, args.size, args.size, device=args.device, dtype=dtype)
+        step = functools.partial(module_step, module, hidden.requires_grad_(True), frames)
+        peaks = {}
+        for backend in (SDPBackend.MATH, default):
+            with sdpa_kernel(backend):
+                step()  # warm-up
+                peaks[backend] = peak_memory(step, args.device)
+        math, fast = peaks[SDPBackend.MATH], peaks[default]
+        print(f"{frames:>8}{math / 2**20:>12.1f}{fast / 2**20:>22.1f}{fast / math:>9.3f}")
 
 
 if __name__ == "__main__":

@@ -27,13 +27,23 @@ def _run(module: str, *args: str) -> str:
 
 
 def test_unet_step_compares_ours_with_diffusers_in_every_checkpointing_mode():
-    out = _run("unet_step", "--preset", "tiny", "--frames", "2", "--size", "8", "--repeats", "1")
+    out = _run(
+        "unet_step",
+        *("--preset", "tiny", "--frames", "2", "--size", "8", "--repeats", "1"),
+        *("--budget", "--attention-frames", "4", "8"),
+    )
     rows = {
         match[1]: float(match[2])
-        for match in re.finditer(r"^(off|all|2d-only)\s.*\s(\S+)$", out, re.M)
+        for match in re.finditer(r"^(off|all|2d-only|matmuls)\s.*\s(\S+)$", out, re.M)
     }
-    assert rows.keys() == {"off", "all", "2d-only"}, out
+    assert rows.keys() == {"off", "all", "2d-only", "matmuls"}, out
     assert max(rows.values()) < 1e-4, rows  # max |diff|: the two UNets compute the same function
+    budget = re.findall(r"checkpointing '(\S+)'\s+([\d.]+) GiB =\s+([\d.]+) GiB", out)
+    assert [mode for mode, _, _ in budget] == ["off", "all", "2d-only", "matmuls"], out
+    assert all(float(total) >= float(peak) for _, peak, total in budget), budget
+    attention = re.findall(r"^\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", out, re.M)
+    assert [int(frames) for frames, *_ in attention] == [4, 8], out
+    assert all(float(peak) > 0 for _, *peaks in attention for peak in peaks), attention
 
 
 def test_long_video_compares_lengths_and_window_batching():

@@ -390,6 +390,24 @@ def test_dropped_captions_use_the_empty_prompt_embedding(model_and_cfg) -> None:
     assert not torch.allclose(encoded[0], conditioner.empty)
 
 
+@pytest.mark.parametrize("cached", [False, True])
+def test_the_text_encoder_leaves_the_cpu_only_when_the_shards_lack_embeddings(
+    tmp_path, cached: bool
+) -> None:
+    """``meta`` stands in for an accelerator: with ``data.cache_text_embeddings`` the encoder's
+    weights stay on the CPU, and what it encodes still lands on the UNet's device."""
+    cfg = tiny_train_config(tmp_path, f"data.cache_text_embeddings={str(cached).lower()}")
+    model = build_training_model(cfg)
+    assert model.text_encoder_on_device is not cached
+    model.to("meta")
+    assert next(model.unet.parameters()).device.type == "meta"
+    assert model.conditioner.empty.device.type == "meta"
+    encoder_device = next(model.conditioner.text_encoder.parameters()).device.type
+    assert encoder_device == ("cpu" if cached else "meta")
+    if cached:
+        assert model.conditioner(["uncached caption", ""], None).device.type == "meta"
+
+
 def test_promotion_needs_a_loss_not_worse_than_the_champion() -> None:
     assert should_promote(0.5, None).promote
     assert should_promote(0.5, 0.5).promote
