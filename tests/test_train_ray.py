@@ -576,6 +576,10 @@ def test_lora_image_stage_exports_a_kohya_file_for_model_base_loras(ray_cluster,
     )
 
 
+# Three Ray Train runs (~70 s). CI keeps resuming with a grown max_steps through
+# test_rerun_resumes_from_s3_and_matches_the_uninterrupted_run and the re-submitted job in
+# tests/test_jobs.py; this one adds the finished run left untouched.
+@pytest.mark.slow
 def test_rerunning_a_finished_run_changes_nothing_unless_max_steps_grows(
     ray_cluster, shards, capsys
 ) -> None:
