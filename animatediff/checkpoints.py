@@ -746,7 +746,7 @@ def adapt_to(modules, loaded: MotionModuleConfig, wanted: MotionModuleConfig) ->
     """The config a loaded module runs with under the user's ``wanted`` (``model.motion``).
 
     The file decides what its weights are: the architecture and both norm semantics. ``wanted``
-    decides how they run: gradient checkpointing (and its policy), and the position-table length: a table shorter
+    decides how they run: gradient checkpointing (and its policy), compilation, and the position-table length: a table shorter
     than ``wanted.max_frames`` is resized (in ``modules``, in place) by ``wanted.pe_resize``."""
     cfg = dataclasses.replace(
         loaded,
@@ -754,6 +754,7 @@ def adapt_to(modules, loaded: MotionModuleConfig, wanted: MotionModuleConfig) ->
         gradient_checkpointing=wanted.gradient_checkpointing,
         checkpoint_motion_modules=wanted.checkpoint_motion_modules,
         checkpoint_saves=wanted.checkpoint_saves,
+        compile_motion_modules=wanted.compile_motion_modules,
         zero_init_out=wanted.zero_init_out,
     )
     if wanted.max_frames > loaded.max_frames:

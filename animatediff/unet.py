@@ -27,7 +27,7 @@ from torch.utils.checkpoint import (
 )
 
 from animatediff.config import MotionModuleConfig
-from animatediff.motion_module import MotionModules
+from animatediff.motion_module import MotionModules, TemporalTransformer3D
 
 _DOWN_TYPES = {"CrossAttnDownBlock2D", "DownBlock2D"}
 _UP_TYPES = {"CrossAttnUpBlock2D", "UpBlock2D"}
@@ -169,6 +169,8 @@ class VideoUNet(nn.Module):
             self.enable_gradient_checkpointing(
                 motion_cfg.checkpoint_motion_modules, motion_cfg.checkpoint_saves
             )
+        if motion_cfg.compile_motion_modules:
+            self.compile_motion_modules()
 
     @classmethod
     def from_unet2d(
@@ -193,6 +195,14 @@ class VideoUNet(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The motion-module parameters that train (all of them, or a MotionLoRA's adapters)."""
         return [p for p in self.motion_modules.parameters() if p.requires_grad]
+
+    def compile_motion_modules(self) -> None:
+        """``torch.compile`` each motion module's temporal transformer in place
+        (``model.motion.compile_motion_modules``); parameter names and state dicts stay as
+        they are."""
+        for module in self.motion_modules.modules():
+            if isinstance(module, TemporalTransformer3D):
+                module.compile()
 
     def enable_gradient_checkpointing(
         self, motion_modules: bool = True, saves: str = "nothing"

@@ -12,6 +12,10 @@ The checkpointing modes: ``off``; ``all`` (ours recomputes every group, motion m
 checkpointing: matmul, convolution and attention outputs are kept, the rest recomputed). Diffusers
 runs its own checkpointing in every mode but ``off``.
 
+``--compile`` adds ours with ``model.motion.compile_motion_modules`` (regional
+``torch.compile``), without checkpointing, timed side by side with eager ours and diffusers; the
+first step, which compiles (or loads inductor's cache), is reported apart.
+
 ``--budget`` adds the 10 GiB accounting of one training step on one accelerator (bf16 base,
 ZeRO-2 with the optimizer offloaded, cached latents and text embeddings), term by term, with the
 measured peak of each mode. ``--attention-frames 16 32 64`` adds the peak memory of one
@@ -161,6 +165,9 @@ def main() -> None:
     )
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     parser.add_argument("--budget", action="store_true", help="print the 10 GiB accounting")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time ours with compiled motion modules"
+    )
     parser.add_argument("--attention-frames", type=int, nargs="*", default=[], help="e.g. 16 32 64")
     args = parser.parse_args()
     if args.threads:
@@ -224,10 +231,40 @@ def main() -> None:
         "matmul/conv/attention outputs; diffusers' checkpointing never recomputes the motion "
         "modules outside its mid block."
     )
+    if args.compile:
+        print_compiled(ours, steps, args, (sample, timestep, text, target))
     if args.budget:
         print_budget(ours, args, {mode: measured["ours"][1] for mode, measured, _ in rows})
     if args.attention_frames:
         print_attention_memory(args)
+
+
+def print_compiled(ours, steps: dict, args: argparse.Namespace, inputs: tuple) -> None:
+    """``model.motion.compile_motion_modules`` without checkpointing: the first step (when
+    inductor compiles, or loads its cache) apart, then timed steps side by side with eager ours
+    and diffusers."""
+    import copy
+
+    ours.disable_gradient_checkpointing()
+    compiled = copy.deepcopy(ours)
+    compiled.compile_motion_modules()
+    steps = {**steps, "compiled": make_step(compiled, False, *inputs)}
+    start = time.perf_counter()
+    out = steps["compiled"]()
+    first = time.perf_counter() - start
+    diff = (out.float() - steps["ours"]().float()).abs().max().item()
+    times = {name: [] for name in steps}
+    for _ in range(args.repeats):
+        for name, step in steps.items():
+            times[name].append(timed(step, args.device))
+    median = {name: statistics.median(values) for name, values in times.items()}
+    print(
+        f"\ncompiled motion modules, no checkpointing: first step {first:.1f} s wall (compiles, "
+        f"or loads inductor's cache); then ours compiled {median['compiled']:.3f}, ours eager "
+        f"{median['ours']:.3f}, diffusers {median['diffusers']:.3f}; compiled/eager "
+        f"{median['compiled'] / median['ours']:.3f}, compiled/diffusers "
+        f"{median['compiled'] / median['diffusers']:.3f} (target <= 0.85); max |diff| {diff:.2e}"
+    )
 
 
 def print_budget(ours, args: argparse.Namespace, peaks: dict[str, float]) -> None:

@@ -151,6 +151,25 @@ def test_gradient_checkpointing_same_outputs_and_grads_and_fewer_saved_tensors(u
     assert results["config"][3] > results["2d-only"][3] > 0
 
 
+@pytest.mark.slow  # inductor compiles on CPU: about a minute on 2 cores
+def test_compiled_motion_modules_give_the_same_outputs_and_grads(unet2d, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    sample, timestep, text = _inputs(batch=1)
+    results = {}
+    for compiled in (False, True):
+        video = _video_unet(unet2d, compile_motion_modules=compiled)
+        out = video(sample, timestep, text)
+        F.mse_loss(out, torch.zeros_like(out)).backward()
+        grads = [p.grad for p in video.trainable_parameters()]
+        results[compiled] = (out.detach(), grads, video)
+    (eager, eager_grads, plain), (out, grads, video) = results[False], results[True]
+    transformers = [m for m in video.motion_modules.modules() if type(m).__name__.endswith("3D")]
+    assert transformers and all(m._compiled_call_impl is not None for m in transformers)
+    assert video.state_dict().keys() == plain.state_dict().keys()  # checkpoints unchanged
+    assert torch.allclose(out, eager, atol=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-3, atol=1e-5) for a, b in zip(grads, eager_grads))
+
+
 # Forward-only ops (their backward passes are other ops): run during backward() only to recompute.
 FORWARD_MATMULS = (
     {"convolution", "addmm"}

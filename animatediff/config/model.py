@@ -82,8 +82,14 @@ class MotionModuleConfig:
     """With ``gradient_checkpointing``: what a checkpointed group keeps from its forward pass.
     ``nothing``: only its input, everything is recomputed. ``matmuls``: also the outputs of its
     linear layers, convolutions and attention (torch's selective checkpointing), so the backward
-    pass recomputes only norms, activations and element-wise ops. ``benchmarks/memory.py``
-    measures what each costs at SD 1.5 size."""
+    pass recomputes only norms, activations and element-wise ops. ``benchmarks/unet_step.py
+    --budget`` measures what each costs at SD 1.5 size."""
+    compile_motion_modules: bool = False
+    """Compile each motion module's temporal transformer with ``torch.compile`` (regional: the
+    frozen 2D layers stay eager, and the repeated modules compile once per width). Same outputs,
+    up to float rounding. The first step pays the compilation (minutes on CPU); inductor caches
+    it in ``TORCHINDUCTOR_CACHE_DIR`` (default ``/tmp/torchinductor_$USER``): point that at a
+    persistent volume so later runs reuse it. ``benchmarks/unet_step.py --compile`` measures it."""
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "num_heads", "attention_blocks", "max_frames", "norm_groups"):
