@@ -746,8 +746,9 @@ def adapt_to(modules, loaded: MotionModuleConfig, wanted: MotionModuleConfig) ->
     """The config a loaded module runs with under the user's ``wanted`` (``model.motion``).
 
     The file decides what its weights are: the architecture and both norm semantics. ``wanted``
-    decides how they run: gradient checkpointing (and its policy), compilation, and the position-table length: a table shorter
-    than ``wanted.max_frames`` is resized (in ``modules``, in place) by ``wanted.pe_resize``."""
+    decides how they run: gradient checkpointing (and its policy), compilation, and the
+    position-table length: a table shorter than ``wanted.max_frames`` is resized (in
+    ``modules``, in place) by ``wanted.pe_resize``."""
     cfg = dataclasses.replace(
         loaded,
         pe_resize=wanted.pe_resize,

@@ -345,6 +345,9 @@ def _ray_packages(node: HeadNode) -> dict[str, set[str]]:
     return found
 
 
+# Four submitted jobs on their own head (~200 s on 2 cores), too long for CI's 25 minutes: CI
+# keeps job submission through the preprocess and generate jobs above; `make test-all` runs this.
+@pytest.mark.slow
 @pytest.mark.integration  # its own `ray start` head, not the module's `head_node`
 def test_submitted_train_promote_and_serve_keep_their_results_in_the_home(tmp_path, tiny_base_dir):
     """The tiny preset's default relative paths, submitted as a user would: checkpoints, the

@@ -9,7 +9,7 @@ from diffusers import UNet2DConditionModel
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from animatediff.config import MotionModuleConfig
-from animatediff.motion_module import MotionModules, to_diffusers_key
+from animatediff.motion_module import MotionModules, TemporalTransformer3D, to_diffusers_key
 from animatediff.tiny import tiny_unet_kwargs
 from animatediff.unet import VideoUNet
 
@@ -163,7 +163,9 @@ def test_compiled_motion_modules_give_the_same_outputs_and_grads(unet2d, tmp_pat
         grads = [p.grad for p in video.trainable_parameters()]
         results[compiled] = (out.detach(), grads, video)
     (eager, eager_grads, plain), (out, grads, video) = results[False], results[True]
-    transformers = [m for m in video.motion_modules.modules() if type(m).__name__.endswith("3D")]
+    transformers = [
+        m for m in video.motion_modules.modules() if isinstance(m, TemporalTransformer3D)
+    ]
     assert transformers and all(m._compiled_call_impl is not None for m in transformers)
     assert video.state_dict().keys() == plain.state_dict().keys()  # checkpoints unchanged
     assert torch.allclose(out, eager, atol=1e-5)
