@@ -47,6 +47,8 @@ MODES = {
     "matmuls": (True, "matmuls", True),
 }
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 PRESETS = {
     # (block_out_channels, cross_attention_dim, attention_head_dim)
     "tiny": ((32, 64), 32, 8),
@@ -93,7 +95,7 @@ def build_models(args: argparse.Namespace):
     adapter.load_state_dict(converted, strict=True)
     theirs = UNetMotionModel.from_unet2d(unet2d, adapter)
     theirs.freeze_unet2d_params()
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    dtype = DTYPES[args.dtype]
     return ours.to(args.device, dtype), theirs.to(args.device, dtype), cross_dim
 
 
@@ -154,7 +156,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--size", type=int, default=32, help="latent height and width")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per model and mode")
     parser.add_argument(
         "--threads",
@@ -329,7 +331,7 @@ def print_attention_memory(args: argparse.Namespace) -> None:
     from animatediff.config import MotionModuleConfig
     from animatediff.motion_module import MotionModule
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    dtype = DTYPES[args.dtype]
     cfg = MotionModuleConfig(norm_groups=32, num_heads=8, max_frames=max(args.attention_frames))
     torch.manual_seed(0)
     module = MotionModule(320, cfg).to(args.device, dtype)
