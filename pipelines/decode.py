@@ -247,7 +247,7 @@ def thumbnails(
     the 1280x720 real clip)."""
     import decord
 
-    small_width, small_height = shots.thumbnail_size(width, height)
+    small_width, small_height = resize_shape(width, height, shots.THUMBNAIL_SIDE)
     reader = decord.VideoReader(
         data if isinstance(data, str) else io.BytesIO(data.getvalue()),
         width=small_width,
@@ -296,9 +296,9 @@ def scaler(stream: Any, width: int, height: int, sample: int = 0) -> Callable[[A
 @dataclass
 class ShotPass:
     """One decode of a video's frames for shot detection and clip windows together:
-    ``thumbnails`` uint8 ``(count, h, w, 3)`` (``shots.thumbnail_size``) and the decoded frames,
-    held to convert the windows' frames once shots are known (None when they would not fit in
-    the budget: decord then decodes the windows)."""
+    ``thumbnails`` uint8 ``(count, h, w, 3)`` (short side ``shots.THUMBNAIL_SIDE``) and the
+    decoded frames, held to convert the windows' frames once shots are known (None when they
+    would not fit in the budget: decord then decodes the windows)."""
 
     thumbnails: np.ndarray
     first: int
@@ -321,7 +321,7 @@ def shot_pass(
     budget: int = SHOT_PASS_BYTES,
 ) -> ShotPass | None:
     """Decode frames ``first`` to ``first + count`` of an open PyAV ``container`` once, each
-    scaled to a thumbnail (``shots.thumbnail_size``) and held as decoded for
+    scaled to a thumbnail (short side ``shots.THUMBNAIL_SIDE``) and held as decoded for
     ``ShotPass.window`` unless they would take more than ``budget`` bytes.
 
     None when the pass cannot stand in for decord's frames exactly, and the caller takes
@@ -344,7 +344,7 @@ def shot_pass(
         origin, base = stream.start_time or 0, stream.time_base
         if first > 0:  # lands on the keyframe at or before the segment's first frame
             container.seek(origin + int(starts[first] / base), stream=stream, backward=True)
-        size = shots.thumbnail_size(stream.width, stream.height)
+        size = resize_shape(stream.width, stream.height, shots.THUMBNAIL_SIDE)
         small = scaler(stream, *size, sample=shots.THUMBNAIL_SAMPLES)
         convert = scaler(stream, *out_size)
         for frame in container.decode(stream):

@@ -34,13 +34,6 @@ the scaling then costs the same at any frame size (a 1280x720 frame scaled direc
 ms, a sixth of its decode). Frames no larger than that are scaled directly."""
 
 
-def thumbnail_size(width: int, height: int) -> tuple[int, int]:
-    """``(width, height)`` of a ``width x height`` frame's thumbnail: the short side at
-    ``THUMBNAIL_SIDE``, the aspect ratio kept (``pipelines.decode.resize_shape``)."""
-    scale = THUMBNAIL_SIDE / min(width, height)
-    return max(THUMBNAIL_SIDE, round(width * scale)), max(THUMBNAIL_SIDE, round(height * scale))
-
-
 def cut_scores(frames: np.ndarray) -> np.ndarray:
     """uint8 ``(frames, H, W, C)`` -> float32 ``(frames - 1,)``: mean absolute difference of each
     frame and the one before it (0-255 units)."""
