@@ -11,7 +11,8 @@ centre-cropped to the ``data.resolution`` square, or with ``data.buckets`` to th
 PyAV pass (``shot_pass``) decodes every frame once for the thumbnails and the windows alike,
 scaled by the same ffmpeg filter as decord's, so the clips are the pixels decord would give
 (``pipelines.shots`` has the costs). Frames stay uint8 ``(frames, height, width, 3)`` until
-the encoder: a quarter of the bytes of float32 in the object store. Every failure becomes an outcome record with a reason category; nothing raises.
+the encoder: a quarter of the bytes of float32 in the object store. Every failure becomes an
+outcome record with a reason category; nothing raises.
 
 Outcome records (failed, cached) are written by this stage as small Parquet parts named by a
 hash of their content, so a retried task rewrites the same file instead of adding one.
