@@ -2,6 +2,9 @@
 
     .venv/bin/python -m benchmarks.train                       # all three, tiny base, CPU
     .venv/bin/python -m benchmarks.train --skip-memory --cycles 60
+    .venv/bin/python -m benchmarks.train --skip-memory --config configs/moving_digits.yaml \
+        --batch-size 8 --threads 1 --set model.base.pretrained=BASE train.data_uri=CLIPS \
+        data.stride=1                              # the Moving Digits motion stage's step
 
 1. Overhead: the same model, data and step (``animatediff.training.batch_loss`` + AdamW over the
    motion parameters, clipping 1.0) in a plain PyTorch loop and in ``jobs.train`` with 1 Ray
@@ -48,9 +51,15 @@ from animatediff.config import Config, load_config
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _config(tmp: Path, frames: int, resolution: int, *overrides: str) -> Config:
+def _config(
+    tmp: Path,
+    frames: int,
+    resolution: int,
+    *overrides: str,
+    preset: Path = ROOT / "configs/tiny.yaml",
+) -> Config:
     return load_config(
-        ROOT / "configs" / "tiny.yaml",
+        preset,
         [
             f"train.data_uri={tmp / 'latents'}",
             f"train.storage_path={tmp / 'ray_results'}",
@@ -403,6 +412,20 @@ def main() -> None:
     parser.add_argument(
         "--engine-blocks", type=int, default=12, help="interleaved blocks (DeepSpeed vs plain)"
     )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=ROOT / "configs/tiny.yaml",
+        help="the overhead run's preset (the memory run always uses tiny.yaml)",
+    )
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        help="dotted overrides of the overhead run, last (e.g. a real base and shard set: "
+        "model.base.pretrained=DIR train.data_uri=DIR; synthetic shards are written only "
+        "where train.data_uri holds fewer than --clips clips)",
+    )
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args()
@@ -431,6 +454,8 @@ def main() -> None:
                 f"train.max_steps={args.warmup + (4 * args.cycles + 4) * log_every}",
                 f"train.log_every={log_every}",
                 "train.run_name=overhead",
+                *args.set,
+                preset=args.config,
             )
             write_synthetic_shards(cfg, clips=args.clips)
             # First, while the driver runs nothing else: DeepSpeed's share, in this process.

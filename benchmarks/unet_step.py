@@ -16,6 +16,10 @@ runs its own checkpointing in every mode but ``off``.
 ``torch.compile``), without checkpointing, timed side by side with eager ours and diffusers; the
 first step, which compiles (or loads inductor's cache), is reported apart.
 
+``--motion-share`` adds our step with every motion module the identity, side by side: the motion
+modules' share of the step, and the lowest ours/diffusers ratio that speeding them up could give
+(the 2D layers are diffusers' own code in both models).
+
 ``--budget`` adds the 10 GiB accounting of one training step on one accelerator (bf16 base,
 ZeRO-2 with the optimizer offloaded, cached latents and text embeddings), term by term, with the
 measured peak of each mode. ``--attention-frames 16 32 64`` adds the peak memory of one
@@ -170,6 +174,11 @@ def main() -> None:
     parser.add_argument(
         "--compile", action="store_true", help="also time ours with compiled motion modules"
     )
+    parser.add_argument(
+        "--motion-share",
+        action="store_true",
+        help="also time ours with every motion module the identity (the 2D UNet's share)",
+    )
     parser.add_argument("--attention-frames", type=int, nargs="*", default=[], help="e.g. 16 32 64")
     args = parser.parse_args()
     if args.threads:
@@ -235,6 +244,8 @@ def main() -> None:
     )
     if args.compile:
         print_compiled(ours, steps, args, (sample, timestep, text, target))
+    if args.motion_share:
+        print_motion_share(ours, steps, args, (sample, timestep, text, target))
     if args.budget:
         print_budget(ours, args, {mode: measured["ours"][1] for mode, measured, _ in rows})
     if args.attention_frames:
@@ -266,6 +277,46 @@ def print_compiled(ours, steps: dict, args: argparse.Namespace, inputs: tuple) -
         f"{median['ours']:.3f}, diffusers {median['diffusers']:.3f}; compiled/eager "
         f"{median['compiled'] / median['ours']:.3f}, compiled/diffusers "
         f"{median['compiled'] / median['diffusers']:.3f} (target <= 0.85); max |diff| {diff:.2e}"
+    )
+
+
+def print_motion_share(ours, steps: dict, args: argparse.Namespace, inputs: tuple) -> None:
+    """What the motion modules cost in our step, and so how fast ours could be at most: the step
+    timed side by side with the same step through the 2D UNet alone (every motion module the
+    identity; the input then requires grad, so backward still runs through the whole 2D UNet).
+    The 2D layers are diffusers' own modules in both models, so ``2D alone / diffusers`` bounds
+    ours/diffusers from below, whatever the motion modules gain."""
+    from animatediff.motion_module import MotionModule
+
+    ours.disable_gradient_checkpointing()
+    sample, timestep, text, target = inputs
+    through_2d = sample.detach().clone().requires_grad_(True)
+    bypassed = [m for m in ours.modules() if isinstance(m, MotionModule)]
+    step_with_motion = steps["ours"]
+
+    def step_2d_only() -> None:
+        for module in bypassed:
+            module.forward = lambda hidden, num_frames: hidden
+        try:
+            make_step(ours, False, through_2d, timestep, text, target)()
+        finally:
+            for module in bypassed:
+                del module.forward
+        through_2d.grad = None
+
+    steps = {"ours": step_with_motion, "2d-only": step_2d_only, "diffusers": steps["diffusers"]}
+    step_2d_only()  # warm-up
+    times = {name: [] for name in steps}
+    for _ in range(args.repeats):
+        for name, step in steps.items():
+            times[name].append(timed(step, args.device))
+    median = {name: statistics.median(values) for name, values in times.items()}
+    share = 1 - median["2d-only"] / median["ours"]
+    print(
+        f"\nmotion modules' share, no checkpointing: ours {median['ours']:.3f}, the 2D UNet alone "
+        f"{median['2d-only']:.3f}, diffusers {median['diffusers']:.3f}; motion modules "
+        f"{share * 100:.1f}% of our step; 2D alone/diffusers "
+        f"{median['2d-only'] / median['diffusers']:.3f} (the best ours/diffusers could reach)"
     )
 
 

@@ -30,7 +30,7 @@ def test_unet_step_compares_ours_with_diffusers_in_every_checkpointing_mode():
     out = _run(
         "unet_step",
         *("--preset", "tiny", "--frames", "2", "--size", "8", "--repeats", "1"),
-        *("--budget", "--attention-frames", "4", "8"),
+        *("--budget", "--attention-frames", "4", "8", "--motion-share"),
     )
     rows = {
         match[1]: float(match[2])
@@ -44,6 +44,21 @@ def test_unet_step_compares_ours_with_diffusers_in_every_checkpointing_mode():
     attention = re.findall(r"^\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", out, re.M)
     assert [int(frames) for frames, *_ in attention] == [4, 8], out
     assert all(float(peak) > 0 for _, *peaks in attention for peak in peaks), attention
+    share = re.search(r"motion modules (-?[\d.]+)% of our step; 2D alone/diffusers ([\d.]+)", out)
+    assert share and float(share[1]) < 100 and float(share[2]) > 0, out
+
+
+def test_sampling_times_ours_against_animatediff_pipeline_on_the_same_video():
+    out = _run(
+        "sampling",
+        *("--frames", "4", "--sizes", "32", "64", "--steps", "2", "--repeats", "1"),
+    )
+    rows = re.findall(r"^\s+4x(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\S+)$", out, re.M)
+    assert [int(side) for side, *_ in rows] == [32, 64], out
+    for _, ours, theirs, ratio, diff in rows:
+        assert float(ours) > 0 and float(theirs) > 0 and float(ratio) > 0
+        # The same video: ours is rounded to uint8, so about half a level apart, never a level.
+        assert float(diff) <= 1 / 255, out
 
 
 def test_long_video_compares_lengths_and_window_batching():
