@@ -41,15 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}  # dense, SXM
 
 
-def sd15_components() -> dict[str, torch.nn.Module]:
-    """SD 1.5's UNet, VAE and CLIP ViT-L/14 text encoder, random weights (fp32, CPU)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+def sd15_vae() -> torch.nn.Module:
+    """SD 1.5's ``AutoencoderKL``, random weights (fp32, CPU)."""
+    from diffusers import AutoencoderKL
 
-    unet = UNet2DConditionModel(  # diffusers' defaults are SD 1.5's blocks and widths
-        sample_size=64, cross_attention_dim=768, attention_head_dim=8
-    )
-    vae = AutoencoderKL(
+    return AutoencoderKL(
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
         block_out_channels=(128, 256, 512, 512),
@@ -58,7 +54,14 @@ def sd15_components() -> dict[str, torch.nn.Module]:
         sample_size=512,
         scaling_factor=0.18215,
     )
-    text_encoder = CLIPTextModel(
+
+
+def sd15_text_encoder() -> torch.nn.Module:
+    """SD 1.5's CLIP ViT-L/14 text encoder, random weights (fp32, CPU), with the byte-level
+    tokenizer's special ids."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(
         CLIPTextConfig(
             hidden_size=768,
             intermediate_size=3072,
@@ -71,7 +74,16 @@ def sd15_components() -> dict[str, torch.nn.Module]:
             pad_token_id=513,
         )
     )
-    return {"unet": unet, "vae": vae, "text_encoder": text_encoder}
+
+
+def sd15_components() -> dict[str, torch.nn.Module]:
+    """SD 1.5's UNet, VAE and CLIP ViT-L/14 text encoder, random weights (fp32, CPU)."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel(  # diffusers' defaults are SD 1.5's blocks and widths
+        sample_size=64, cross_attention_dim=768, attention_head_dim=8
+    )
+    return {"unet": unet, "vae": sd15_vae(), "text_encoder": sd15_text_encoder()}
 
 
 def build(args: argparse.Namespace) -> tuple[Config, dict[str, torch.nn.Module]]:

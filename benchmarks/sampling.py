@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.gpu import sd15_text_encoder, sd15_vae
 from benchmarks.unet_step import DTYPES, build_models
 
 PROMPT = "a red ball bouncing on a beach"
@@ -46,38 +47,15 @@ SCHEDULER = {
 
 def build_vae_and_text_encoder(preset: str, cross_dim: int):
     """Random ``AutoencoderKL`` and ``CLIPTextModel``: the tiny base's, or SD 1.5's shapes."""
-    from diffusers import AutoencoderKL
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     from animatediff.tiny import build_tiny_components
 
-    if preset != "sd15":
-        tiny = build_tiny_components()
-        text_encoder = tiny["text_encoder"]
-        if text_encoder.config.hidden_size != cross_dim:
-            raise ValueError(f"--preset {preset}: no text encoder of width {cross_dim}")
-        return tiny["vae"], text_encoder
-    torch.manual_seed(1)
-    vae = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=512,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            max_position_embeddings=77,
-            hidden_act="quick_gelu",
-        )
-    )
-    return vae.eval(), text_encoder.eval()
+    if preset == "sd15":
+        torch.manual_seed(1)
+        return sd15_vae().eval(), sd15_text_encoder().eval()
+    tiny = build_tiny_components()
+    if tiny["text_encoder"].config.hidden_size != cross_dim:
+        raise ValueError(f"--preset {preset}: no text encoder of width {cross_dim}")
+    return tiny["vae"], tiny["text_encoder"]
 
 
 def build_pipelines(args: argparse.Namespace):
