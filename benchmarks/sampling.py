@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.gpu import sd15_text_encoder, sd15_vae
+from benchmarks.gpu import sd15_text_encoder, sd15_vae, synchronize
 from benchmarks.unet_step import DTYPES, build_models
 
 PROMPT = "a red ball bouncing on a beach"
@@ -140,13 +140,11 @@ def generate_theirs(
     ).frames[0]
 
 
-def wall_seconds(call) -> tuple[float, object]:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+def wall_seconds(call, device: str) -> tuple[float, object]:
+    synchronize(device)
     start = time.perf_counter()
     out = call()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    synchronize(device)
     return time.perf_counter() - start, out
 
 
@@ -197,12 +195,12 @@ def main() -> None:
             first = {}
             if compiled is not None:
                 calls["compiled"] = functools.partial(generate_ours, compiled, *shape)
-                first["compiled"], _ = wall_seconds(calls["compiled"])
+                first["compiled"], _ = wall_seconds(calls["compiled"], args.device)
             seconds: dict[str, list[float]] = {name: [] for name in calls}
             videos = {}
             for _ in range(args.repeats):
                 for name, call in calls.items():
-                    elapsed, videos[name] = wall_seconds(call)
+                    elapsed, videos[name] = wall_seconds(call, args.device)
                     seconds[name].append(elapsed)
             median = {name: statistics.median(times) for name, times in seconds.items()}
             diff = float(np.abs(videos["ours"] - videos["diffusers"]).max())

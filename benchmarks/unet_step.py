@@ -292,7 +292,6 @@ def print_motion_share(ours, steps: dict, args: argparse.Namespace, inputs: tupl
     sample, timestep, text, target = inputs
     through_2d = sample.detach().clone().requires_grad_(True)
     bypassed = [m for m in ours.modules() if isinstance(m, MotionModule)]
-    step_with_motion = steps["ours"]
 
     def step_2d_only() -> None:
         for module in bypassed:
@@ -304,7 +303,7 @@ def print_motion_share(ours, steps: dict, args: argparse.Namespace, inputs: tupl
                 del module.forward
         through_2d.grad = None
 
-    steps = {"ours": step_with_motion, "2d-only": step_2d_only, "diffusers": steps["diffusers"]}
+    steps = {"ours": steps["ours"], "2d-only": step_2d_only, "diffusers": steps["diffusers"]}
     step_2d_only()  # warm-up
     times = {name: [] for name in steps}
     for _ in range(args.repeats):
