@@ -146,3 +146,53 @@ def test_preprocess_prints_every_section(tmp_path):
     for key in ("off", "on "):  # every replicated row is read; none fails
         assert re.search(rf"curation {key}: [\d.]+ rows/s, \d+ clips encoded, 0 rows failed", out)
         assert re.search(rf"curation {key}: 4 rows read, \d+ clips encoded, 0 rows failed", out)
+
+
+def test_motion_levers_profile_the_module_and_time_each_lever_against_it():
+    out = _run(
+        "motion_levers",
+        *("--preset", "tiny", "--frames", "4", "--size", "8", "--batch", "2", "--repeats", "1"),
+    )
+    shares = re.findall(r"^  ([a-zA-Z ]+?)\s+([\d.]+) %$", out, re.M)
+    kinds = ["layout copies", "matmuls", "attention", "GEGLU elementwise", "norms", "other"]
+    assert [kind for kind, _ in shares] == kinds, out
+    assert abs(sum(float(share) for _, share in shares) - 100) < 0.5, shares
+    rows = re.findall(r"^  (.+?)\s+([\d.]+) s\s+([\d.]+)x as is.* (\S+)$", out, re.M)
+    assert [name for name, *_ in rows] == ["as is", "fused GEGLU", "residual on the view", "both"]
+    # max |diff| of outputs and gradients: every lever computes the same function.
+    assert all(float(diff) < 1e-5 for *_, diff in rows), rows
+
+
+def test_each_motion_lever_replaces_the_modules_code_only_while_it_is_on():
+    """The levers really run (their autograd graphs differ from the module's) and are undone."""
+    import collections
+
+    import torch
+
+    from animatediff.config import MotionModuleConfig
+    from animatediff.motion_module import MotionModule
+    from benchmarks.motion_levers import levers
+
+    def graph(out: torch.Tensor) -> collections.Counter:
+        kinds, stack, seen = collections.Counter(), [out.grad_fn], set()
+        while stack:
+            node = stack.pop()
+            if node is not None and node not in seen:
+                seen.add(node)
+                kinds[type(node).__name__] += 1
+                stack += [parent for parent, _ in node.next_functions]
+        return kinds
+
+    torch.manual_seed(0)
+    module = MotionModule(32, MotionModuleConfig(zero_init_out=False))
+    hidden = torch.randn(2 * 4, 32, 4, 4, requires_grad=True)  # batch 2: the output copies
+    plain = graph(module(hidden, 4))
+    with levers(("fused GEGLU",)):
+        fused = graph(module(hidden, 4))
+    assert fused["_FusedGEGLUBackward"] == 1 and fused["GeluBackward0"] == 0, fused
+    with levers(("residual on the view",)):
+        on_view = graph(module(hidden, 4))
+    assert on_view["CloneBackward0"] + on_view["UnsafeViewBackward0"] < (
+        plain["CloneBackward0"] + plain["UnsafeViewBackward0"]
+    ), (plain, on_view)
+    assert graph(module(hidden, 4)) == plain

@@ -32,6 +32,7 @@ TOY = [
     "train.val_max_clips=2",
     "train.checkpoint_every=0",
     "train.validation_prompts=[]",
+    "train.health_check_interval_s=0.25",
     "sample.num_inference_steps=2",
     "evaluate.timesteps=2",
     "evaluate.max_clips=2",

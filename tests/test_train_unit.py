@@ -51,6 +51,7 @@ def _one_thread():
         ("train.worker_resources.trainer=0", r"train\.worker_resources\.trainer: must be > 0"),
         ("train.worker_resources.CPU=2", r"train\.worker_resources\.CPU: set CPUs with"),
         ("train.worker_resources=[trainer]", "train.worker_resources: expected a mapping"),
+        ("train.health_check_interval_s=0", "train.health_check_interval_s"),
     ],
 )
 def test_invalid_train_options_name_the_option(override: str, message: str) -> None:
@@ -79,6 +80,25 @@ def test_workers_reserve_custom_resources_and_follow_the_placement_strategy() ->
     assert scaling.placement_strategy == "STRICT_SPREAD" and scaling.num_workers == 2
     default = scaling_config(load_config(None).train)
     assert default.resources_per_worker == {"CPU": 1.0} and default.placement_strategy == "PACK"
+
+
+def test_the_poll_interval_reaches_ray_trains_controller_only_during_the_fit(monkeypatch) -> None:
+    from ray.train.v2._internal.constants import get_env_vars_to_propagate
+
+    from trainer.driver import _controller_env
+
+    name = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+    monkeypatch.delenv(name, raising=False)
+    with _controller_env(load_config(None, ["train.health_check_interval_s=0.25"]).train):
+        # What fit() hands to the controller actor it starts.
+        assert get_env_vars_to_propagate()[name] == "0.25"
+    assert name not in get_env_vars_to_propagate()
+    monkeypatch.setenv(name, "5")
+    with _controller_env(load_config(None).train):  # empty: the user's variable stands
+        assert get_env_vars_to_propagate()[name] == "5"
+    with _controller_env(load_config(None, ["train.health_check_interval_s=1"]).train):
+        assert get_env_vars_to_propagate()[name] == "1.0"
+    assert get_env_vars_to_propagate()[name] == "5"
 
 
 def test_checkpoint_paths_on_s3_are_reported_as_s3_uris() -> None:

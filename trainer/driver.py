@@ -7,12 +7,13 @@ MLflow run. Worker failures restart the group from the latest checkpoint (``trai
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,7 +229,8 @@ def run_training(cfg: Config, hooks: Sequence[StepHook] = ()) -> TrainOutcome:
         dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
     )
     try:
-        result = trainer.fit()
+        with _controller_env(train):
+            result = trainer.fit()
     except Exception:
         if run_id is not None:
             RunLogger(tracking_uri, run_id).set_terminated("FAILED")
@@ -237,6 +239,25 @@ def run_training(cfg: Config, hooks: Sequence[StepHook] = ()) -> TrainOutcome:
         raise RuntimeError(f"run {train.run_name!r} finished without a checkpoint")
     tags = {"init_from": init_from} if init_from else {}
     return _finish(cfg, result.checkpoint, run_id, tracking_uri, tags=tags)
+
+
+@contextlib.contextmanager
+def _controller_env(train: TrainConfig) -> Iterator[None]:
+    """The driver's environment while ``fit`` starts Ray Train's controller, which reads its
+    poll interval from the variables that ``fit`` passes on; restored afterwards."""
+    if train.health_check_interval_s is None:
+        yield
+        return
+    name = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+    before = os.environ.get(name)
+    os.environ[name] = str(train.health_check_interval_s)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = before
 
 
 def scaling_config(train: TrainConfig) -> Any:

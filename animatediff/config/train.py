@@ -138,6 +138,11 @@ class TrainConfig:
     """Worker-group restarts (from the latest checkpoint) before the run fails; -1: unlimited."""
     log_every: int = 1
     """Log metrics every this many optimizer steps."""
+    health_check_interval_s: float | None = None
+    """Seconds between Ray Train's polls of the workers (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``
+    for this run's controller): the end of training and a failed worker are noticed up to this
+    late. Empty: Ray's default (2 s, or the variable where set). Each poll is one small task per
+    worker. Short runs gain: 0.25 took 4-6 s off a one-step fit on 2 cores."""
     system_metrics_interval_s: float = 10.0
     """Seconds between MLflow system-metrics samples (CPU, memory, disk, network, GPU), taken on
     one worker per node; 0 disables them."""
@@ -162,6 +167,11 @@ class TrainConfig:
         check(self.cache_data_max_gib >= 0, "train.cache_data_max_gib", "must be >= 0")
         check(self.validation_steps >= 0, "train.validation_steps", "must be >= 0")
         check(self.log_every >= 1, "train.log_every", "must be >= 1")
+        check(
+            self.health_check_interval_s is None or self.health_check_interval_s > 0,
+            "train.health_check_interval_s",
+            "must be > 0 (empty: Ray's default)",
+        )
         check(
             self.system_metrics_interval_s >= 0,
             "train.system_metrics_interval_s",
