@@ -40,7 +40,8 @@ from animatediff.config import MotionModuleConfig
 from animatediff.motion_module import GEGLU, MotionModule, TemporalTransformer3D
 from benchmarks.unet_step import DTYPES, PRESETS
 
-# The profiler's op names, by kind (self CPU time; everything else is "other").
+# The profiler's op names, by kind (self CPU time; everything else is "other"). Upper bounds for
+# the two levers: copies include dtype casts, and products include every elementwise ``mul``.
 KINDS = {
     "layout copies": ("aten::copy_", "aten::clone", "aten::contiguous"),
     "matmuls": ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::linear"),
