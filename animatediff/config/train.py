@@ -142,7 +142,7 @@ class TrainConfig:
     """Seconds between Ray Train's polls of the workers (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``
     for this run's controller): the end of training and a failed worker are noticed up to this
     late. Empty: Ray's default (2 s, or the variable where set). Each poll is one small task per
-    worker. Short runs gain: 0.25 took 4-6 s off a one-step fit on 2 cores."""
+    worker. Short runs gain: 0.25 took 4-6 s off a two-step tiny fit on 2 cores."""
     system_metrics_interval_s: float = 10.0
     """Seconds between MLflow system-metrics samples (CPU, memory, disk, network, GPU), taken on
     one worker per node; 0 disables them."""
