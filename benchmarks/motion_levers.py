@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import statistics
-import time
 from collections.abc import Iterator
 
 import torch
@@ -38,7 +36,7 @@ import torch.nn.functional as F
 
 from animatediff.config import MotionModuleConfig
 from animatediff.motion_module import GEGLU, MotionModule, TemporalTransformer3D
-from benchmarks.unet_step import DTYPES, PRESETS
+from benchmarks.unet_step import DTYPES, PRESETS, interleaved_medians
 
 # The profiler's op names, by kind (self CPU time; everything else is "other"). Upper bounds for
 # the two levers: copies include dtype casts, and products include every elementwise ``mul``.
@@ -189,17 +187,20 @@ def main(argv: list[str] | None = None) -> None:
         diffs[name] = max(
             (a.float() - b.float()).abs().max().item() for a, b in zip(results, reference)
         )
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    order = list(variants)
-    for repeat in range(args.repeats):
-        # Each round starts with another variant: no variant always runs right after the same
-        # one (the allocator's and the caches' state carry over between steps).
-        for name in order[repeat % len(order) :] + order[: repeat % len(order)]:
-            with levers(variants[name]):
-                start = time.process_time()
+
+    def with_levers(names: tuple[str, ...]):
+        def run() -> None:
+            with levers(names):
                 step(modules, args.frames)
-                times[name].append(time.process_time() - start)
-    median = {name: statistics.median(values) for name, values in times.items()}
+
+        return run
+
+    median = interleaved_medians(
+        {name: with_levers(names) for name, names in variants.items()},
+        args.repeats,
+        "cpu",
+        rotate=True,
+    )
     print(f"forward+backward, CPU seconds (median of {args.repeats}, interleaved, rotated):")
     for name in variants:
         print(

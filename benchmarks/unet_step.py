@@ -132,6 +132,21 @@ def timed(step, device: str) -> float:
     return time.process_time() - start
 
 
+def interleaved_medians(
+    steps: dict, repeats: int, device: str, rotate: bool = False
+) -> dict[str, float]:
+    """Median ``timed`` seconds of each step over ``repeats`` rounds, one step of each per round,
+    so machine load hits them alike. ``rotate``: each round starts with the next step, so none
+    always runs right after the same one (the allocator's and caches' state carry over)."""
+    names = list(steps)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for repeat in range(repeats):
+        first = repeat % len(names) if rotate else 0
+        for name in names[first:] + names[:first]:
+            times[name].append(timed(steps[name], device))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def peak_memory(step, device: str) -> float:
     """Peak bytes allocated during one step above the level before it."""
     if device.startswith("cuda"):
@@ -215,13 +230,9 @@ def main() -> None:
             theirs.disable_gradient_checkpointing()
         outputs = {name: step() for name, step in steps.items()}  # warm-up, and the same function?
         diff = (outputs["ours"].float() - outputs["diffusers"].float()).abs().max().item()
-        times = {name: [] for name in steps}
-        for _ in range(args.repeats):
-            for name, step in steps.items():
-                times[name].append(timed(step, args.device))
+        median = interleaved_medians(steps, args.repeats, args.device)
         measured = {
-            name: (statistics.median(times[name]), peak_memory(step, args.device))
-            for name, step in steps.items()
+            name: (median[name], peak_memory(step, args.device)) for name, step in steps.items()
         }
         rows.append((mode, measured, diff))
 
@@ -266,11 +277,7 @@ def print_compiled(ours, steps: dict, args: argparse.Namespace, inputs: tuple) -
     out = steps["compiled"]()
     first = time.perf_counter() - start
     diff = (out.float() - steps["ours"]().float()).abs().max().item()
-    times = {name: [] for name in steps}
-    for _ in range(args.repeats):
-        for name, step in steps.items():
-            times[name].append(timed(step, args.device))
-    median = {name: statistics.median(values) for name, values in times.items()}
+    median = interleaved_medians(steps, args.repeats, args.device)
     print(
         f"\ncompiled motion modules, no checkpointing: first step {first:.1f} s wall (compiles, "
         f"or loads inductor's cache); then ours compiled {median['compiled']:.3f}, ours eager "
@@ -305,11 +312,7 @@ def print_motion_share(ours, steps: dict, args: argparse.Namespace, inputs: tupl
 
     steps = {"ours": steps["ours"], "2d-only": step_2d_only, "diffusers": steps["diffusers"]}
     step_2d_only()  # warm-up
-    times = {name: [] for name in steps}
-    for _ in range(args.repeats):
-        for name, step in steps.items():
-            times[name].append(timed(step, args.device))
-    median = {name: statistics.median(values) for name, values in times.items()}
+    median = interleaved_medians(steps, args.repeats, args.device)
     share = 1 - median["2d-only"] / median["ours"]
     print(
         f"\nmotion modules' share, no checkpointing: ours {median['ours']:.3f}, the 2D UNet alone "
