@@ -110,16 +110,16 @@ def build_pipelines(args: argparse.Namespace):
 
 def generate_ours(ours, frames: int, side: int, steps: int, guidance: float) -> np.ndarray:
     """``(frames, side, side, 3)`` float in [0, 1]."""
-    video = ours.generate(
-        [PROMPT],
-        [""],
-        [0],
+    video = ours(
+        PROMPT,
+        negative_prompt="",
         num_frames=frames,
         num_inference_steps=steps,
         guidance_scale=guidance,
+        seed=0,
         height=side,
         width=side,
-    )[0]
+    )
     return video.astype(np.float32) / 255
 
 
