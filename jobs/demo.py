@@ -23,6 +23,7 @@ import dataclasses
 import json
 import socket
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -183,7 +184,8 @@ def run_demo(cfg: Config, work: Path, keep: bool = False, clips: int = 12) -> di
         watcher = threading.Thread(target=watch_training, args=(cfg, stop), daemon=True)
         watcher.start()
         try:
-            outcome = run_training(cfg)
+            with tempfile.TemporaryDirectory(prefix="animatediff-train-") as exports:
+                outcome = run_training(cfg, export_dir=Path(exports))
         finally:
             stop.set()
             watcher.join()

@@ -7,6 +7,8 @@ checkpoint and logs to the same MLflow run (see ``trainer``).
 from __future__ import annotations
 
 import sys
+import tempfile
+from pathlib import Path
 
 from jobs import cli
 from jobs.cluster import init_ray
@@ -33,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg, _ = cli.parse(argv, JOB)
     train_preflight(cfg)
     init_ray(cfg)
-    outcome = run_training(cfg)
+    # The export is in the checkpoint, the MLflow run and the registry; its local copy goes
+    # with the job instead of staying in $TMPDIR.
+    with tempfile.TemporaryDirectory(prefix="animatediff-train-") as exports:
+        outcome = run_training(cfg, export_dir=Path(exports))
     print(
         f"trained to step {outcome.step}: val_loss={outcome.val_loss} "
         f"checkpoint={outcome.checkpoint_path} mlflow_run={outcome.run_id} "

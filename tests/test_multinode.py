@@ -113,13 +113,13 @@ def test_both_ranks_checkpoints_live_in_s3_only(facts) -> None:
         kept = {k.split("/")[2] for k in keys if k.startswith(f"ray/{run}/checkpoint_0")}
         assert kept == {"checkpoint_00000002", "checkpoint_00000004", "checkpoint_00000006"}
     # Local disk: nothing in the driver's working directory, no checkpoint file in any node's
-    # TMPDIR; what is left there is Ray's session and the driver's copies of the final exports
-    # (``TrainOutcome.export_path``, documented in infra/README.md).
+    # TMPDIR; what is left there is Ray's session and the copy of the final export that
+    # ``run_training`` hands its caller (``TrainOutcome.export_path``, infra/README.md).
     local = facts["local_files"]
     assert local["driver_cwd"] == []
     assert local["tmp_checkpoint_files"] == []
     exports = [n for n in local["tmp_entries"] if n.startswith("animatediff-train-")]
-    assert len(exports) == 2  # the reference run's and the resumed run's
+    assert len(exports) == 1  # the resumed run's; ``jobs.train`` deletes its own with the job
     assert set(local["tmp_entries"]) - set(exports) <= {
         "ray",
         "_ray_lockfiles",

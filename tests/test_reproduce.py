@@ -68,6 +68,12 @@ def test_the_chain_runs_at_toy_size(ray_cluster, tmp_path):
     assert "| the module animates the frozen base |" in report
     assert (work / "contact_sheet.png").stat().st_size > 0
     assert (work / "classifier" / "model.safetensors").is_file()
+    # The trained models' local copies live in the run's folder; later stages load them there.
+    models = work / "models"
+    assert (models / "digits-base" / "pipeline" / "unet").is_dir()
+    assert (models / "digits-motion" / "motion_module").is_dir()
+    assert (models / "digits-style-lora" / "lora.safetensors").is_file()
+    assert str(models / "digits-base" / "pipeline") in (work / "evaluate/b/report.md").read_text()
     # Each trained model went through the registry.
     client = MlflowClient(store)
     names = {m.name for m in client.search_registered_models()}

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -581,7 +582,7 @@ def test_lora_image_stage_exports_a_kohya_file_for_model_base_loras(ray_cluster,
 # tests/test_jobs.py; this one adds the finished run left untouched.
 @pytest.mark.slow
 def test_rerunning_a_finished_run_changes_nothing_unless_max_steps_grows(
-    ray_cluster, shards, capsys
+    ray_cluster, shards, capsys, tmp_path, monkeypatch
 ) -> None:
     from mlflow import MlflowClient
 
@@ -601,6 +602,23 @@ def test_rerunning_a_finished_run_changes_nothing_unless_max_steps_grows(
     assert {v.version for v in client.search_model_versions(f"name = '{name}'")} == versions
     assert sorted(p.name for p in run_dir.glob("checkpoint_*")) == checkpoints
     assert client.get_model_version_by_alias(name, "candidate").version == int(first.model_version)
+
+    # The export's local copy goes where the caller says (a rerun replaces it); ``jobs.train``
+    # deletes its own copy with the job, leaving nothing in $TMPDIR.
+    for _ in range(2):
+        placed = run_training(cfg, export_dir=tmp_path / "exports")
+        assert placed.motion_dir == tmp_path / "exports" / "motion_module"
+        _assert_same_weights(_motion(placed.motion_dir), _motion(first.motion_dir))
+    from animatediff.config import save_config
+    from jobs import cli, train
+
+    save_config(cfg, tmp_path / "rerun.yaml")
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    capsys.readouterr()
+    assert cli.run(train.main, ["--config", str(tmp_path / "rerun.yaml")]) == 0
+    assert "trained to step 2" in capsys.readouterr().out
+    assert list((tmp_path / "tmp").iterdir()) == []
 
     more = run_training(tiny_train_config(shards, "train.max_steps=3", *steps))
     assert more.step == 3 and more.run_id == first.run_id

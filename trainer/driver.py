@@ -164,10 +164,14 @@ def _start_tracking(
     return run_id, tracking_uri
 
 
-def run_training(cfg: Config, hooks: Sequence[StepHook] = ()) -> TrainOutcome:
+def run_training(
+    cfg: Config, hooks: Sequence[StepHook] = (), export_dir: Path | None = None
+) -> TrainOutcome:
     """Fit (or resume) the run named by ``cfg.train``, then log and register the motion module.
 
-    ``hooks`` run on every rank before each optimizer step (they are pickled to the workers)."""
+    ``hooks`` run on every rank before each optimizer step (they are pickled to the workers).
+    ``export_dir`` receives the local copy of the final export (``TrainOutcome.export_path``);
+    without it, a new ``$TMPDIR/animatediff-train-*`` directory that the caller owns."""
     from ray.data import ExecutionOptions
     from ray.train import (
         Checkpoint,
@@ -191,7 +195,7 @@ def run_training(cfg: Config, hooks: Sequence[StepHook] = ()) -> TrainOutcome:
             flush=True,
         )
         checkpoint = Checkpoint(location.path, location.fs if "://" in location.uri else None)
-        return _finish(cfg, checkpoint, state.mlflow_run_id, None, finished_before=True)
+        return _finish(cfg, checkpoint, state.mlflow_run_id, None, export_dir, finished_before=True)
     # Materialise a built-in base here, outside torch.distributed: transformers' save_pretrained
     # writes nothing on a non-zero rank, so racing workers could publish an empty copy.
     resolve_pretrained(cfg.model.base)
@@ -238,7 +242,7 @@ def run_training(cfg: Config, hooks: Sequence[StepHook] = ()) -> TrainOutcome:
     if result.checkpoint is None:
         raise RuntimeError(f"run {train.run_name!r} finished without a checkpoint")
     tags = {"init_from": init_from} if init_from else {}
-    return _finish(cfg, result.checkpoint, run_id, tracking_uri, tags=tags)
+    return _finish(cfg, result.checkpoint, run_id, tracking_uri, export_dir, tags=tags)
 
 
 @contextlib.contextmanager
@@ -292,6 +296,7 @@ def _finish(
     checkpoint: Any,
     run_id: str | None,
     tracking_uri: str | None,
+    export_dir: Path | None,
     *,
     finished_before: bool = False,
     tags: dict[str, str] | None = None,
@@ -303,18 +308,22 @@ def _finish(
     from tracking.runs import RunLogger, add_event, resolve_tracking_uri
 
     name = export_name(cfg.train)
-    local = Path(tempfile.mkdtemp(prefix="animatediff-train-"))
+    if export_dir is None:
+        local = Path(tempfile.mkdtemp(prefix="animatediff-train-"))
+    else:
+        local = Path(export_dir)
+        local.mkdir(parents=True, exist_ok=True)
     with checkpoint.as_directory() as directory:
         state = TrainerState.read(directory)
         source = Path(directory) / name
+        export_path = local / ("pipeline" if name == UNET_EXPORT else name)
+        if export_path.is_dir():  # a rerun into the same export_dir replaces its copy
+            shutil.rmtree(export_path)
         if source.is_file():
-            export_path = local / name
             shutil.copyfile(source, export_path)
         elif name == UNET_EXPORT:
-            export_path = local / "pipeline"
             assemble_pipeline(cfg.model.base, source, export_path)
         else:
-            export_path = local / name
             shutil.copytree(source, export_path)
     version = None
     if finished_before and run_id is not None and cfg.mlflow.enabled:

@@ -114,7 +114,7 @@ def finetune(args: argparse.Namespace) -> str:
     for condition, extra in (("scratch", []), ("finetuned", [f"train.init_from={motion}"])):
         start = time.perf_counter()
         run = f"digits-speed{args.speed}-{condition}-{args.steps}"
-        modules[condition] = str(train(cfg, run, [*common, *extra]).motion_dir)
+        modules[condition] = str(train(cfg, run, [*common, *extra], work).motion_dir)
         seconds[condition] = time.perf_counter() - start
     scored = [
         f"evaluate.prompts={prompts_file(cfg, work / 'prompts.jsonl')}",
@@ -168,6 +168,7 @@ def motion_lora(args: argparse.Namespace) -> str:
             *camera,
             *clip_data(cfg),
         ],
+        work,
     )
     train_seconds = time.perf_counter() - start
 

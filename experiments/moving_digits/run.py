@@ -109,11 +109,13 @@ def preprocess(
     return summary["output"]
 
 
-def train(cfg: Config, run_name: str, overrides: list[str] | tuple[str, ...]) -> Any:
-    """One training job (the preset, the stage's overrides, a run name); its outcome."""
+def train(cfg: Config, run_name: str, overrides: list[str] | tuple[str, ...], work: Path) -> Any:
+    """One training job (the preset, the stage's overrides, a run name); its outcome, with its
+    export copied to ``work/models/<run_name>``."""
     from trainer import run_training
 
-    return run_training(with_overrides(cfg, [*overrides, f"train.run_name={run_name}"]))
+    stage = with_overrides(cfg, [*overrides, f"train.run_name={run_name}"])
+    return run_training(stage, export_dir=work / "models" / run_name)
 
 
 def identity_module(cfg: Config, directory: Path) -> Path:
@@ -210,6 +212,7 @@ def run_reproduction(cfg: Config, work: Path) -> dict[str, Any]:
         cfg,
         "digits-base",
         ["train.stage=image", f"train.data_uri={stills_uri}", *still_data, *rc.base_train],
+        work,
     )
     base = image.export_path
     cfg = with_overrides(cfg, [f"model.base.pretrained={base}"])
@@ -219,12 +222,13 @@ def run_reproduction(cfg: Config, work: Path) -> dict[str, Any]:
     motion_common += [*clip_data, *rc.motion_train]
     progress("motion stage: training the motion module on the clips, the base frozen")
     start = time.perf_counter()
-    motion = train(cfg, "digits-motion", motion_common)
+    motion = train(cfg, "digits-motion", motion_common, work)
     timed("motion", start)
 
     progress("ablation: the same motion training with " + ", ".join(rc.ablation))
     start = time.perf_counter()
-    ablation = train(cfg, "digits-ablation", [*motion_common, *rc.ablation, "train.register=false"])
+    ablation_overrides = [*motion_common, *rc.ablation, "train.register=false"]
+    ablation = train(cfg, "digits-ablation", ablation_overrides, work)
     timed("ablation", start)
 
     progress("personalization: a LoRA of the base on a style the motion module never saw")
@@ -239,6 +243,7 @@ def run_reproduction(cfg: Config, work: Path) -> dict[str, Any]:
             *still_data,
             *rc.lora_train,
         ],
+        work,
     )
     timed("lora", start)
 
