@@ -1,21 +1,26 @@
 """Scoring a motion module: the held-out denoising loss and its frame-order check, then videos
 generated from a prompts file and scored, a report, and MLflow.
 
-    result = run_evaluation(cfg)   # needs a running Ray
+    result = run_evaluation(cfg)                  # needs a running Ray
+    results = run_evaluations([cfg_a, cfg_b])     # several models in one pass
 
-``ScoreVideos`` is a Ray Data actor (like ``generate.VideoWriter``): it loads the pipeline and the
-feature extractor once, generates each batch of prompts, writes the videos and scores them
-(``animatediff.evaluation.score_video``). The driver measures the held-out loss, writes
-``report.md``, ``contact_sheet.png``, ``metrics.json`` and ``videos.jsonl`` to
-``<output_dir>/<evaluate.output_subdir>``, and logs the metrics (``eval/*``) and files to MLflow.
+``ScoreVideos`` is a Ray Data actor (like ``generate.VideoWriter``): it loads a model's pipeline
+and feature extractor once, generates each batch of prompts, writes the videos and scores them
+(``animatediff.evaluation.score_video``). While the actors generate, the driver measures the
+held-out losses; then it writes ``report.md``, ``contact_sheet.png``, ``metrics.json`` and
+``videos.jsonl`` to ``<output_dir>/<evaluate.output_subdir>`` and logs the metrics (``eval/*``)
+and files to MLflow, for each model.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import tempfile
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,26 +49,47 @@ SUMMARY_COLUMNS = (
 
 
 class ScoreVideos:
-    """A Ray Data actor: generates a batch of prompt rows, writes and scores the videos."""
+    """A Ray Data actor: generates batches of prompt rows, writes and scores the videos.
 
-    def __init__(self, config: dict[str, Any], source: MotionSource, out_dir: str) -> None:
+    ``models`` holds ``(config, source, out_dir)`` per model; each row names its model by index.
+    The actor holds one model's pipeline at a time: the rows come model by model, so it loads
+    each model about once."""
+
+    def __init__(self, models: list[tuple[dict[str, Any], MotionSource, str]]) -> None:
+        self.models = models
+        self.loaded: int | None = None
+
+    def _load(self, model: int) -> None:
         from animatediff.features import load_extractor
         from animatediff.sampling import TextToVideo
 
+        if model == self.loaded:
+            return
+        config, source, out_dir = self.models[model]
         cfg = from_dict(Config, config)
+        self.pipeline = None  # the previous model's weights go before the next model's load
         modules, self.cfg = load_motion(source, cfg)
         self.pipeline = TextToVideo(self.cfg, modules)
         self.extractor = load_extractor(cfg.evaluate.features)
         self.root = locate(out_dir, cfg.storage)
+        self.loaded = model
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        count = len(batch["index"])
+        rows = [{key: np.asarray(batch[key][i]).item() for key in batch} for i in range(count)]
+        out = []
+        for model, group in itertools.groupby(rows, key=lambda row: row["model"]):
+            self._load(model)
+            out += self._score(list(group))
+        return {key: np.stack([item[key] for item in out]) for key in out[0]}
+
+    def _score(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One model's rows: generated together, written and scored."""
         from animatediff.evaluation import score_video
         from animatediff.export import export_video
         from animatediff.report import pick_frames
 
         evaluate = self.cfg.evaluate
-        count = len(batch["index"])
-        rows = [{key: np.asarray(batch[key][i]).item() for key in batch} for i in range(count)]
         fields = {f.name for f in dataclasses.fields(GenerationParams)}
         requests = [GenerationParams(**{k: v for k, v in r.items() if k in fields}) for r in rows]
         out = []
@@ -83,13 +109,15 @@ class ScoreVideos:
             )
             out.append(
                 {
+                    "model": row["model"],
                     "index": row["index"],
                     "file": name,
                     "scores": json.dumps(scores),
                     "strip": pick_frames(video, evaluate.contact_sheet_frames),
+                    "seconds": result.seconds / result.batch_size,
                 }
             )
-        return {key: np.stack([item[key] for item in out]) for key in out[0]}
+        return out
 
 
 @dataclass
@@ -294,39 +322,91 @@ def _score_table(videos: list[dict[str, Any]]) -> Any:
 
 def run_evaluation(cfg: Config) -> EvaluationResult:
     """Score ``evaluate.model`` (see the module docstring). Needs a running Ray."""
+    return run_evaluations([cfg])[0]
+
+
+def run_evaluations(cfgs: Sequence[Config]) -> list[EvaluationResult]:
+    """Score each config's ``evaluate.model`` as ``run_evaluation`` does, in one pass: one actor
+    pool generates the videos of every model, model after model, while the driver measures their
+    held-out losses. The configs share the pool, so their ``generate`` settings must be equal;
+    everything else (base, LoRAs, sampling, prompts, held-out data, output) is each model's own.
+    Needs a running Ray."""
     import ray
 
-    from animatediff.evaluation import summarize
-    from animatediff.report import contact_sheet, png_bytes
-
-    evaluate, gen = cfg.evaluate, cfg.generate
-    source = resolve_motion_source(evaluate.model or cfg.mlflow.candidate_alias, cfg)
-    modules, motion_cfg = load_motion(source, cfg)
-    start = time.perf_counter()
-    shard_set = held_out_set(cfg)
-    metrics = held_out_metrics(motion_cfg, modules, shard_set)
-    metrics["held_out_seconds"] = time.perf_counter() - start
-
-    text = read_bytes(locate(evaluate.prompts, cfg.storage)).decode("utf-8")
-    rows = read_prompts(text, cfg, extra_keys=("expect",))
-    for row in rows:
-        row["expect"] = json.dumps(row.get("expect") or {})
-    out_dir = f"{cfg.output_dir.rstrip('/')}/{evaluate.output_subdir}"
-    start = time.perf_counter()
-    scored = ray.data.from_items(rows).map_batches(
+    if not cfgs:
+        raise ValueError("run_evaluations: no configuration to evaluate")
+    gen = cfgs[0].generate
+    if any(cfg.generate != gen for cfg in cfgs):
+        raise ValueError(
+            "generate: evaluations in one pass share one actor pool; their generate settings differ"
+        )
+    sources = [
+        resolve_motion_source(cfg.evaluate.model or cfg.mlflow.candidate_alias, cfg) for cfg in cfgs
+    ]
+    prompts = [_prompt_rows(cfg) for cfg in cfgs]
+    out_dirs = [f"{cfg.output_dir.rstrip('/')}/{cfg.evaluate.output_subdir}" for cfg in cfgs]
+    items = [{**row, "model": model} for model, rows in enumerate(prompts) for row in rows]
+    models = [(to_dict(cfg), src, out) for cfg, src, out in zip(cfgs, sources, out_dirs)]
+    scored = ray.data.from_items(items).map_batches(
         ScoreVideos,
-        fn_constructor_kwargs={"config": to_dict(cfg), "source": source, "out_dir": out_dir},
+        fn_constructor_kwargs={"models": models},
         batch_size=gen.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=gen.num_workers),
         num_cpus=gen.worker_cpus,
         num_gpus=gen.worker_gpus,
     )
-    results = {int(r["index"]): r for r in scored.take_all()}
-    metrics["generate_seconds"] = time.perf_counter() - start
+    # The actors generate while the driver measures: the two overlap on a machine's cores.
+    with ThreadPoolExecutor(max_workers=1) as background:
+        generated = background.submit(scored.take_all)
+        held_out = [_held_out(cfg, source) for cfg, source in zip(cfgs, sources)]
+        scored_rows = generated.result()
+    by_model: list[dict[int, dict]] = [{} for _ in cfgs]
+    for row in scored_rows:
+        by_model[int(row["model"])][int(row["index"])] = row
+    return [
+        _finish(*model)
+        for model in zip(cfgs, sources, prompts, by_model, held_out, out_dirs, strict=True)
+    ]
+
+
+def _prompt_rows(cfg: Config) -> list[dict[str, Any]]:
+    """``evaluate.prompts`` as generation rows, each with its ``expect`` as JSON."""
+    text = read_bytes(locate(cfg.evaluate.prompts, cfg.storage)).decode("utf-8")
+    rows = read_prompts(text, cfg, extra_keys=("expect",))
+    for row in rows:
+        row["expect"] = json.dumps(row.get("expect") or {})
+    return rows
+
+
+def _held_out(cfg: Config, source: MotionSource) -> tuple[dict[str, float], tuple[Any, dict]]:
+    """The held-out metrics of one model (with ``held_out_seconds``) and its shard set."""
+    modules, motion_cfg = load_motion(source, cfg)
+    start = time.perf_counter()
+    shard_set = held_out_set(cfg)
+    metrics = held_out_metrics(motion_cfg, modules, shard_set)
+    metrics["held_out_seconds"] = time.perf_counter() - start
+    return metrics, shard_set
+
+
+def _finish(
+    cfg: Config,
+    source: MotionSource,
+    rows: list[dict[str, Any]],
+    results: dict[int, dict[str, Any]],
+    held_out: tuple[dict[str, float], tuple[Any, dict]],
+    out_dir: str,
+) -> EvaluationResult:
+    """One model's scored videos and held-out metrics: summary, files, MLflow."""
+    from animatediff.evaluation import summarize
+    from animatediff.report import contact_sheet, png_bytes
+
+    metrics, shard_set = held_out
     missing = sorted(set(range(len(rows))) - set(results))
     if missing:
-        raise RuntimeError(f"evaluation lost prompts {missing}")
+        raise RuntimeError(f"evaluation of {source.uri} lost prompts {missing}")
+    # The actors' time on this model's videos (each batch's time shared by its videos).
+    metrics["generate_seconds"] = float(sum(result["seconds"] for result in results.values()))
     videos, scores = [], []
     for row in rows:
         result = results[row["index"]]

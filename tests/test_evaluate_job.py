@@ -120,3 +120,56 @@ def test_metrics_land_on_the_versions_run_and_gate_promotion(evaluated, tmp_path
     assert cli.run(promote.main, [*config, *store, reachable]) == 0
     champion = client.get_model_version_by_alias(cfg.mlflow.registered_model, "champion")
     assert str(champion.version) == versions[1]
+
+
+def test_models_scored_in_one_pass_match_their_own_evaluations(evaluated, tmp_path):
+    """``run_evaluations``: one actor pool generates both versions' videos (switching models
+    between rows) while the driver measures their held-out losses; each model's scores are
+    those of its own evaluation (the job's, for the candidate)."""
+    import dataclasses
+
+    from jobs import cli, evaluate
+    from pipelines.evaluate import run_evaluation, run_evaluations
+
+    cfg, versions, out, argv = evaluated
+    base, _ = cli.parse(argv, evaluate.JOB)
+    base = dataclasses.replace(base, output_dir=str(tmp_path))
+    base = dataclasses.replace(base, mlflow=dataclasses.replace(base.mlflow, enabled=False))
+
+    def stage(version: str, subdir: str):
+        model = f"models:/{cfg.mlflow.registered_model}/{version}"
+        fields = {"model": model, "output_subdir": subdir}
+        return dataclasses.replace(base, evaluate=dataclasses.replace(base.evaluate, **fields))
+
+    first, candidate = run_evaluations([stage(versions[0], "v0"), stage(versions[1], "v1")])
+    alone = run_evaluation(stage(versions[0], "v0-alone"))
+    job = [json.loads(line) for line in (out / "videos.jsonl").read_text().splitlines()]
+    job_metrics = json.loads((out / "metrics.json").read_text())
+    scores = ("frame_consistency", "displacement_per_frame", "motion_magnitude")
+
+    def per_video(videos):
+        return [video[name] for video in videos for name in scores]
+
+    # A video denoised in another batch can differ by a uint8 level in a few pixels; the two
+    # versions' videos differ by far more (0.01 to 0.4 here), so a pass that scored one model's
+    # videos for both would fail.
+    assert per_video(candidate.videos) == pytest.approx(per_video(job), abs=1e-4)
+    assert per_video(first.videos) == pytest.approx(per_video(alone.videos), abs=1e-4)
+    assert per_video(first.videos) != pytest.approx(per_video(candidate.videos), abs=1e-2)
+    assert candidate.metrics["held_out_loss"] == job_metrics["held_out_loss"]
+    assert first.metrics["held_out_loss"] == alone.metrics["held_out_loss"]
+    assert (tmp_path / "v0" / "report.md").is_file() and (tmp_path / "v1" / "report.md").is_file()
+
+
+def test_models_in_one_pass_must_share_the_generate_settings():
+    import dataclasses
+
+    from animatediff.config import load_config
+    from pipelines.evaluate import run_evaluations
+
+    cfg = load_config(Path(__file__).parents[1] / "configs/tiny.yaml")
+    other = dataclasses.replace(cfg, generate=dataclasses.replace(cfg.generate, num_workers=3))
+    with pytest.raises(ValueError, match="^generate: "):
+        run_evaluations([cfg, other])
+    with pytest.raises(ValueError, match="no configuration"):
+        run_evaluations([])

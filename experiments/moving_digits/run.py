@@ -152,14 +152,19 @@ def prompts_file(cfg: Config, path: Path) -> Path:
     return path
 
 
-def evaluate(cfg: Config, condition: str, model: str, overrides: list[str]) -> dict[str, float]:
-    """``jobs.evaluate`` for one condition; its metrics."""
-    from pipelines.evaluate import run_evaluation
+def evaluate(cfg: Config, conditions: dict[str, tuple[str, list[str]]]) -> dict[str, dict]:
+    """``jobs.evaluate``'s scoring of each condition (``name: (model, overrides)``) in one pass;
+    their metrics by name."""
+    from pipelines.evaluate import run_evaluations
 
-    stage = with_overrides(
-        cfg, [f"evaluate.model={model}", f"evaluate.output_subdir=evaluate/{condition}", *overrides]
-    )
-    return run_evaluation(stage).metrics
+    stages = [
+        with_overrides(
+            cfg,
+            [f"evaluate.model={model}", f"evaluate.output_subdir=evaluate/{name}", *overrides],
+        )
+        for name, (model, overrides) in conditions.items()
+    ]
+    return {name: result.metrics for name, result in zip(conditions, run_evaluations(stages))}
 
 
 def style_difference(metrics: dict[str, float], reference: dict[str, float]) -> float:
@@ -267,14 +272,15 @@ def run_reproduction(cfg: Config, work: Path) -> dict[str, Any]:
     ]
     own = [*common, "evaluate.log_to=own_run"]
     lora_base = [f"model.base.loras=[{{path: {lora.export_path}}}]"]
-    metrics = {
-        "a1": evaluate(cfg, "a1", str(identity), own),
-        "a2": evaluate(cfg, "a2", str(identity), [*own, "sample.shared_noise=true"]),
-        "b": evaluate(cfg, "b", str(motion.model_version), common),
-        "c": evaluate(cfg, "c", str(motion.motion_dir), [*own, *lora_base]),
-        "c0": evaluate(cfg, "c0", str(identity), [*own, *lora_base]),
-        "d": evaluate(cfg, "d", str(ablation.motion_dir), [*own, *rc.ablation]),
+    conditions = {
+        "a1": (str(identity), own),
+        "a2": (str(identity), [*own, "sample.shared_noise=true"]),
+        "b": (str(motion.model_version), common),
+        "c": (str(motion.motion_dir), [*own, *lora_base]),
+        "c0": (str(identity), [*own, *lora_base]),
+        "d": (str(ablation.motion_dir), [*own, *rc.ablation]),
     }
+    metrics = evaluate(cfg, conditions)
     timed("evaluate", start)
     metrics["c"]["style_difference"] = style_difference(metrics["c"], metrics["c0"])
     metrics["b"]["style_difference"] = style_difference(metrics["b"], metrics["c0"])
