@@ -164,6 +164,29 @@ def test_registered_version_loads_and_predicts_and_promotes(reference, capsys, t
     assert "promoted" in capsys.readouterr().out
 
 
+def test_the_exports_local_copy_goes_where_the_caller_says_and_jobs_train_deletes_its_own(
+    reference, tmp_path, monkeypatch, capsys
+) -> None:
+    """Re-running the finished reference run (nothing left to train) reads its export back:
+    ``export_dir`` places the copy (a rerun replaces it); ``jobs.train`` copies into a temporary
+    folder that goes with the job, so nothing is left in $TMPDIR."""
+    from animatediff.config import save_config
+    from jobs import cli, train
+
+    outcome, cfg = reference
+    for _ in range(2):
+        placed = run_training(cfg, export_dir=tmp_path / "exports")
+        assert placed.motion_dir == tmp_path / "exports" / "motion_module"
+        _assert_same_weights(_motion(placed.motion_dir), _motion(outcome.motion_dir))
+    save_config(cfg, tmp_path / "reference.yaml")
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    capsys.readouterr()
+    assert cli.run(train.main, ["--config", str(tmp_path / "reference.yaml")]) == 0
+    assert f"trained to step {outcome.step}" in capsys.readouterr().out
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
 def test_killed_worker_restores_from_the_last_checkpoint_and_matches(
     reference, shards, tmp_path
 ) -> None:
@@ -582,7 +605,7 @@ def test_lora_image_stage_exports_a_kohya_file_for_model_base_loras(ray_cluster,
 # tests/test_jobs.py; this one adds the finished run left untouched.
 @pytest.mark.slow
 def test_rerunning_a_finished_run_changes_nothing_unless_max_steps_grows(
-    ray_cluster, shards, capsys, tmp_path, monkeypatch
+    ray_cluster, shards, capsys
 ) -> None:
     from mlflow import MlflowClient
 
@@ -602,23 +625,6 @@ def test_rerunning_a_finished_run_changes_nothing_unless_max_steps_grows(
     assert {v.version for v in client.search_model_versions(f"name = '{name}'")} == versions
     assert sorted(p.name for p in run_dir.glob("checkpoint_*")) == checkpoints
     assert client.get_model_version_by_alias(name, "candidate").version == int(first.model_version)
-
-    # The export's local copy goes where the caller says (a rerun replaces it); ``jobs.train``
-    # deletes its own copy with the job, leaving nothing in $TMPDIR.
-    for _ in range(2):
-        placed = run_training(cfg, export_dir=tmp_path / "exports")
-        assert placed.motion_dir == tmp_path / "exports" / "motion_module"
-        _assert_same_weights(_motion(placed.motion_dir), _motion(first.motion_dir))
-    from animatediff.config import save_config
-    from jobs import cli, train
-
-    save_config(cfg, tmp_path / "rerun.yaml")
-    (tmp_path / "tmp").mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    capsys.readouterr()
-    assert cli.run(train.main, ["--config", str(tmp_path / "rerun.yaml")]) == 0
-    assert "trained to step 2" in capsys.readouterr().out
-    assert list((tmp_path / "tmp").iterdir()) == []
 
     more = run_training(tiny_train_config(shards, "train.max_steps=3", *steps))
     assert more.step == 3 and more.run_id == first.run_id
