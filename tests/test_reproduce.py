@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -122,8 +123,9 @@ def test_clip_start_stills_need_clip_captions():
         ReproduceConfig(base_captions="digit", still_position="clip_start")
 
 
-@pytest.mark.slow  # the toy chain again, then both adaptation experiments on its models
-def test_the_adaptation_experiments_run_on_the_reproductions_models(ray_cluster, tmp_path):
+@pytest.mark.slow  # the toy chain again, then the adaptation experiments and a benchmark on it
+def test_the_adaptation_experiments_run_on_the_reproductions_models(ray_cluster, tmp_path, capsys):
+    from benchmarks import evaluate_pass
     from experiments.moving_digits import adapt
     from jobs import cli, reproduce
 
@@ -144,6 +146,12 @@ def test_the_adaptation_experiments_run_on_the_reproductions_models(ray_cluster,
     # Scale 0 merges nothing: the plain module's video, pixel for pixel.
     assert "largest pixel difference 0 (of 255)" in report
     assert (work / "adapt" / "motion_lora" / "zoom_sheet.png").stat().st_size > 0
+    capsys.readouterr()
+    evaluate_pass.main(["--work", str(work), preset, *_toy_overrides(tmp_path)])
+    out = capsys.readouterr().out
+    assert re.search(r"^\| sequential \| [\d.]+ \| 1\.00x \|$", out, re.M), out
+    assert re.search(r"^\| pass \| [\d.]+ \| [\d.]+x \|$", out, re.M), out
+    assert "largest metric difference between the modes: " in out
 
 
 @pytest.mark.slow

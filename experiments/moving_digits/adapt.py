@@ -36,6 +36,7 @@ from animatediff.report import contact_sheet, save_png
 from experiments.moving_digits import data
 from experiments.moving_digits.probes import PRESET, trained_paths
 from experiments.moving_digits.run import (
+    clip_data,
     evaluate,
     preprocess,
     prompts_file,
@@ -83,11 +84,6 @@ def clip_sets(
     )
 
 
-def clip_data(cfg: Config) -> list[str]:
-    rc = cfg.reproduce
-    return [f"data.num_frames={rc.frames}", "data.stride=1", f"data.resolution={rc.canvas}"]
-
-
 def markdown(rows: dict[str, dict[str, float]], columns: tuple[str, ...]) -> str:
     lines = ["| condition | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, values in rows.items():
@@ -126,12 +122,10 @@ def finetune(args: argparse.Namespace) -> str:
         "evaluate.log_to=own_run",
         *clip_data(cfg),
     ]
-    metrics = {
-        condition: evaluate(cfg, f"speed{args.speed}-{condition}", module, scored)
-        for condition, module in modules.items()
-    }
-    folders = [f"speed{args.speed}-{condition}" for condition in modules]
-    picture = save_png(sheet(work, cfg, 3, folders), work / "finetune_sheet.png")
+    folders = {condition: f"speed{args.speed}-{condition}" for condition in modules}
+    scores = evaluate(cfg, {folders[c]: (module, scored) for c, module in modules.items()})
+    metrics = {condition: scores[folder] for condition, folder in folders.items()}
+    picture = save_png(sheet(work, cfg, 3, list(folders.values())), work / "finetune_sheet.png")
     timing = ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items())
     return (
         f"New domain: digits moving {args.speed} px/frame (trained on {rc.speed}); "

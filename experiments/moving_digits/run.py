@@ -40,6 +40,12 @@ CONDITIONS = {
 }
 
 
+def clip_data(cfg: Config) -> list[str]:
+    """The ``data.`` overrides that read the reproduction's clips (frames, stride 1, canvas)."""
+    rc = cfg.reproduce
+    return [f"data.num_frames={rc.frames}", "data.stride=1", f"data.resolution={rc.canvas}"]
+
+
 def with_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
     """``cfg`` with dotted overrides applied (what the command line would give)."""
     return from_dict(Config, apply_overrides(to_dict(cfg), list(overrides)))
@@ -152,19 +158,67 @@ def prompts_file(cfg: Config, path: Path) -> Path:
     return path
 
 
-def evaluate(cfg: Config, conditions: dict[str, tuple[str, list[str]]]) -> dict[str, dict]:
-    """``jobs.evaluate``'s scoring of each condition (``name: (model, overrides)``) in one pass;
-    their metrics by name."""
-    from pipelines.evaluate import run_evaluations
+Conditions = dict[str, tuple[str, list[str]]]
+"""``{name: (motion module, jobs.evaluate overrides)}``."""
 
-    stages = [
-        with_overrides(
+
+def evaluation_stages(cfg: Config, conditions: Conditions) -> dict[str, Config]:
+    """Each condition's ``jobs.evaluate`` config; its reports go to ``evaluate/<name>``."""
+    return {
+        name: with_overrides(
             cfg,
             [f"evaluate.model={model}", f"evaluate.output_subdir=evaluate/{name}", *overrides],
         )
         for name, (model, overrides) in conditions.items()
+    }
+
+
+def evaluate(cfg: Config, conditions: Conditions) -> dict[str, dict[str, float]]:
+    """``jobs.evaluate``'s scoring of every condition, in one pass; their metrics by name."""
+    from pipelines.evaluate import run_evaluations
+
+    stages = evaluation_stages(cfg, conditions)
+    return {
+        name: result.metrics for name, result in zip(stages, run_evaluations(list(stages.values())))
+    }
+
+
+def reproduction_conditions(
+    cfg: Config,
+    work: Path,
+    heldout_uri: str,
+    classifier_dir: Path,
+    motion: str,
+    motion_dir: str,
+    ablation: str,
+    lora: str,
+) -> Conditions:
+    """The conditions of the module docstring on ``cfg``'s base. ``motion``: the motion module
+    of (b), a path or a registered version (whose training run then gets the metrics);
+    ``motion_dir``: the same module's files, for (c), whose metrics go to a run of their own;
+    ``ablation``: the ablation's module; ``lora``: the personalized base's LoRA. Reports go to
+    ``work/evaluate/<condition>``."""
+    rc = cfg.reproduce
+    identity = str(identity_module(cfg, work / "identity_motion_module"))
+    common = [
+        f"evaluate.prompts={prompts_file(cfg, work / 'prompts.jsonl')}",
+        f"evaluate.data_uri={heldout_uri}",
+        f"evaluate.features=classifier:{classifier_dir}",
+        f"evaluate.directions={len(rc.directions) if len(rc.directions) > 4 else 4}",
+        f"evaluate.min_speed={rc.speed / 2}",
+        f"output_dir={work}",
+        *clip_data(cfg),
     ]
-    return {name: result.metrics for name, result in zip(conditions, run_evaluations(stages))}
+    own = [*common, "evaluate.log_to=own_run"]
+    lora_base = [f"model.base.loras=[{{path: {lora}}}]"]
+    return {
+        "a1": (identity, own),
+        "a2": (identity, [*own, "sample.shared_noise=true"]),
+        "b": (motion, common),
+        "c": (motion_dir, [*own, *lora_base]),
+        "c0": (identity, [*own, *lora_base]),
+        "d": (ablation, [*own, *rc.ablation]),
+    }
 
 
 def style_difference(metrics: dict[str, float], reference: dict[str, float]) -> float:
@@ -209,7 +263,6 @@ def run_reproduction(cfg: Config, work: Path) -> dict[str, Any]:
     timed("preprocess", start)
 
     still_data = ["data.num_frames=1", "data.stride=1", f"data.resolution={rc.canvas}"]
-    clip_data = [f"data.num_frames={rc.frames}", "data.stride=1", f"data.resolution={rc.canvas}"]
 
     progress("image stage: training the base's UNet on still frames (Ray Train + DeepSpeed)")
     start = time.perf_counter()
@@ -224,7 +277,7 @@ def run_reproduction(cfg: Config, work: Path) -> dict[str, Any]:
     timed("base", start)
 
     motion_common = [f"train.data_uri={clips_uri}", f"train.val_data_uri={heldout_uri}"]
-    motion_common += [*clip_data, *rc.motion_train]
+    motion_common += [*clip_data(cfg), *rc.motion_train]
     progress("motion stage: training the motion module on the clips, the base frozen")
     start = time.perf_counter()
     motion = train(cfg, "digits-motion", motion_common, work)
@@ -260,26 +313,16 @@ def run_reproduction(cfg: Config, work: Path) -> dict[str, Any]:
 
     progress("generating and scoring the conditions on held-out digits and seeds")
     start = time.perf_counter()
-    identity = identity_module(cfg, work / "identity_motion_module")
-    common = [
-        f"evaluate.prompts={prompts_file(cfg, work / 'prompts.jsonl')}",
-        f"evaluate.data_uri={heldout_uri}",
-        f"evaluate.features=classifier:{classifier_dir}",
-        f"evaluate.directions={len(rc.directions) if len(rc.directions) > 4 else 4}",
-        f"evaluate.min_speed={rc.speed / 2}",
-        f"output_dir={work}",
-        *clip_data,
-    ]
-    own = [*common, "evaluate.log_to=own_run"]
-    lora_base = [f"model.base.loras=[{{path: {lora.export_path}}}]"]
-    conditions = {
-        "a1": (str(identity), own),
-        "a2": (str(identity), [*own, "sample.shared_noise=true"]),
-        "b": (str(motion.model_version), common),
-        "c": (str(motion.motion_dir), [*own, *lora_base]),
-        "c0": (str(identity), [*own, *lora_base]),
-        "d": (str(ablation.motion_dir), [*own, *rc.ablation]),
-    }
+    conditions = reproduction_conditions(
+        cfg,
+        work,
+        heldout_uri,
+        classifier_dir,
+        motion=str(motion.model_version),
+        motion_dir=str(motion.motion_dir),
+        ablation=str(ablation.motion_dir),
+        lora=str(lora.export_path),
+    )
     metrics = evaluate(cfg, conditions)
     timed("evaluate", start)
     metrics["c"]["style_difference"] = style_difference(metrics["c"], metrics["c0"])

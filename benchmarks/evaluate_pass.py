@@ -1,0 +1,94 @@
+"""The Moving Digits conditions scored one after another (a ``run_evaluation`` each, as the chain
+did before) and in one pass (``run_evaluations``, as it does now), side by side in one Ray session
+on a finished reproduction's models: wall time of each, and whether their metrics agree.
+
+    .venv/bin/python -m benchmarks.evaluate_pass --work outputs/reproduce
+    .venv/bin/python -m benchmarks.evaluate_pass --work outputs/reproduce --order pass,sequential
+
+``--work`` is a ``make reproduce`` folder (``<output_dir>/reproduce``): its models under
+``models/``, classifier, identity module and held-out shards. MLflow is off; the reports go to a
+temporary folder, not into the reproduction's. The first mode also pays for warm-up (file cache,
+lazy imports): ``--order`` swaps them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+
+def measure(args: argparse.Namespace) -> dict[str, tuple[float, dict[str, dict[str, float]]]]:
+    """``{mode: (wall seconds, metrics by condition)}`` in ``args.order``."""
+    from animatediff.config import load_config
+    from experiments.moving_digits.run import (
+        evaluation_stages,
+        reproduction_conditions,
+        with_overrides,
+    )
+    from jobs.cluster import init_ray
+    from pipelines.evaluate import run_evaluation, run_evaluations
+
+    work = Path(args.work).resolve()
+    models = work / "models"
+    cfg = load_config(args.config, args.overrides)
+    base = models / "digits-base" / "pipeline"
+    cfg = with_overrides(cfg, [f"model.base.pretrained={base}", "mlflow.enabled=false"])
+    motion = str(models / "digits-motion" / "motion_module")
+    conditions = reproduction_conditions(
+        cfg,
+        work,
+        str(work / "latents" / "heldout"),
+        work / "classifier",
+        motion=motion,
+        motion_dir=motion,
+        ablation=str(models / "digits-ablation" / "motion_module"),
+        lora=str(models / "digits-style-lora" / "lora.safetensors"),
+    )
+    init_ray(cfg, hide_gpus=True, log_to_driver=False)
+    measured = {}
+    with tempfile.TemporaryDirectory(prefix="evaluate-pass-") as scratch:
+        for mode in args.order.split(","):
+            out = [f"output_dir={Path(scratch) / mode}"]  # after the conditions' own: it wins
+            stages = evaluation_stages(
+                cfg, {name: (model, [*o, *out]) for name, (model, o) in conditions.items()}
+            )
+            start = time.perf_counter()
+            if mode == "sequential":
+                results = [run_evaluation(stage) for stage in stages.values()]
+            elif mode == "pass":
+                results = run_evaluations(list(stages.values()))
+            else:
+                raise SystemExit(f"--order: unknown mode {mode!r} (sequential, pass)")
+            seconds = time.perf_counter() - start
+            measured[mode] = (seconds, {n: r.metrics for n, r in zip(stages, results)})
+            print(f"{mode}: {seconds:.1f} s", flush=True)
+    return measured
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", required=True, help="a finished reproduction's folder")
+    parser.add_argument("--config", default="configs/moving_digits.yaml")
+    parser.add_argument("--order", default="sequential,pass", help="modes, in the order run")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides of the preset")
+    args = parser.parse_args(argv)
+    measured = measure(args)
+    modes = list(measured)
+    print(f"\n| mode | wall s | vs {modes[0]} |\n|---|---:|---:|")
+    for mode, (seconds, _) in measured.items():
+        print(f"| {mode} | {seconds:.1f} | {seconds / measured[modes[0]][0]:.2f}x |")
+    if len(modes) == 2:
+        first, second = (measured[mode][1] for mode in modes)
+        differences = [
+            abs(first[c][k] - second[c][k])
+            for c in first
+            for k in first[c]
+            if not k.endswith("_seconds")
+        ]
+        print(f"\nlargest metric difference between the modes: {max(differences):.3g}")
+
+
+if __name__ == "__main__":
+    main()
