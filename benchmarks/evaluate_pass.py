@@ -4,6 +4,7 @@ on a finished reproduction's models: wall time of each, and whether their metric
 
     .venv/bin/python -m benchmarks.evaluate_pass --work outputs/reproduce
     .venv/bin/python -m benchmarks.evaluate_pass --work outputs/reproduce --order pass,sequential
+    .venv/bin/python -m benchmarks.evaluate_pass --work outputs/reproduce --conditions a1,b
 
 ``--work`` is a ``make reproduce`` folder (``<output_dir>/reproduce``): its models under
 ``models/``, classifier, identity module and held-out shards. MLflow is off; the reports go to a
@@ -46,6 +47,12 @@ def measure(args: argparse.Namespace) -> dict[str, tuple[float, dict[str, dict[s
         ablation=str(models / "digits-ablation" / "motion_module"),
         lora=str(models / "digits-style-lora" / "lora.safetensors"),
     )
+    if args.conditions:
+        names = args.conditions.split(",")
+        unknown = sorted(set(names) - set(conditions))
+        if unknown:
+            raise SystemExit(f"--conditions: unknown {unknown} (of {sorted(conditions)})")
+        conditions = {name: conditions[name] for name in names}
     init_ray(cfg, hide_gpus=True, log_to_driver=False)
     measured = {}
     with tempfile.TemporaryDirectory(prefix="evaluate-pass-") as scratch:
@@ -72,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", required=True, help="a finished reproduction's folder")
     parser.add_argument("--config", default="configs/moving_digits.yaml")
     parser.add_argument("--order", default="sequential,pass", help="modes, in the order run")
+    parser.add_argument("--conditions", default="", help="e.g. a1,b (default: all six)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides of the preset")
     args = parser.parse_args(argv)
     measured = measure(args)

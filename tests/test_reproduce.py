@@ -50,9 +50,10 @@ def _toy_overrides(tmp_path: Path) -> list[str]:
     ]
 
 
-def test_the_chain_runs_at_toy_size(ray_cluster, tmp_path):
+def test_the_chain_runs_at_toy_size(ray_cluster, tmp_path, capsys):
     from mlflow import MlflowClient
 
+    from benchmarks import evaluate_pass
     from jobs import cli, reproduce
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -79,6 +80,13 @@ def test_the_chain_runs_at_toy_size(ray_cluster, tmp_path):
     client = MlflowClient(store)
     names = {m.name for m in client.search_registered_models()}
     assert {"moving-digits-motion", "moving-digits-motion-image"} <= names
+    # The evaluation benchmark's smoke run on the chain's models (two conditions).
+    capsys.readouterr()
+    evaluate_pass.main(["--work", str(work), "--conditions", "a1,b", argv[0], *argv[1:]])
+    out = capsys.readouterr().out
+    assert re.search(r"^\| sequential \| [\d.]+ \| 1\.00x \|$", out, re.M), out
+    assert re.search(r"^\| pass \| [\d.]+ \| [\d.]+x \|$", out, re.M), out
+    assert "largest metric difference between the modes: " in out
 
 
 def _centres(items, directions=("left", "right", "up", "down")) -> dict[str, np.ndarray]:
@@ -123,9 +131,8 @@ def test_clip_start_stills_need_clip_captions():
         ReproduceConfig(base_captions="digit", still_position="clip_start")
 
 
-@pytest.mark.slow  # the toy chain again, then the adaptation experiments and a benchmark on it
-def test_the_adaptation_experiments_run_on_the_reproductions_models(ray_cluster, tmp_path, capsys):
-    from benchmarks import evaluate_pass
+@pytest.mark.slow  # the toy chain again, then both adaptation experiments on its models
+def test_the_adaptation_experiments_run_on_the_reproductions_models(ray_cluster, tmp_path):
     from experiments.moving_digits import adapt
     from jobs import cli, reproduce
 
@@ -146,12 +153,6 @@ def test_the_adaptation_experiments_run_on_the_reproductions_models(ray_cluster,
     # Scale 0 merges nothing: the plain module's video, pixel for pixel.
     assert "largest pixel difference 0 (of 255)" in report
     assert (work / "adapt" / "motion_lora" / "zoom_sheet.png").stat().st_size > 0
-    capsys.readouterr()
-    evaluate_pass.main(["--work", str(work), preset, *_toy_overrides(tmp_path)])
-    out = capsys.readouterr().out
-    assert re.search(r"^\| sequential \| [\d.]+ \| 1\.00x \|$", out, re.M), out
-    assert re.search(r"^\| pass \| [\d.]+ \| [\d.]+x \|$", out, re.M), out
-    assert "largest metric difference between the modes: " in out
 
 
 @pytest.mark.slow
