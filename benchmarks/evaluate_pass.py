@@ -15,6 +15,7 @@ lazy imports): ``--order`` swaps them.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -75,6 +76,9 @@ def measure(args: argparse.Namespace) -> dict[str, tuple[float, dict[str, dict[s
 
 
 def main(argv: list[str] | None = None) -> None:
+    # As jobs.reproduce, whose evaluation this measures: the driver's held-out loss runs beside
+    # the actors, and spinning OpenMP threads would take their cores.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", required=True, help="a finished reproduction's folder")
     parser.add_argument("--config", default="configs/moving_digits.yaml")

@@ -3,7 +3,13 @@ consistency and motion, a report with a contact sheet; metrics to MLflow."""
 
 from __future__ import annotations
 
-import sys
+import os
+
+# Before torch is imported: the driver measures the held-out loss while the generation actors
+# run, and spinning OpenMP threads would take their cores on a CPU machine (see jobs.reproduce).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import sys  # noqa: E402
 
 from jobs import cli
 from jobs.cluster import init_ray
