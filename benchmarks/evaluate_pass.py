@@ -8,7 +8,7 @@ on a finished reproduction's models: wall time of each, and whether their metric
 
 ``--work`` is a ``make reproduce`` folder (``<output_dir>/reproduce``): its models under
 ``models/``, classifier, identity module and held-out shards. MLflow is off; the reports go to a
-temporary folder, not into the reproduction's. The first mode also pays for warm-up (file cache,
+temporary folder (the identity module and ``prompts.jsonl`` are rewritten in place, identically). The first mode also pays for warm-up (file cache,
 lazy imports): ``--order`` swaps them.
 """
 

@@ -308,11 +308,8 @@ def _finish(
     from tracking.runs import RunLogger, add_event, resolve_tracking_uri
 
     name = export_name(cfg.train)
-    if export_dir is None:
-        local = Path(tempfile.mkdtemp(prefix="animatediff-train-"))
-    else:
-        local = Path(export_dir)
-        local.mkdir(parents=True, exist_ok=True)
+    local = Path(export_dir or tempfile.mkdtemp(prefix="animatediff-train-"))
+    local.mkdir(parents=True, exist_ok=True)
     with checkpoint.as_directory() as directory:
         state = TrainerState.read(directory)
         source = Path(directory) / name
