@@ -25,6 +25,8 @@ means one physical core, not a logical Ray CPU. Prints measured figures only.
   rates count input rows processed.
 - folder: the same rows as a ``data.format=folder`` tree (video links + ``.txt`` captions), end
   to end with curation off and on: rows read, clips, failures and drops by reason.
+- order: end to end with the shards in input order (``data.preserve_order``) against completion
+  order, alternated ``--repeats`` times: what repeatable shards cost.
 """
 
 from __future__ import annotations
@@ -498,6 +500,34 @@ def bench_curation_e2e(source: Path, work: Path, args: argparse.Namespace) -> No
         )
 
 
+def bench_order(source: Path, work: Path, args: argparse.Namespace) -> None:
+    """End to end (all cores) with the shards in input order (``data.preserve_order``, the
+    default) against completion order, alternated ``--repeats`` times: what repeatable shards
+    cost. The replicated rows alternate the source videos, so slow and fast decodes interleave."""
+    table = replicate(source, args.clips, work)
+    walls: dict[bool, list[float]] = {True: [], False: []}
+    start_ray(ALL_CORES, 2 * len(ALL_CORES))
+    try:
+        warm_up(config(work, table, "warm-order", args))
+        for repeat in range(args.repeats):
+            for ordered in (True, False) if repeat % 2 == 0 else (False, True):
+                extra = (f"data.preserve_order={str(ordered).lower()}",)
+                summary = run_pipeline(
+                    config(work, table, f"order-{ordered}-{repeat}", args, *extra)
+                )
+                walls[ordered].append(summary["wall_s"])
+    finally:
+        stop_ray()
+    print(f"\n== shard order: {args.clips} clips end to end, {args.resolution}px, all cores")
+    for ordered, wall in walls.items():
+        name = "input order     " if ordered else "completion order"
+        runs = ", ".join(f"{w:.1f}" for w in wall)
+        median = statistics.median(wall)
+        print(f"  {name}: median {median:.1f} s ({args.clips / median:.2f} clips/s; runs {runs})")
+    ratio = statistics.median(walls[True]) / statistics.median(walls[False])
+    print(f"  input order / completion order, median wall: {ratio:.3f}x")
+
+
 def folder_of(source: Path, count: int, work: Path) -> Path:
     """The replicated rows as a ``data.format=folder`` tree: each video a symbolic link beside a
     same-named ``.txt`` caption (what users bring: "a folder of mp4s with captions")."""
@@ -556,7 +586,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--sections",
         default="decode,scaling,memory",
-        help="of decode, scaling, memory, memory_curated, curation, curation_e2e, folder",
+        help="of decode, scaling, memory, memory_curated, curation, curation_e2e, folder, order",
     )
     parser.add_argument(
         "--curation",
@@ -582,6 +612,7 @@ def main(argv: list[str] | None = None) -> None:
                 "curation": bench_curation,
                 "curation_e2e": bench_curation_e2e,
                 "folder": bench_folder,
+                "order": bench_order,
             }
             sections[section](source, work, args)
             sys.stdout.flush()

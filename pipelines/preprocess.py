@@ -7,6 +7,8 @@ of this run's clip ids, ~70 bytes per clip, which drops videos listed twice in t
     read table -> plan_batch -> blocks of data.decode_rows_per_task -> decode_batch (CPU tasks)
       -> EncodeClips (actor pool, a GPU each when present) -> ShardWriter (driver)
 
+Clips reach the shards in input order (``data.preserve_order``), so two runs write the same shards.
+
 ``preflight`` checks the options before Ray starts (``jobs.preprocess`` calls it first). The run's
 summary has a ``status``: ``ok``, or ``failed`` with a ``failure`` message when no row was
 encoded or cached, or more than ``data.max_error_fraction`` of the rows failed (what was encoded
@@ -222,6 +224,7 @@ def run_preprocess(cfg: Config, run_id: str | None = None) -> dict:
         buckets=data.buckets,
     )
     ds = build_pipeline(cfg, plan, decode, cached, input_location, columns)
+    ds.context.execution_options.preserve_order = data.preserve_order
     base = {"run_id": run_id, "fingerprint_hash": fp_hash, "output": store.directory.uri}
     try:
         for batch in ds.iter_batches(

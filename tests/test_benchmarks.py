@@ -130,7 +130,7 @@ def test_preprocess_prints_every_section(tmp_path):
     for videoid, _, _ in rows:
         write_video(tmp_path / "videos" / PAGE_DIR / f"{videoid}.mp4", frames=24, seed=int(videoid))
     write_webvid_csv(tmp_path / "webvid.csv", rows)
-    sections = "decode,scaling,memory,memory_curated,curation,curation_e2e,folder"
+    sections = "decode,scaling,memory,memory_curated,curation,curation_e2e,folder,order"
     out = _run(
         "preprocess",
         str(tmp_path),
@@ -146,6 +146,9 @@ def test_preprocess_prints_every_section(tmp_path):
     for key in ("off", "on "):  # every replicated row is read; none fails
         assert re.search(rf"curation {key}: [\d.]+ rows/s, \d+ clips encoded, 0 rows failed", out)
         assert re.search(rf"curation {key}: 4 rows read, \d+ clips encoded, 0 rows failed", out)
+    for order in ("input order     ", "completion order"):
+        assert re.search(rf"^  {order}: median [\d.]+ s \([\d.]+ clips/s; runs [\d.]+\)", out, re.M)
+    assert re.search(r"input order / completion order, median wall: [\d.]+x", out), out
 
 
 def test_motion_levers_profile_the_module_and_time_each_lever_against_it():

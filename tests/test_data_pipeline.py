@@ -327,3 +327,21 @@ def test_a_replaced_video_is_encoded_again_and_its_old_clips_retired(
     assert _run(args)["clips_encoded"] == 0  # and now it is cached
     seeded = _run([*args, "data.seed=1"])
     assert seeded["clips_encoded"] == 2 and seeded["cache_size_clips"] == 4
+
+
+def test_shards_hold_the_clips_in_input_order_even_when_the_first_video_decodes_last(
+    ray_cluster, tiny_base_dir, tmp_path
+):
+    """Shards were written in the order the decode tasks and encode actors finished, so two runs
+    of one input trained on different orders (the reproduction's runs differed from step 25 on).
+    The first video here is the largest by far: its decode task finishes after the others'."""
+    rows = good_rows(8)
+    videos = tmp_path / "videos" / PAGE_DIR
+    for index, (videoid, _, _) in enumerate(rows):
+        size = (1920, 1080) if index == 0 else (64, 48)
+        write_video(videos / f"{videoid}.mp4", frames=FRAMES, width=size[0], height=size[1])
+    csv = write_webvid_csv(tmp_path / "rows.csv", rows)
+    extra = ("data.decode_rows_per_task=1", "data.shard_size=3", "data.clips_per_video=2")
+    summary = _run(_args(tiny_base_dir, csv, tmp_path / "videos", tmp_path / "out", *extra))
+    _, clips = _shards(summary)
+    assert [clip["video_id"] for clip in clips] == [videoid for videoid, _, _ in rows for _ in "ab"]

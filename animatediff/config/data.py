@@ -98,6 +98,12 @@ class DataConfig:
     earlier seed's (use another ``data.output`` to keep the sets apart)."""
     shard_size: int = 256
     """Clips per Parquet shard."""
+    preserve_order: bool = True
+    """Write the clips in input order (a video's windows in draw order), whatever order the
+    decode tasks and encode actors finish in: two runs of the same input write the same shards,
+    so a training run on them is repeatable to the digit. ``false``: in completion order, which
+    keeps the encoders busy while a slow video decodes (end to end 7 % faster on 2 CPU cores with
+    mixed 720p and 270p videos: ``benchmarks/preprocess.py --sections order``)."""
     cache_text_embeddings: bool = False
     """Also store the frozen CLIP text encoder's embeddings and token ids of each caption."""
     encode_batch_size: int = 4
