@@ -86,19 +86,35 @@ def _drop_retired(table: pa.Table, retired: dict[str, set[str]]) -> pa.Table:
     return table.filter(pa.array(keep, pa.bool_())).drop_columns([PATH_COLUMN])
 
 
+def read_shards(paths: list[str], filesystem: pafs.FileSystem, include_paths: bool = False):
+    """``ray.data.read_parquet`` of ``paths`` through Ray Data's first Parquet reader.
+
+    Ray 2.60's default reader (datasource V2) starts 32 footer-reader actors for every read,
+    however few the files: a new worker process each, so a one-shard set took 9 to 10 s to
+    materialise on 2 cores, against 0.2 s with this reader. That was a third of every small
+    training job's start. The manifest already lists the shards; footers add nothing here."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    default = context.use_datasource_v2
+    context.use_datasource_v2 = False  # read when the plan is built, here, not when it runs
+    try:
+        return ray.data.read_parquet(paths, filesystem=filesystem, include_paths=include_paths)
+    finally:
+        context.use_datasource_v2 = default
+
+
 def shard_set_dataset(location: Location, manifest: dict):
     """The streaming ``ray.data.Dataset`` of the live clips in the shards a ``find_shard_set``
     result lists."""
-    import ray.data
-
     paths = [location.join(entry["path"]).path for entry in manifest["shards"]]
     if not paths:
         raise FileNotFoundError(f"{location.uri}: the manifest lists no shards")
     retired = load_retired(location, manifest)
     if not retired:
-        return ray.data.read_parquet(paths, filesystem=location.fs)
+        return read_shards(paths, location.fs)
     by_path = {location.join(shard).path: ids for shard, ids in retired.items()}
-    ds = ray.data.read_parquet(paths, filesystem=location.fs, include_paths=True)
+    ds = read_shards(paths, location.fs, include_paths=True)
     return ds.map_batches(
         functools.partial(_drop_retired, retired=by_path), batch_format="pyarrow", batch_size=None
     )

@@ -160,6 +160,29 @@ def test_reading_shards_checks_the_fingerprint(first, tiny_base_dir):
         shard_set_dataset(*find_shard_set(first["summary"]["output"], expected_fingerprint=other))
 
 
+def _footer_readers() -> int:
+    """Footer-reader actors this cluster has started, alive or dead (GCS's actor table: the
+    state API needs the dashboard, which the test cluster does not run)."""
+    import ray._private.state
+
+    return sum(a["ActorClassName"] == "FooterReader" for a in ray._private.state.actors().values())
+
+
+def test_reading_a_shard_set_starts_no_footer_reader_actors(first):
+    """Ray 2.60's default Parquet reader started 32 actors per read, a process each: 5 to 10 s
+    before a one-shard set was read, at the start of every training job."""
+    import ray.data
+
+    from pipelines.latents import find_shard_set, shard_set_dataset
+
+    default = ray.data.DataContext.get_current().use_datasource_v2
+    before = _footer_readers()
+    clips = shard_set_dataset(*find_shard_set(first["summary"]["output"])).materialize().count()
+    assert clips == first["summary"]["clips_encoded"]
+    assert _footer_readers() == before
+    assert ray.data.DataContext.get_current().use_datasource_v2 == default  # restored
+
+
 def _on_a_copy(first: dict, out: Path) -> list[str]:
     """``first``'s arguments writing to ``out``, a copy of its shard set: a test that adds to
     the set leaves ``first``'s as the tests that read it expect, in any order."""
