@@ -97,8 +97,9 @@ def read_shards(
 
     Ray 2.60's default reader (datasource V2) starts 32 footer-reader actors for every read,
     however few the files: a new worker process each, so a one-shard set took 5 to 10 s to
-    materialise on 2 cores (4 to 8 logical CPUs), against 0.1 to 0.2 s with this reader. That was a third of every small
-    training job's start. The manifest already lists the shards; footers add nothing here."""
+    materialise on 2 cores (4 to 8 logical CPUs), against 0.1 to 0.2 s with this reader: a
+    third of every small training job's start. The manifest already lists the shards; footers
+    add nothing here."""
     import ray.data
 
     context = ray.data.DataContext.get_current()
