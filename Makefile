@@ -38,8 +38,9 @@ $(CLIP_BPE): | install
 reproduce: install $(CLIP_BPE)
 	$(PY) -m jobs.reproduce --config configs/moving_digits.yaml
 
+# CI's budget is 25 minutes: the slowest tests are listed at the end.
 test: install browser
-	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not gpu" --durations=15 $(PYTEST_ARGS)
 
 # The fast loop: no Ray, Serve or other servers (1-2 minutes).
 test-unit: install

@@ -61,6 +61,9 @@ def test_sampling_times_ours_against_animatediff_pipeline_on_the_same_video():
         assert float(diff) <= 1 / 255, out
 
 
+# 57 s: four fresh processes, each importing torch and diffusers; CI's 25 minutes are nearly
+# spent (`-m slow`). Sliding windows and their batching are tested in tests/test_sampling.py.
+@pytest.mark.slow
 def test_long_video_compares_lengths_and_window_batching():
     out = _run(
         "long_video",

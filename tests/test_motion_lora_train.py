@@ -1,7 +1,7 @@
 """``train.init_from`` and ``train.stage=motion_lora`` through the real trainer (Ray Train +
 DeepSpeed on the session cluster, MLflow in SQLite): a domain fine-tune that starts from a
 checkpoint of the original code, then a MotionLoRA on camera-motion clips that starts from the
-fine-tune's registered version. Two short runs, sharing one shard set."""
+fine-tune's registered version. Two short one-worker runs, sharing one shard set."""
 
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ def fine_tune(work):
         work,
         CAMERA,
         f"train.init_from={work / 'checkpoint-epoch-3.ckpt'}",
+        "train.num_workers=1",  # what trains, not how ranks split it (2 workers: ~20 s more)
         "train.max_steps=2",
         "train.run_name=fine-tune",
         "train.validation_prompts=[]",
@@ -98,6 +99,7 @@ def test_motion_lora_from_the_registered_module_trains_exports_and_registers(fin
         "train.lora.rank=2",
         "train.lora.name=zoom_in",
         "train.lr=0.01",
+        "train.num_workers=1",
         "train.max_steps=2",
         "train.run_name=zoom-in-lora",
     )

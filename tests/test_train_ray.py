@@ -1,8 +1,9 @@
 """``jobs.train`` end to end on the session Ray cluster: 2 CPU workers, DeepSpeed over gloo.
 
 One uninterrupted ZeRO-2 run (the session fixture ``reference`` of ``conftest``, 6 steps,
-checkpoints every 2, keep 2) is the reference: a run killed mid-way and a run stopped and re-run on S3 must end with the same motion
-weights, and a ZeRO-3 run must match its step-4 checkpoint. MLflow: SQLite for the reference run,
+checkpoints every 2, keep 2) is the reference: a run on S3 whose worker is killed mid-way and
+which is then re-run further must end with the same motion weights, and a ZeRO-3 run must match
+its step-4 checkpoint. MLflow: SQLite for the reference run,
 a real ``mlflow server`` for the ZeRO-3 run.
 """
 
@@ -22,7 +23,6 @@ from mlflow_helpers import tracking_server
 from safetensors.torch import load_file
 from train_helpers import (
     CONFIG,
-    STEPS,
     KillOnce,
     RecordBatches,
     recorded_batches,
@@ -187,63 +187,54 @@ def test_the_exports_local_copy_goes_where_the_caller_says_and_jobs_train_delete
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
-def test_killed_worker_restores_from_the_last_checkpoint_and_matches(
-    reference, shards, tmp_path
+def test_a_killed_worker_and_a_rerun_on_s3_resume_and_match_the_uninterrupted_run(
+    reference, shards, s3, tmp_path
 ) -> None:
+    """Both ways a run goes on, its checkpoints on S3 and its data streamed: a worker SIGKILLed
+    after step 3 restarts the group from the step-2 checkpoint (``train.max_failures``), then
+    the job, re-run with a grown ``train.max_steps``, resumes from its step-4 checkpoint. The
+    weights are the uninterrupted reference's; one MLflow run holds it all, each step once."""
     from mlflow import MlflowClient
 
-    outcome, _ = reference
-    cfg = tiny_train_config(
-        shards,
-        *STEPS,
-        "train.run_name=killed",
-        "train.max_failures=1",
-        "train.validation_prompts=[]",
-        "train.register=false",
-    )
-    # SIGKILL of rank 1 after step 3 (checkpoint at 2), on the first attempt only.
-    killed = run_training(cfg, hooks=[KillOnce(step=3, marker=str(tmp_path / "killed"))])
-    assert killed.step == 6
-    _assert_same_weights(_motion(killed.motion_dir), _motion(outcome.motion_dir))
-    assert killed.val_loss == pytest.approx(outcome.val_loss, rel=1e-6)
-    # One MLflow run across the restart, which resumed from the step-2 checkpoint: step 3 was
-    # trained twice but is logged once.
-    client = MlflowClient(cfg.mlflow.tracking_uri)
-    run = client.get_run(killed.run_id)
-    # The restart is an event of the run (tags and its description), not a metric.
-    assert "resumed_from_step" not in run.data.metrics
-    assert (run.data.tags["resumed_from_step"], run.data.tags["attempts"]) == ("2", "2")
-    description = run.data.tags["mlflow.note.content"]
-    assert "attempt 1: started at step 0" in description
-    assert "attempt 2: resumed from the step-2 checkpoint" in description
-    for key in ("train/loss", "train/grad_norm", "val/loss"):
-        steps = [m.step for m in client.get_metric_history(killed.run_id, key)]
-        assert sorted(steps) == sorted(set(steps)), key
-    history = client.get_metric_history(killed.run_id, "train/loss")
-    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
-
-
-def test_rerun_resumes_from_s3_and_matches_the_uninterrupted_run(reference, shards, s3) -> None:
     outcome, _ = reference
     s3.create_bucket(Bucket="runs")
     common = [
         "train.storage_path=s3://runs/ray",
-        "train.run_name=resumed",
+        "train.run_name=killed",
         "train.cache_data_max_gib=0",  # streamed each epoch; the reference was read once
         "train.checkpoint_every=2",
         "train.keep_last=2",
+        "train.max_failures=1",
         "train.validation_prompts=[]",
         "train.register=false",
     ]
-    first = run_training(tiny_train_config(shards, *common, "train.max_steps=2"))
-    assert first.step == 2
-    second = run_training(tiny_train_config(shards, *common, "train.max_steps=6"))
-    assert second.step == 6 and second.run_id == first.run_id
-    assert second.checkpoint_path == "s3://runs/ray/resumed/checkpoint_00000006"
-    _assert_same_weights(_motion(second.motion_dir), _motion(outcome.motion_dir))
+    cfg = tiny_train_config(shards, *common, "train.max_steps=4")
+    # SIGKILL of rank 1 after step 3 (checkpoint at 2), on the first attempt only.
+    killed = run_training(cfg, hooks=[KillOnce(step=3, marker=str(tmp_path / "killed"))])
+    assert killed.step == 4
+    resumed = run_training(tiny_train_config(shards, *common, "train.max_steps=6"))
+    assert resumed.step == 6 and resumed.run_id == killed.run_id
+    assert resumed.checkpoint_path == "s3://runs/ray/killed/checkpoint_00000006"
+    _assert_same_weights(_motion(resumed.motion_dir), _motion(outcome.motion_dir))
+    assert resumed.val_loss == pytest.approx(outcome.val_loss, rel=1e-6)
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="runs", Prefix="ray/")["Contents"]]
     kept = {k.split("/")[2] for k in keys if "/checkpoint_0" in k}
     assert kept == {"checkpoint_00000004", "checkpoint_00000006"}
+    # The restart and the re-run are events of the run (tags and its description), not
+    # metrics; step 3, trained twice, is logged once.
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    run = client.get_run(resumed.run_id)
+    assert "resumed_from_step" not in run.data.metrics
+    assert (run.data.tags["resumed_from_step"], run.data.tags["attempts"]) == ("4", "3")
+    description = run.data.tags["mlflow.note.content"]
+    assert "attempt 1: started at step 0" in description
+    assert "attempt 2: resumed from the step-2 checkpoint" in description
+    assert "attempt 3: resumed from the step-4 checkpoint" in description
+    for key in ("train/loss", "train/grad_norm", "val/loss"):
+        steps = [m.step for m in client.get_metric_history(resumed.run_id, key)]
+        assert sorted(steps) == sorted(set(steps)), key
+    history = client.get_metric_history(resumed.run_id, "train/loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
 
 
 @pytest.fixture
@@ -580,6 +571,7 @@ def test_lora_image_stage_exports_a_kohya_file_for_model_base_loras(ray_cluster,
         "train.stage=image",
         "train.lora.rank=2",
         "train.lr=0.01",
+        "train.num_workers=1",  # the export, not the split (the full image stage runs 2 ranks)
         "train.max_steps=2",
         "train.run_name=image-lora",
         "train.validation_prompts=[]",
@@ -601,8 +593,8 @@ def test_lora_image_stage_exports_a_kohya_file_for_model_base_loras(ray_cluster,
 
 
 # Three Ray Train runs (~70 s). CI keeps resuming with a grown max_steps through
-# test_rerun_resumes_from_s3_and_matches_the_uninterrupted_run and the re-submitted job in
-# tests/test_jobs.py; this one adds the finished run left untouched.
+# test_a_killed_worker_and_a_rerun_on_s3_resume_and_match_the_uninterrupted_run; this one adds
+# the finished run left untouched.
 @pytest.mark.slow
 def test_rerunning_a_finished_run_changes_nothing_unless_max_steps_grows(
     ray_cluster, shards, capsys
