@@ -50,16 +50,22 @@ def _toy_overrides(tmp_path: Path) -> list[str]:
     ]
 
 
-def test_the_chain_runs_at_toy_size(ray_cluster, tmp_path, capsys):
-    from mlflow import MlflowClient
-
-    from benchmarks import evaluate_pass
+@pytest.fixture(scope="module")
+def toy_chain(ray_cluster, tmp_path_factory) -> tuple[Path, list[str]]:
+    """One toy chain for this module's tests: its ``reproduce`` folder and its arguments."""
     from jobs import cli, reproduce
 
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tmp_path = tmp_path_factory.mktemp("toy")
     argv = [f"--config={ROOT / 'configs/moving_digits.yaml'}", *_toy_overrides(tmp_path)]
     assert cli.run(reproduce.main, argv) == 0
-    work = tmp_path / "reproduce"
+    return tmp_path / "reproduce", argv
+
+
+def test_the_chain_runs_at_toy_size(toy_chain):
+    from mlflow import MlflowClient
+
+    work, argv = toy_chain
+    store = next(a.split("=", 1)[1] for a in argv if a.startswith("mlflow.tracking_uri="))
     summary = json.loads((work / "summary.json").read_text())
     assert set(summary["metrics"]) == {"a1", "a2", "b", "c", "c0", "d"}
     for condition, metrics in summary["metrics"].items():
@@ -80,7 +86,15 @@ def test_the_chain_runs_at_toy_size(ray_cluster, tmp_path, capsys):
     client = MlflowClient(store)
     names = {m.name for m in client.search_registered_models()}
     assert {"moving-digits-motion", "moving-digits-motion-image"} <= names
-    # The evaluation benchmark's smoke run on the chain's models (two conditions).
+
+
+# ~35 s on CI for a benchmark's smoke run; one-pass scoring itself is tested in
+# test_evaluate_job.py (test_models_scored_in_one_pass_match_their_own_evaluations).
+@pytest.mark.slow
+def test_the_evaluation_benchmark_runs_on_the_chains_models(toy_chain, capsys):
+    from benchmarks import evaluate_pass
+
+    work, argv = toy_chain
     capsys.readouterr()
     evaluate_pass.main(["--work", str(work), "--conditions", "a1,b", argv[0], *argv[1:]])
     out = capsys.readouterr().out
