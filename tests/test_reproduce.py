@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+PRESET = f"--config={ROOT / 'configs/moving_digits.yaml'}"
 TOY = [
     "reproduce.clip_bpe=",
     "reproduce.train_clips=8",
@@ -51,21 +52,21 @@ def _toy_overrides(tmp_path: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def toy_chain(ray_cluster, tmp_path_factory) -> tuple[Path, list[str]]:
-    """One toy chain for this module's tests: its ``reproduce`` folder and its arguments."""
+def toy_chain(ray_cluster, tmp_path_factory) -> Path:
+    """One toy chain shared by this module's tests: the ``output_dir`` it ran with (the run's
+    files are under ``reproduce/``, its MLflow store is ``mlflow.db``)."""
     from jobs import cli, reproduce
 
-    tmp_path = tmp_path_factory.mktemp("toy")
-    argv = [f"--config={ROOT / 'configs/moving_digits.yaml'}", *_toy_overrides(tmp_path)]
-    assert cli.run(reproduce.main, argv) == 0
-    return tmp_path / "reproduce", argv
+    root = tmp_path_factory.mktemp("toy")
+    assert cli.run(reproduce.main, [PRESET, *_toy_overrides(root)]) == 0
+    return root
 
 
 def test_the_chain_runs_at_toy_size(toy_chain):
     from mlflow import MlflowClient
 
-    work, argv = toy_chain
-    store = next(a.split("=", 1)[1] for a in argv if a.startswith("mlflow.tracking_uri="))
+    work = toy_chain / "reproduce"
+    store = f"sqlite:///{toy_chain / 'mlflow.db'}"
     summary = json.loads((work / "summary.json").read_text())
     assert set(summary["metrics"]) == {"a1", "a2", "b", "c", "c0", "d"}
     for condition, metrics in summary["metrics"].items():
@@ -88,15 +89,17 @@ def test_the_chain_runs_at_toy_size(toy_chain):
     assert {"moving-digits-motion", "moving-digits-motion-image"} <= names
 
 
-# ~35 s on CI for a benchmark's smoke run; one-pass scoring itself is tested in
+# A benchmark's smoke run, 36 s on 2 cores; one-pass scoring itself is tested in
 # test_evaluate_job.py (test_models_scored_in_one_pass_match_their_own_evaluations).
 @pytest.mark.slow
 def test_the_evaluation_benchmark_runs_on_the_chains_models(toy_chain, capsys):
     from benchmarks import evaluate_pass
 
-    work, argv = toy_chain
+    work = toy_chain / "reproduce"
     capsys.readouterr()
-    evaluate_pass.main(["--work", str(work), "--conditions", "a1,b", argv[0], *argv[1:]])
+    evaluate_pass.main(
+        ["--work", str(work), "--conditions", "a1,b", PRESET, *_toy_overrides(toy_chain)]
+    )
     out = capsys.readouterr().out
     assert re.search(r"^\| sequential \| [\d.]+ \| 1\.00x \|$", out, re.M), out
     assert re.search(r"^\| pass \| [\d.]+ \| [\d.]+x \|$", out, re.M), out
@@ -145,22 +148,19 @@ def test_clip_start_stills_need_clip_captions():
         ReproduceConfig(base_captions="digit", still_position="clip_start")
 
 
-@pytest.mark.slow  # the toy chain again, then both adaptation experiments on its models
-def test_the_adaptation_experiments_run_on_the_reproductions_models(ray_cluster, tmp_path):
+@pytest.mark.slow  # both adaptation experiments on the toy chain's models
+def test_the_adaptation_experiments_run_on_the_reproductions_models(toy_chain):
     from experiments.moving_digits import adapt
-    from jobs import cli, reproduce
 
-    preset = f"--config={ROOT / 'configs/moving_digits.yaml'}"
-    assert cli.run(reproduce.main, [preset, *_toy_overrides(tmp_path)]) == 0
-    work = tmp_path / "reproduce"
-    small = ["--work", str(work), "--steps", "1", "--clips", "4", preset]
-    adapt.main(["finetune", *small, *_toy_overrides(tmp_path)])
+    work = toy_chain / "reproduce"
+    small = ["--work", str(work), "--steps", "1", "--clips", "4", PRESET]
+    adapt.main(["finetune", *small, *_toy_overrides(toy_chain)])
     finetune = (work / "adapt" / "finetune.md").read_text()
     for condition in ("as-is", "scratch", "finetuned"):
         assert f"| {condition} |" in finetune
     assert (work / "adapt" / "finetune" / "finetune_sheet.png").stat().st_size > 0
     # --scales takes every number after it: the overrides come first
-    lora = [*small, *_toy_overrides(tmp_path), "--prompts", "2", "--scales", "0", "1"]
+    lora = [*small, *_toy_overrides(toy_chain), "--prompts", "2", "--scales", "0", "1"]
     adapt.main(["motion_lora", *lora])
     report = (work / "adapt" / "motion_lora.md").read_text()
     assert "| 0 |" in report and "| 1 |" in report
@@ -174,5 +174,5 @@ def test_the_full_reproduction(ray_cluster, tmp_path):
     """The full run (about 45 minutes on 2 cores): `make reproduce` does the same."""
     from jobs import cli, reproduce
 
-    argv = [f"--config={ROOT / 'configs/moving_digits.yaml'}", f"output_dir={tmp_path}"]
+    argv = [PRESET, f"output_dir={tmp_path}"]
     assert cli.run(reproduce.main, argv) == 0
