@@ -61,6 +61,7 @@ def _config(
     return load_config(
         preset,
         [
+            f"output_dir={tmp}",
             f"train.data_uri={tmp / 'latents'}",
             f"train.storage_path={tmp / 'ray_results'}",
             f"mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}",
@@ -218,14 +219,19 @@ def engine_overhead(cfg: Config, threads: int, blocks: int) -> None:
         )
 
 
+def _fit(cfg: Config) -> Any:
+    """``run_training``, its export copied into the benchmark's temporary folder."""
+    from trainer import run_training
+
+    return run_training(cfg, export_dir=Path(cfg.output_dir) / "export")
+
+
 def memory_run(cfg: Config) -> dict[str, float]:
     """Peak RSS (max over workers) and rank 0's RSS after the last step, in GiB."""
     from mlflow import MlflowClient
 
-    from trainer import run_training
-
     history = MlflowClient(cfg.mlflow.tracking_uri).get_metric_history
-    run_id = run_training(cfg).run_id
+    run_id = _fit(cfg).run_id
     last = {
         key: max(history(run_id, key), key=lambda m: m.step).value
         for key in ("memory/peak_rss_gib_max_worker", "memory/rss_gib_rank0")
@@ -280,8 +286,6 @@ def paired_overhead(cfg: Config, threads: int, cycles: int, warmup: int) -> dict
     import psutil
     from mlflow import MlflowClient
 
-    from trainer import run_training
-
     # The plain loop runs in its own process: the driver's Ray threads stay out of its way.
     context = multiprocessing.get_context("spawn")
     conn, child_conn = context.Pipe()
@@ -291,7 +295,7 @@ def paired_overhead(cfg: Config, threads: int, cycles: int, warmup: int) -> dict
     plain_process.start()
     conn.recv()  # warmed up
     outcome: dict[str, Any] = {}
-    fit = threading.Thread(target=lambda: outcome.update(result=run_training(cfg)))
+    fit = threading.Thread(target=lambda: outcome.update(result=_fit(cfg)))
     fit.start()
     worker = _training_worker(cfg, warmup + cfg.train.log_every, fit)
     block = cfg.train.log_every

@@ -343,6 +343,9 @@ def run_evaluations(cfgs: Sequence[Config]) -> list[EvaluationResult]:
     sources = [
         resolve_motion_source(cfg.evaluate.model or cfg.mlflow.candidate_alias, cfg) for cfg in cfgs
     ]
+    # Found before any video is generated: a missing or mismatched set fails in seconds, not
+    # after the whole generation (a driver error waits for the pool's videos).
+    shard_sets = [held_out_set(cfg) for cfg in cfgs]
     prompts = [_prompt_rows(cfg) for cfg in cfgs]
     out_dirs = [f"{cfg.output_dir.rstrip('/')}/{cfg.evaluate.output_subdir}" for cfg in cfgs]
     items = [{**row, "model": model} for model, rows in enumerate(prompts) for row in rows]
@@ -359,14 +362,16 @@ def run_evaluations(cfgs: Sequence[Config]) -> list[EvaluationResult]:
     # The actors generate while the driver measures: the two overlap on a machine's cores.
     with ThreadPoolExecutor(max_workers=1) as background:
         generated = background.submit(scored.take_all)
-        held_out = [_held_out(cfg, source) for cfg, source in zip(cfgs, sources)]
+        held_out = [_held_out(*model) for model in zip(cfgs, sources, shard_sets, strict=True)]
         scored_rows = generated.result()
     by_model: list[dict[int, dict]] = [{} for _ in cfgs]
     for row in scored_rows:
         by_model[int(row["model"])][int(row["index"])] = row
     return [
         _finish(*model)
-        for model in zip(cfgs, sources, prompts, by_model, held_out, out_dirs, strict=True)
+        for model in zip(
+            cfgs, sources, prompts, by_model, held_out, shard_sets, out_dirs, strict=True
+        )
     ]
 
 
@@ -379,14 +384,13 @@ def _prompt_rows(cfg: Config) -> list[dict[str, Any]]:
     return rows
 
 
-def _held_out(cfg: Config, source: MotionSource) -> tuple[dict[str, float], tuple[Any, dict]]:
-    """The held-out metrics of one model (with ``held_out_seconds``) and its shard set."""
+def _held_out(cfg: Config, source: MotionSource, shard_set: tuple[Any, dict]) -> dict[str, float]:
+    """The held-out metrics of one model on its shard set, with ``held_out_seconds``."""
     modules, motion_cfg = load_motion(source, cfg)
     start = time.perf_counter()
-    shard_set = held_out_set(cfg)
     metrics = held_out_metrics(motion_cfg, modules, shard_set)
     metrics["held_out_seconds"] = time.perf_counter() - start
-    return metrics, shard_set
+    return metrics
 
 
 def _finish(
@@ -394,14 +398,14 @@ def _finish(
     source: MotionSource,
     rows: list[dict[str, Any]],
     results: dict[int, dict[str, Any]],
-    held_out: tuple[dict[str, float], tuple[Any, dict]],
+    metrics: dict[str, float],
+    shard_set: tuple[Any, dict],
     out_dir: str,
 ) -> EvaluationResult:
     """One model's scored videos and held-out metrics: summary, files, MLflow."""
     from animatediff.evaluation import summarize
     from animatediff.report import contact_sheet, png_bytes
 
-    metrics, shard_set = held_out
     missing = sorted(set(range(len(rows))) - set(results))
     if missing:
         raise RuntimeError(f"evaluation of {source.uri} lost prompts {missing}")

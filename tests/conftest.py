@@ -4,6 +4,7 @@ the environment put back after every test; GPUs hidden unless a run selects the 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,18 @@ def _restore_environment():
     if dict(os.environ) != saved:
         os.environ.clear()
         os.environ.update(saved)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_temporary_files(tmp_path_factory: pytest.TempPathFactory):
+    """Python's temporary files in the test process go under pytest's own folder, which pytest
+    prunes: e.g. ``run_training``'s export copy (``$TMPDIR/animatediff-train-*`` when a test
+    passes no ``export_dir``), ~20 folders per run that nothing else removes. Ray keeps its own
+    ``/tmp/ray`` (it reads ``$TMPDIR``, not ``tempfile.tempdir``)."""
+    previous = tempfile.tempdir
+    tempfile.tempdir = str(tmp_path_factory.mktemp("tempfiles"))
+    yield
+    tempfile.tempdir = previous
 
 
 @pytest.fixture(scope="session")

@@ -122,24 +122,34 @@ def test_metrics_land_on_the_versions_run_and_gate_promotion(evaluated, tmp_path
     assert str(champion.version) == versions[1]
 
 
+def _stage(evaluated, output_dir: Path, version: str, **evaluate_fields):
+    """The job's config, MLflow off, evaluating ``version`` into ``output_dir``."""
+    import dataclasses
+
+    from jobs import cli, evaluate
+
+    cfg, _, _, argv = evaluated
+    base, _ = cli.parse(argv, evaluate.JOB)
+    model = f"models:/{cfg.mlflow.registered_model}/{version}"
+    fields = {"model": model, **evaluate_fields}
+    return dataclasses.replace(
+        base,
+        output_dir=str(output_dir),
+        mlflow=dataclasses.replace(base.mlflow, enabled=False),
+        evaluate=dataclasses.replace(base.evaluate, **fields),
+    )
+
+
 def test_models_scored_in_one_pass_match_their_own_evaluations(evaluated, tmp_path):
     """``run_evaluations``: one actor pool generates both versions' videos (switching models
     between rows) while the driver measures their held-out losses; each model's scores are
     those of its own evaluation (the job's, for the candidate)."""
-    import dataclasses
-
-    from jobs import cli, evaluate
     from pipelines.evaluate import run_evaluation, run_evaluations
 
-    cfg, versions, out, argv = evaluated
-    base, _ = cli.parse(argv, evaluate.JOB)
-    base = dataclasses.replace(base, output_dir=str(tmp_path))
-    base = dataclasses.replace(base, mlflow=dataclasses.replace(base.mlflow, enabled=False))
+    _, versions, out, _ = evaluated
 
     def stage(version: str, subdir: str):
-        model = f"models:/{cfg.mlflow.registered_model}/{version}"
-        fields = {"model": model, "output_subdir": subdir}
-        return dataclasses.replace(base, evaluate=dataclasses.replace(base.evaluate, **fields))
+        return _stage(evaluated, tmp_path, version, output_subdir=subdir)
 
     first, candidate = run_evaluations([stage(versions[0], "v0"), stage(versions[1], "v1")])
     alone = run_evaluation(stage(versions[0], "v0-alone"))
@@ -159,6 +169,21 @@ def test_models_scored_in_one_pass_match_their_own_evaluations(evaluated, tmp_pa
     assert candidate.metrics["held_out_loss"] == job_metrics["held_out_loss"]
     assert first.metrics["held_out_loss"] == alone.metrics["held_out_loss"]
     assert (tmp_path / "v0" / "report.md").is_file() and (tmp_path / "v1" / "report.md").is_file()
+
+
+def test_a_missing_held_out_set_fails_before_any_video_is_generated(evaluated, tmp_path):
+    """Every model's held-out shards are found first: a wrong ``evaluate.data_uri`` fails in
+    seconds, not after the pool has generated (and written) the other models' videos."""
+    from pipelines.evaluate import run_evaluations
+
+    _, versions, _, _ = evaluated
+    empty = tmp_path / "no-shards"
+    empty.mkdir()
+    good = _stage(evaluated, tmp_path, versions[0], output_subdir="good")
+    wrong = _stage(evaluated, tmp_path, versions[1], output_subdir="wrong", data_uri=str(empty))
+    with pytest.raises(ValueError, match=f"{empty}: no shards with the expected fingerprint"):
+        run_evaluations([good, wrong])
+    assert not (tmp_path / "good").exists()
 
 
 def test_models_in_one_pass_must_share_the_generate_settings():
