@@ -30,6 +30,7 @@ python -m jobs.reproduce --config configs/moving_digits.yaml reproduce.train_cli
 
 def main(argv: list[str] | None = None) -> int:
     from animatediff.report import save_png
+    from experiments.moving_digits.models import check_clip_bpe
     from experiments.moving_digits.run import claims, report, run_reproduction, sheet
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         raise cli.UserError(
             f"output_dir: the reproduction writes local files, got {cfg.output_dir}"
         )
+    check_clip_bpe(cfg.reproduce)  # here, not after the minutes of rendering and the VAE
     work = (Path(cfg.output_dir) / "reproduce").resolve()
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -89,6 +89,17 @@ def test_the_chain_runs_at_toy_size(toy_chain):
     assert {"moving-digits-motion", "moving-digits-motion-image"} <= names
 
 
+def test_a_missing_clip_bpe_stops_the_chain_before_any_stage(tmp_path, capsys):
+    """The merges file is checked first, not after minutes of rendering and VAE training."""
+    from jobs import cli, reproduce
+
+    missing = tmp_path / "bpe_simple_vocab_16e6.txt.gz"
+    argv = [PRESET, f"output_dir={tmp_path}", f"reproduce.clip_bpe={missing}"]
+    assert cli.run(reproduce.main, argv) == 2
+    assert f"reproduce.clip_bpe: {missing} does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "reproduce").exists()
+
+
 # A benchmark's smoke run, 36 s on 2 cores; one-pass scoring itself is tested in
 # test_evaluate_job.py (test_models_scored_in_one_pass_match_their_own_evaluations).
 @pytest.mark.slow

@@ -127,6 +127,15 @@ def build_unet(cfg: ReproduceConfig, latent_size: int):
     )
 
 
+def check_clip_bpe(cfg: ReproduceConfig) -> None:
+    """``reproduce.clip_bpe``, when set, names an existing file (``ConfigError`` otherwise)."""
+    if cfg.clip_bpe and not Path(cfg.clip_bpe).is_file():
+        raise ConfigError(
+            f"reproduce.clip_bpe: {cfg.clip_bpe} does not exist (`make reproduce` fetches it; "
+            "reproduce.clip_bpe= uses a byte-level tokenizer instead)"
+        )
+
+
 def write_base(directory: Path, cfg: ReproduceConfig, vae) -> Path:
     """The untrained base as a diffusers StableDiffusion directory (``model.base.pretrained``
     loads it): the trained VAE, the frozen text encoder and tokenizer (the real CLIP BPE when
@@ -138,12 +147,8 @@ def write_base(directory: Path, cfg: ReproduceConfig, vae) -> Path:
 
     from animatediff.tiny import write_byte_level_clip_tokenizer, write_clip_bpe_tokenizer
 
+    check_clip_bpe(cfg)
     if cfg.clip_bpe:
-        if not Path(cfg.clip_bpe).is_file():
-            raise ConfigError(
-                f"reproduce.clip_bpe: {cfg.clip_bpe} does not exist (`make reproduce` fetches it; "
-                "reproduce.clip_bpe= uses a byte-level tokenizer instead)"
-            )
         write_clip_bpe_tokenizer(directory / "tokenizer", cfg.clip_bpe)
     else:
         write_byte_level_clip_tokenizer(directory / "tokenizer")
