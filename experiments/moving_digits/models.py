@@ -147,8 +147,7 @@ def write_base(directory: Path, cfg: ReproduceConfig, vae) -> Path:
 
     from animatediff.tiny import write_byte_level_clip_tokenizer, write_clip_bpe_tokenizer
 
-    check_clip_bpe(cfg)
-    if cfg.clip_bpe:
+    if cfg.clip_bpe:  # checked by ``check_clip_bpe`` before the chain starts
         write_clip_bpe_tokenizer(directory / "tokenizer", cfg.clip_bpe)
     else:
         write_byte_level_clip_tokenizer(directory / "tokenizer")

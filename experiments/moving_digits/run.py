@@ -2,6 +2,8 @@
 
     summary = run_reproduction(cfg, work)     # needs a running Ray; every stage prints progress
 
+``jobs.reproduce`` checks ``reproduce.clip_bpe`` (``models.check_clip_bpe``) before it starts Ray.
+
 Each model goes through the project's jobs with the preset plus the stage's overrides
 (``reproduce.base_train``, ``motion_train``, ``lora_train``, ``ablation``), tracked in MLflow and
 registered. Conditions, all on held-out digits (the held-out loss) and held-out seeds (videos):
