@@ -1,7 +1,9 @@
 """Move the registry alias ``champion`` to a model version that passes the check.
 
 The check: the version's validation loss (tag ``val_loss``, else its run's ``val/loss`` metric) is
-not worse than the current champion's. Exit status 0 when promoted (or already the champion),
+not worse than the current champion's, and every ``mlflow.promote_require`` condition holds on the
+``eval/`` metrics that ``jobs.evaluate`` logged to the version's run (e.g. ``held_out_loss <=
+champion``, ``frame_consistency >= 0.9``). Exit status 0 when promoted (or already the champion),
 1 when refused, 2 when the store, model, version or alias does not exist (one line saying what
 the registry holds).
 """
@@ -19,6 +21,8 @@ JOB = cli.Job(
     examples="""
 python -m jobs.promote --config configs/tiny.yaml                 # the current candidate
 python -m jobs.promote --config configs/tiny.yaml --version 3
+python -m jobs.promote --config configs/tiny.yaml \\
+  "mlflow.promote_require=[held_out_loss <= champion, frame_consistency >= 0.9]"
 """,
     sections=("mlflow",),
 )
