@@ -4,14 +4,24 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_PIN := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
 STAMP := $(VENV)/.installed
+UV_PIN := $(shell grep -o '"uv==[^"]*"' pyproject.toml | tr -d '"')
 
 .PHONY: install browser demo reproduce test test-unit test-random test-all lint format clean
 
+UV := $(VENV)/bin/uv pip install --python $(PY) -q --compile-bytecode
+# Local wheels that pip is told about (here: the CPU torch) reach uv too.
+FIND_LINKS := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS))
+
+# uv installs the same versions as pip in under half the time (a fresh .venv: 63 s against 161 s).
+# --compile-bytecode as pip does: where PYTHONDONTWRITEBYTECODE is set, as here, every Ray process
+# would otherwise compile torch's and diffusers' sources at each import (two Ray tests: 284 s
+# against 122 s). pip if uv fails.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_PIN)"
-	$(PY) -m pip install -q -e ".[dev]"
+	if $(PY) -m pip install -q "$(UV_PIN)" && $(UV) $(FIND_LINKS) "$(TORCH_PIN)" && \
+		$(UV) $(FIND_LINKS) -e ".[dev]"; then :; else \
+		echo "uv failed: installing with pip" && $(PY) -m pip install -q --upgrade pip && \
+		$(PY) -m pip install -q "$(TORCH_PIN)" && $(PY) -m pip install -q -e ".[dev]"; fi
 	touch $(STAMP)
 
 install: $(STAMP)
