@@ -10,7 +10,7 @@ UV_PIN := $(shell grep -o '"uv==[^"]*"' pyproject.toml | tr -d '"')
 
 UV := $(VENV)/bin/uv pip install --python $(PY) -q --compile-bytecode
 # Local wheels that pip is told about (here: the CPU torch) reach uv too.
-FIND_LINKS := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS))
+FIND_LINKS := $(foreach link,$(PIP_FIND_LINKS),--find-links $(link))
 
 # uv installs the same versions as pip in under half the time (a fresh .venv: 63 s against 161 s).
 # --compile-bytecode as pip does: where PYTHONDONTWRITEBYTECODE is set, as here, every Ray process
