@@ -2,15 +2,19 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-TORCH_PIN := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
+# $(call pin,<package>): the package's "name==version" from pyproject.toml.
+pin = $(shell grep -o '"$(1)==[^"]*"' pyproject.toml | tr -d '"')
+TORCH_PIN := $(call pin,torch)
+UV_PIN := $(call pin,uv)
 STAMP := $(VENV)/.installed
-UV_PIN := $(shell grep -o '"uv==[^"]*"' pyproject.toml | tr -d '"')
 
 .PHONY: install browser demo reproduce test test-unit test-random test-all lint format clean
 
 UV := $(VENV)/bin/uv pip install --python $(PY) -q --compile-bytecode
 # Local wheels that pip is told about (here: the CPU torch) reach uv too.
 FIND_LINKS := $(foreach link,$(PIP_FIND_LINKS),--find-links $(link))
+# $(call install_with,<installer command>): torch first, from its pin, then the project.
+install_with = $(1) "$(TORCH_PIN)" && $(1) -e ".[dev]"
 
 # uv installs the same versions as pip in under half the time (a fresh .venv: 63 s against 161 s).
 # --compile-bytecode as pip does: where PYTHONDONTWRITEBYTECODE is set, as here, every Ray process
@@ -18,10 +22,9 @@ FIND_LINKS := $(foreach link,$(PIP_FIND_LINKS),--find-links $(link))
 # against 122 s). pip if uv fails.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	if $(PY) -m pip install -q "$(UV_PIN)" && $(UV) $(FIND_LINKS) "$(TORCH_PIN)" && \
-		$(UV) $(FIND_LINKS) -e ".[dev]"; then :; else \
+	if $(PY) -m pip install -q "$(UV_PIN)" && $(call install_with,$(UV) $(FIND_LINKS)); then :; else \
 		echo "uv failed: installing with pip" && $(PY) -m pip install -q --upgrade pip && \
-		$(PY) -m pip install -q "$(TORCH_PIN)" && $(PY) -m pip install -q -e ".[dev]"; fi
+		$(call install_with,$(PY) -m pip install -q); fi
 	touch $(STAMP)
 
 install: $(STAMP)
