@@ -1,24 +1,30 @@
 """The Moving Digits conditions scored one after another (a ``run_evaluation`` each, as the chain
-did before) and in one pass (``run_evaluations``, as it does now), side by side in one Ray session
-on a finished reproduction's models: wall time of each, and whether their metrics agree.
+did before) and in one pass (``run_evaluations``, as it does now: one actor pool, and one held-out
+measurement for (a1) and (a2), which differ only in sampling), side by side in one Ray session on
+a finished reproduction's models: wall time of each, and whether their metrics agree. The mode
+``pass-unshared`` is one pass with every held-out loss measured, as before (a1) and (a2) shared.
 
     .venv/bin/python -m benchmarks.evaluate_pass --work outputs/reproduce
     .venv/bin/python -m benchmarks.evaluate_pass --work outputs/reproduce --order pass,sequential
     .venv/bin/python -m benchmarks.evaluate_pass --work outputs/reproduce --conditions a1,b
+    .venv/bin/python -m benchmarks.evaluate_pass --work outputs/reproduce --order pass-unshared,pass
 
 ``--work`` is a ``make reproduce`` folder (``<output_dir>/reproduce``): its models under
 ``models/``, classifier, identity module and held-out shards. MLflow is off; the reports go to a
-temporary folder (the identity module and ``prompts.jsonl`` are rewritten in place, identically). The first mode also pays for warm-up (file cache,
-lazy imports): ``--order`` swaps them.
+temporary folder (the identity module and ``prompts.jsonl`` are rewritten in place,
+identically). The first mode also pays for warm-up (file cache, lazy imports): ``--order`` swaps
+them.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 
 def measure(args: argparse.Namespace) -> dict[str, tuple[float, dict[str, dict[str, float]]]]:
@@ -30,6 +36,7 @@ def measure(args: argparse.Namespace) -> dict[str, tuple[float, dict[str, dict[s
         with_overrides,
     )
     from jobs.cluster import init_ray
+    from pipelines import evaluate
     from pipelines.evaluate import run_evaluation, run_evaluations
 
     work = Path(args.work).resolve()
@@ -67,8 +74,14 @@ def measure(args: argparse.Namespace) -> dict[str, tuple[float, dict[str, dict[s
                 results = [run_evaluation(stage) for stage in stages.values()]
             elif mode == "pass":
                 results = run_evaluations(list(stages.values()))
+            elif mode == "pass-unshared":  # as before (a1) and (a2) shared their held-out loss
+                unique = map(str, itertools.count())  # every config its own held-out key
+                with mock.patch.object(evaluate, "held_out_key", side_effect=unique):
+                    results = run_evaluations(list(stages.values()))
             else:
-                raise SystemExit(f"--order: unknown mode {mode!r} (sequential, pass)")
+                raise SystemExit(
+                    f"--order: unknown mode {mode!r} (sequential, pass, pass-unshared)"
+                )
             seconds = time.perf_counter() - start
             measured[mode] = (seconds, {n: r.metrics for n, r in zip(stages, results)})
             print(f"{mode}: {seconds:.1f} s", flush=True)
@@ -91,15 +104,17 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n| mode | wall s | vs {modes[0]} |\n|---|---:|---:|")
     for mode, (seconds, _) in measured.items():
         print(f"| {mode} | {seconds:.1f} | {seconds / measured[modes[0]][0]:.2f}x |")
-    if len(modes) == 2:
-        first, second = (measured[mode][1] for mode in modes)
+    first = measured[modes[0]][1]
+    print()
+    for mode in modes[1:]:
+        other = measured[mode][1]
         differences = [
-            abs(first[c][k] - second[c][k])
+            abs(first[c][k] - other[c][k])
             for c in first
             for k in first[c]
             if not k.endswith("_seconds")
         ]
-        print(f"\nlargest metric difference between the modes: {max(differences):.3g}")
+        print(f"largest metric difference, {mode} vs {modes[0]}: {max(differences):.3g}")
 
 
 if __name__ == "__main__":

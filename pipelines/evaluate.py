@@ -328,9 +328,10 @@ def run_evaluation(cfg: Config) -> EvaluationResult:
 def run_evaluations(cfgs: Sequence[Config]) -> list[EvaluationResult]:
     """Score each config's ``evaluate.model`` as ``run_evaluation`` does, in one pass: one actor
     pool generates the videos of every model, model after model, while the driver measures their
-    held-out losses. The configs share the pool, so their ``generate`` settings must be equal;
-    everything else (base, LoRAs, sampling, prompts, held-out data, output) is each model's own.
-    Needs a running Ray."""
+    held-out losses (once for configs that differ only in how videos are sampled, scored or
+    written: ``held_out_key``). The configs share the pool, so their ``generate`` settings must
+    be equal; everything else (base, LoRAs, sampling, prompts, held-out data, output) is each
+    model's own. Needs a running Ray."""
     import ray
 
     if not cfgs:
@@ -362,7 +363,7 @@ def run_evaluations(cfgs: Sequence[Config]) -> list[EvaluationResult]:
     # The actors generate while the driver measures: the two overlap on a machine's cores.
     with ThreadPoolExecutor(max_workers=1) as background:
         generated = background.submit(scored.take_all)
-        held_out = [_held_out(*model) for model in zip(cfgs, sources, shard_sets, strict=True)]
+        held_out = _held_out_once(cfgs, sources, shard_sets)
         scored_rows = generated.result()
     by_model: list[dict[int, dict]] = [{} for _ in cfgs]
     for row in scored_rows:
@@ -382,6 +383,39 @@ def _prompt_rows(cfg: Config) -> list[dict[str, Any]]:
     for row in rows:
         row["expect"] = json.dumps(row.get("expect") or {})
     return rows
+
+
+HELD_OUT_EVALUATE_FIELDS = ("model", "data_uri", "max_clips", "timesteps", "seed")
+"""The ``evaluate`` options the held-out metrics depend on (the others score and write videos)."""
+
+
+def held_out_key(cfg: Config, source: MotionSource) -> str:
+    """What a model's held-out metrics depend on: the module (its URI and tracking server) and
+    every option except how videos are sampled, scored, written and logged. Equal keys give
+    equal metrics."""
+    fields = to_dict(cfg)
+    for name in ("sample", "generate", "mlflow", "output_dir"):
+        fields.pop(name)
+    fields["evaluate"] = {name: fields["evaluate"][name] for name in HELD_OUT_EVALUATE_FIELDS}
+    return json.dumps([dataclasses.asdict(source), fields], sort_keys=True, default=str)
+
+
+def _held_out_once(
+    cfgs: Sequence[Config], sources: Sequence[MotionSource], shard_sets: Sequence[tuple[Any, dict]]
+) -> list[dict[str, float]]:
+    """Each model's held-out metrics, measured once per ``held_out_key``: configs that differ
+    only in sampling (e.g. ``sample.shared_noise``) share one measurement, and the ones that
+    reuse it report ``held_out_seconds`` 0."""
+    measured: dict[str, dict[str, float]] = {}
+    metrics = []
+    for cfg, source, shard_set in zip(cfgs, sources, shard_sets, strict=True):
+        key = held_out_key(cfg, source)
+        if key in measured:
+            metrics.append({**measured[key], "held_out_seconds": 0.0})
+        else:
+            measured[key] = _held_out(cfg, source, shard_set)
+            metrics.append(dict(measured[key]))
+    return metrics
 
 
 def _held_out(cfg: Config, source: MotionSource, shard_set: tuple[Any, dict]) -> dict[str, float]:

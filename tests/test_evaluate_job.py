@@ -143,7 +143,10 @@ def _stage(evaluated, output_dir: Path, version: str, **evaluate_fields):
 def test_models_scored_in_one_pass_match_their_own_evaluations(evaluated, tmp_path):
     """``run_evaluations``: one actor pool generates both versions' videos (switching models
     between rows) while the driver measures their held-out losses; each model's scores are
-    those of its own evaluation (the job's, for the candidate)."""
+    those of its own evaluation (the job's, for the candidate). A third config, the first
+    version sampled with one shared noise, reuses the first's held-out measurement."""
+    import dataclasses
+
     from pipelines.evaluate import run_evaluation, run_evaluations
 
     _, versions, out, _ = evaluated
@@ -151,7 +154,13 @@ def test_models_scored_in_one_pass_match_their_own_evaluations(evaluated, tmp_pa
     def stage(version: str, subdir: str):
         return _stage(evaluated, tmp_path, version, output_subdir=subdir)
 
-    first, candidate = run_evaluations([stage(versions[0], "v0"), stage(versions[1], "v1")])
+    shared_noise = stage(versions[0], "v0-shared-noise")
+    shared_noise = dataclasses.replace(
+        shared_noise, sample=dataclasses.replace(shared_noise.sample, shared_noise=True)
+    )
+    first, candidate, shared = run_evaluations(
+        [stage(versions[0], "v0"), stage(versions[1], "v1"), shared_noise]
+    )
     alone = run_evaluation(stage(versions[0], "v0-alone"))
     job = [json.loads(line) for line in (out / "videos.jsonl").read_text().splitlines()]
     job_metrics = json.loads((out / "metrics.json").read_text())
@@ -168,6 +177,11 @@ def test_models_scored_in_one_pass_match_their_own_evaluations(evaluated, tmp_pa
     assert per_video(first.videos) != pytest.approx(per_video(candidate.videos), abs=1e-2)
     assert candidate.metrics["held_out_loss"] == job_metrics["held_out_loss"]
     assert first.metrics["held_out_loss"] == alone.metrics["held_out_loss"]
+    held_out = [name for name in first.metrics if name.startswith("held_out_loss")]
+    assert len(held_out) == 2 + 3  # the mean, the permuted mean, evaluate.timesteps=3
+    assert {n: shared.metrics[n] for n in held_out} == {n: first.metrics[n] for n in held_out}
+    assert shared.metrics["held_out_seconds"] == 0
+    assert first.metrics["held_out_seconds"] > 0 and candidate.metrics["held_out_seconds"] > 0
     assert (tmp_path / "v0" / "report.md").is_file() and (tmp_path / "v1" / "report.md").is_file()
 
 

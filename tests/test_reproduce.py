@@ -108,13 +108,15 @@ def test_the_evaluation_benchmark_runs_on_the_chains_models(toy_chain, capsys):
 
     work = toy_chain / "reproduce"
     capsys.readouterr()
+    modes = ["--order", "sequential,pass,pass-unshared"]
     evaluate_pass.main(
-        ["--work", str(work), "--conditions", "a1,b", PRESET, *_toy_overrides(toy_chain)]
+        ["--work", str(work), "--conditions", "a1,a2", *modes, PRESET, *_toy_overrides(toy_chain)]
     )
     out = capsys.readouterr().out
     assert re.search(r"^\| sequential \| [\d.]+ \| 1\.00x \|$", out, re.M), out
-    assert re.search(r"^\| pass \| [\d.]+ \| [\d.]+x \|$", out, re.M), out
-    assert "largest metric difference between the modes: " in out
+    for mode in ("pass", "pass-unshared"):
+        assert re.search(rf"^\| {mode} \| [\d.]+ \| [\d.]+x \|$", out, re.M), out
+        assert f"largest metric difference, {mode} vs sequential: " in out
 
 
 def _centres(items, directions=("left", "right", "up", "down")) -> dict[str, np.ndarray]:
