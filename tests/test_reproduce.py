@@ -100,8 +100,8 @@ def test_a_missing_clip_bpe_stops_the_chain_before_any_stage(tmp_path, capsys):
     assert not (tmp_path / "reproduce").exists()
 
 
-# A benchmark's smoke run, 36 s on 2 cores; one-pass scoring itself is tested in
-# test_evaluate_job.py (test_models_scored_in_one_pass_match_their_own_evaluations).
+# A benchmark's smoke run (271 s on 2 cores, with the toy chain it needs); one-pass scoring is
+# tested in test_evaluate_job.py (test_models_scored_in_one_pass_match_their_own_evaluations).
 @pytest.mark.slow
 def test_the_evaluation_benchmark_runs_on_the_chains_models(toy_chain, capsys):
     from benchmarks import evaluate_pass
