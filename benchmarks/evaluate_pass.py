@@ -36,7 +36,6 @@ def measure(args: argparse.Namespace) -> dict[str, tuple[float, dict[str, dict[s
         with_overrides,
     )
     from jobs.cluster import init_ray
-    from pipelines import evaluate
     from pipelines.evaluate import run_evaluation, run_evaluations
 
     work = Path(args.work).resolve()
@@ -76,7 +75,7 @@ def measure(args: argparse.Namespace) -> dict[str, tuple[float, dict[str, dict[s
                 results = run_evaluations(list(stages.values()))
             elif mode == "pass-unshared":  # as before (a1) and (a2) shared their held-out loss
                 unique = map(str, itertools.count())  # every config its own held-out key
-                with mock.patch.object(evaluate, "held_out_key", side_effect=unique):
+                with mock.patch("pipelines.evaluate.held_out_key", side_effect=unique):
                     results = run_evaluations(list(stages.values()))
             else:
                 raise SystemExit(

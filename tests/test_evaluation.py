@@ -131,32 +131,27 @@ def test_held_out_key_ignores_only_how_videos_are_sampled_scored_and_written(tmp
     """Configs with equal keys share one held-out measurement in ``run_evaluations``: sampling,
     generation, scoring and output options leave the key alone; the module, the base, the
     held-out data and the loss's own options change it."""
-    import dataclasses
-
     from pipelines.evaluate import held_out_key
     from tracking.registry import MotionSource
 
-    cfg = tiny_train_config(tmp_path)
     source = MotionSource("models:/motion/1", "1", "sqlite:///mlflow.db")
-    key = held_out_key(cfg, source)
+    key = held_out_key(tiny_train_config(tmp_path), source)
 
-    def with_section(name: str, **fields):
-        return dataclasses.replace(cfg, **{name: dataclasses.replace(getattr(cfg, name), **fields)})
+    def key_with(*overrides: str, source: MotionSource = source) -> str:
+        return held_out_key(tiny_train_config(tmp_path, *overrides), source)
 
     same = [
-        with_section("sample", shared_noise=True, guidance_scale=2.0),
-        with_section("evaluate", output_subdir="elsewhere", features="classifier:x", min_speed=2.0),
-        with_section("mlflow", enabled=False),
-        dataclasses.replace(cfg, output_dir="elsewhere"),
+        key_with("sample.shared_noise=true", "sample.guidance_scale=2.0"),
+        key_with("evaluate.output_subdir=elsewhere", "evaluate.features=classifier:x"),
+        key_with("evaluate.min_speed=2.0", "mlflow.enabled=false", "output_dir=elsewhere"),
     ]
-    assert [held_out_key(other, source) for other in same] == [key] * len(same)
+    assert same == [key] * len(same)
     different = [
-        with_section("evaluate", timesteps=cfg.evaluate.timesteps + 1),
-        with_section("evaluate", data_uri="other-shards"),
-        with_section("train", batch_size=cfg.train.batch_size + 1),
-        with_section("model", diffusion=dataclasses.replace(cfg.model.diffusion, beta_end=0.02)),
+        key_with("evaluate.timesteps=3"),
+        key_with("evaluate.data_uri=other-shards"),
+        key_with("train.batch_size=3"),
+        key_with("model.diffusion.beta_end=0.02"),
+        key_with(source=MotionSource("models:/motion/2", "2", "sqlite:///mlflow.db")),
+        key_with(source=MotionSource("models:/motion/1", "1", "sqlite:///other.db")),
     ]
-    keys = [held_out_key(other, source) for other in different]
-    keys.append(held_out_key(cfg, MotionSource("models:/motion/2", "2", "sqlite:///mlflow.db")))
-    keys.append(held_out_key(cfg, MotionSource("models:/motion/1", "1", "sqlite:///other.db")))
-    assert key not in keys and len(set(keys)) == len(keys)
+    assert key not in different and len(set(different)) == len(different)
