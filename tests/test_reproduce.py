@@ -4,6 +4,7 @@ mean nothing (the full run's are in docs/reproduction.md); `-m slow` runs the fu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -11,6 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
+
+from animatediff.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = f"--config={ROOT / 'configs/moving_digits.yaml'}"
@@ -26,7 +31,9 @@ TOY = [
     "reproduce.unet_channels=[16,32]",
     "reproduce.directions=[left,up]",
     "reproduce.eval_digits=2",
-    "reproduce.base_train=[train.max_steps=1]",
+    # The image stage's tests run on this fit: 2 ranks, a checkpoint each step, samples.
+    "reproduce.base_train=[train.max_steps=2, train.num_workers=2, train.checkpoint_every=1,"
+    " 'train.validation_prompts=[the digit 1]']",
     "reproduce.motion_train=[train.max_steps=1]",
     "reproduce.lora_train=[train.max_steps=1]",
     "train.num_workers=1",
@@ -87,6 +94,68 @@ def test_the_chain_runs_at_toy_size(toy_chain):
     client = MlflowClient(store)
     names = {m.name for m in client.search_registered_models()}
     assert {"moving-digits-motion", "moving-digits-motion-image"} <= names
+
+
+def _chain_config(toy_chain: Path) -> Config:
+    return load_config(ROOT / "configs/moving_digits.yaml", _toy_overrides(toy_chain))
+
+
+def _unet(cfg: Config, pretrained: Path, *loras: Path) -> dict[str, torch.Tensor]:
+    """The state dict of the UNet that ``model.base`` loads from ``pretrained`` (+ ``loras``)."""
+    from animatediff.base_model import load_base_model
+    from animatediff.config import LoraConfig
+
+    base = dataclasses.replace(
+        cfg.model.base, pretrained=str(pretrained), loras=tuple(LoraConfig(str(p)) for p in loras)
+    )
+    return load_base_model(base).unet.state_dict()
+
+
+def test_the_image_stage_exports_a_pipeline_that_loads_as_the_base(toy_chain):
+    """The chain's base: full fine-tuning of the 2D UNet on stills (``train.stage=image``, 2
+    ranks), through the same loop, checkpoints and registry; the export is a StableDiffusion
+    directory that ``model.base.pretrained`` loads, as the chain's later stages do."""
+    from mlflow import MlflowClient
+
+    cfg = _chain_config(toy_chain)
+    work = toy_chain / "reproduce"
+    pipeline = work / "models" / "digits-base" / "pipeline"
+    assert (pipeline / "model_index.json").is_file()
+    run_dir = toy_chain / "ray_results" / "digits-base"
+    assert [p.name for p in run_dir.glob("checkpoint_0*")] == ["checkpoint_00000002"]  # keep 1
+    last = load_file(str(run_dir / "checkpoint_00000002/unet/diffusion_pytorch_model.safetensors"))
+    trained, untrained = _unet(cfg, pipeline), _unet(cfg, work / "base-untrained")
+    assert trained.keys() == last.keys()
+    assert all(torch.equal(tensor, last[name]) for name, tensor in trained.items())
+    moved = sum(not torch.equal(tensor, untrained[name]) for name, tensor in trained.items())
+    assert moved > len(trained) // 2  # full fine-tuning moved most tensors
+    client = MlflowClient(f"sqlite:///{toy_chain / 'mlflow.db'}")
+    name = f"{cfg.mlflow.registered_model}-image"  # the style LoRA is registered there too
+    by_run = {
+        client.get_run(v.run_id).info.run_name: v
+        for v in client.search_model_versions(f"name = '{name}'")
+    }
+    version = by_run["digits-base"]
+    assert version.tags["stage"] == "image"
+    assert {a.path for a in client.list_artifacts(version.run_id)} >= {"pipeline", "samples"}
+
+
+def test_the_image_stage_lora_is_a_kohya_file_for_model_base_loras(toy_chain):
+    """The personalized base's LoRA (``train.stage=image``, ``train.lora.rank``): a kohya file
+    that ``model.base.loras`` merges into the attention projections it trained, nothing else."""
+    cfg = _chain_config(toy_chain)
+    models = toy_chain / "reproduce" / "models"
+    lora_file = models / "digits-style-lora" / "lora.safetensors"
+    lora = load_file(str(lora_file))
+    assert lora and all(k.startswith("lora_unet_") for k in lora)
+    assert any(k.endswith("attn1_to_q.lora_up.weight") for k in lora)
+    base = models / "digits-base" / "pipeline"
+    merged, plain = _unet(cfg, base, lora_file), _unet(cfg, base)
+    changed = {k for k in merged if not torch.equal(merged[k], plain[k])}
+    assert changed and all(
+        k.endswith(("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight"))
+        for k in changed
+    )
 
 
 def test_a_missing_clip_bpe_stops_the_chain_before_any_stage(tmp_path, capsys):

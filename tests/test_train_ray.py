@@ -527,69 +527,8 @@ def test_bf16_zero2_run_trains_and_exports_fp32(reference, shards, tmp_path) -> 
         assert torch.cosine_similarity(moved_bf16, moved_fp32, dim=0) > 0.9, key
 
 
-def test_image_stage_exports_a_pipeline_that_loads_as_the_base(ray_cluster, shards) -> None:
-    """Full fine-tuning of the 2D UNet on frames, through the same loop, checkpoints and
-    registry; the export is a StableDiffusion directory that `model.base.pretrained` loads."""
-    from mlflow import MlflowClient
-
-    from animatediff.base_model import load_base_model
-
-    cfg = tiny_train_config(
-        shards,
-        "train.stage=image",
-        "train.max_steps=3",
-        "train.checkpoint_every=2",
-        "train.run_name=image-full",
-        "train.validation_prompts=['a red ball']",
-    )
-    outcome = run_training(cfg)
-    assert outcome.step == 3 and outcome.val_loss is not None
-    pipeline = outcome.export_path
-    assert (pipeline / "model_index.json").is_file() and (pipeline / "unet").is_dir()
-    last = Path(outcome.checkpoint_path)
-    trained = load_base_model(dataclasses.replace(cfg.model.base, pretrained=str(pipeline))).unet
-    original = load_base_model(cfg.model.base).unet
-    from_checkpoint = load_file(str(last / "unet" / "diffusion_pytorch_model.safetensors"))
-    moved = 0
-    for name, tensor in trained.state_dict().items():
-        assert torch.equal(tensor, from_checkpoint[name]), name
-        moved += not torch.equal(tensor, original.state_dict()[name])
-    assert moved > len(from_checkpoint) // 2  # full fine-tuning moved most tensors
-    client = MlflowClient(cfg.mlflow.tracking_uri)
-    name = f"{cfg.mlflow.registered_model}-image"
-    version = client.get_model_version_by_alias(name, "candidate")
-    assert str(version.version) == outcome.model_version and version.tags["stage"] == "image"
-    assert {a.path for a in client.list_artifacts(outcome.run_id)} >= {"pipeline", "samples"}
-
-
-def test_lora_image_stage_exports_a_kohya_file_for_model_base_loras(ray_cluster, shards) -> None:
-    from animatediff.base_model import load_base_model
-    from animatediff.config import LoraConfig
-
-    cfg = tiny_train_config(
-        shards,
-        "train.stage=image",
-        "train.lora.rank=2",
-        "train.lr=0.01",
-        "train.num_workers=1",  # the export, not the split (the full image stage runs 2 ranks)
-        "train.max_steps=2",
-        "train.run_name=image-lora",
-        "train.validation_prompts=[]",
-    )
-    outcome = run_training(cfg)
-    assert outcome.export_path.name == "lora.safetensors"
-    lora = load_file(str(outcome.export_path))
-    assert lora and all(k.startswith("lora_unet_") for k in lora)
-    assert any(k.endswith("attn1_to_q.lora_up.weight") for k in lora)
-    base = cfg.model.base
-    personalized = dataclasses.replace(base, loras=(LoraConfig(str(outcome.export_path)),))
-    merged = load_base_model(personalized).unet.state_dict()
-    original = load_base_model(base).unet.state_dict()
-    changed = {k for k in merged if not torch.equal(merged[k], original[k])}
-    assert changed and all(
-        k.endswith(("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight"))
-        for k in changed
-    )
+# The image stage, full and LoRA, is checked on the reproduction's own image-stage fits (the
+# toy chain of tests/test_reproduce.py trains both): two fits fewer in CI.
 
 
 # Three Ray Train runs (~70 s). CI keeps resuming with a grown max_steps through
