@@ -258,6 +258,9 @@ def test_zero3_run_tracked_on_a_tracking_server(reference, shards, mlflow_server
         "train.checkpoint_every=4",
         "train.zero_stage=3",
         "model.motion.gradient_checkpointing=true",  # recomputation inside ZeRO-3 too
+        # Sized to the tiny model: its parameters are partitioned and released between uses
+        # (test_train_unit.py::test_zero3_partitions_the_parameters_the_bucket_size_allows).
+        "train.zero_bucket_size=100000",
         "train.run_name=zero3",
         "train.validation_prompts=[]",
         "mlflow.tracking_uri=",  # from $MLFLOW_TRACKING_URI

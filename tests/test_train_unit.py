@@ -123,6 +123,28 @@ def test_lr_warms_up_linearly_then_holds_or_decays_to_zero() -> None:
     assert learning_rate(123, cfg.train) == 0.001
 
 
+def test_zero3_partitions_the_parameters_the_bucket_size_allows(tmp_path, monkeypatch) -> None:
+    """DeepSpeed keeps every parameter of at most its persistence threshold whole on every rank;
+    at its default (1e5) that is all of the tiny UNet's, so ZeRO-3 would partition none. Scaled
+    with ``train.zero_bucket_size`` (``deepspeed_config``), the threshold lets it partition them."""
+    import torch.distributed as dist
+
+    from trainer.engine import setup_engine
+
+    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(name, value)  # a world of one process, as DeepSpeed checks
+    cfg = tiny_train_config(tmp_path, "train.zero_stage=3", "train.zero_bucket_size=100000")
+    model = build_training_model(cfg)
+    assert max(p.numel() for p in model.unet.parameters()) <= 100_000
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        engine = setup_engine(model, cfg.train, world_size=1)
+        whole = [bool(p.ds_persist) for p in engine.module.parameters()]
+    finally:
+        dist.destroy_process_group()
+    assert sum(whole) < len(whole) // 10  # measured: 1 of 590
+
+
 def test_deepspeed_config_follows_train_options() -> None:
     cfg = load_config(
         None,
@@ -139,6 +161,10 @@ def test_deepspeed_config_follows_train_options() -> None:
     assert zero["reduce_bucket_size"] == zero["allgather_bucket_size"] == 20_000_000
     assert zero["stage3_prefetch_bucket_size"] == 2_000_000
     assert zero["stage3_max_live_parameters"] == zero["stage3_max_reuse_distance"] == 40_000_000
+    assert zero["stage3_param_persistence_threshold"] == 4_000
+    # At DeepSpeed's default bucket, its defaults.
+    default = deepspeed_config(load_config(None, ["train.zero_stage=3"]).train, world_size=1)
+    assert default["zero_optimization"]["stage3_param_persistence_threshold"] == 100_000
     assert ds["train_batch_size"] == 24
     assert ds["gradient_accumulation_steps"] == 3
     assert ds["zero_optimization"]["stage"] == 3

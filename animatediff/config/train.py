@@ -109,8 +109,8 @@ class TrainConfig:
     """ZeRO optimizer state offload to CPU memory (stage 2/3; compiles DeepSpeed's CPUAdam)."""
     zero_bucket_size: int = 500_000_000
     """Elements per ZeRO communication bucket (``reduce_bucket_size``, ``allgather_bucket_size``;
-    stage 3's prefetch, live-parameter and reuse-distance limits scale with it as in DeepSpeed's
-    defaults). On a GPU gradient buckets are allocated at this size: smaller ones lower peak
+    stage 3's prefetch, live-parameter, reuse-distance and parameter-persistence limits scale
+    with it as in DeepSpeed's defaults). On a GPU gradient buckets are allocated at this size: smaller ones lower peak
     memory, larger ones overlap communication better. DeepSpeed's default is 5e8."""
     mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"
     """``auto``: bf16 on GPU, fp32 on CPU. bf16 also runs on CPU (slowly on most CPUs; the tests
