@@ -1,6 +1,7 @@
 """`python -m jobs.reproduce` at toy size: every stage runs through the real jobs, the metrics are
 finite and the report, contact sheet and models exist. Plumbing only: the numbers of a toy run
-mean nothing (the full run's are in docs/reproduction.md); `-m slow` runs the full chain."""
+mean nothing (the full run's are in docs/reproduction.md); `-m slow` runs the full chain. The
+image stage's tests (full fine-tuning, LoRA) check the chain's own image-stage fits."""
 
 from __future__ import annotations
 
@@ -138,6 +139,8 @@ def test_the_image_stage_exports_a_pipeline_that_loads_as_the_base(toy_chain):
     version = by_run["digits-base"]
     assert version.tags["stage"] == "image"
     assert {a.path for a in client.list_artifacts(version.run_id)} >= {"pipeline", "samples"}
+    description = client.get_run(version.run_id).data.tags["mlflow.note.content"]
+    assert "attempt 1: started at step 0 (2 workers)" in description
 
 
 def test_the_image_stage_lora_is_a_kohya_file_for_model_base_loras(toy_chain):
