@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 from animatediff.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESET = f"--config={ROOT / 'configs/moving_digits.yaml'}"
+PRESET_FILE = ROOT / "configs/moving_digits.yaml"
+PRESET = f"--config={PRESET_FILE}"
 TOY = [
     "reproduce.clip_bpe=",
     "reproduce.train_clips=8",
@@ -98,7 +99,7 @@ def test_the_chain_runs_at_toy_size(toy_chain):
 
 
 def _chain_config(toy_chain: Path) -> Config:
-    return load_config(ROOT / "configs/moving_digits.yaml", _toy_overrides(toy_chain))
+    return load_config(PRESET_FILE, _toy_overrides(toy_chain))
 
 
 def _unet(cfg: Config, pretrained: Path, *loras: Path) -> dict[str, torch.Tensor]:
