@@ -25,21 +25,14 @@ Time runs linearly from the first frame (``t = 0``) to the last (``t = 1``).
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass
 
 import numpy as np
 
-CAMERA_MOTIONS = (
-    "none",
-    "zoom_in",
-    "zoom_out",
-    "pan_left",
-    "pan_right",
-    "tilt_up",
-    "tilt_down",
-    "roll_clockwise",
-    "roll_anticlockwise",
-)
+from animatediff.config.data import CameraMotion
+
+CAMERA_MOTIONS: tuple[str, ...] = typing.get_args(CameraMotion)
 MIRRORED_BY_FLIP = {"pan_left", "pan_right", "roll_clockwise", "roll_anticlockwise"}
 """Motions that a horizontal flip turns into their opposite."""
 MAX_ROLL_DEGREES = 90.0

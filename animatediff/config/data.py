@@ -7,6 +7,19 @@ from typing import Literal
 
 from animatediff.config.errors import check
 
+CameraMotion = Literal[
+    "none",
+    "zoom_in",
+    "zoom_out",
+    "pan_left",
+    "pan_right",
+    "tilt_up",
+    "tilt_down",
+    "roll_clockwise",
+    "roll_anticlockwise",
+]
+"""``data.camera_motion``'s values: none, or the paper's eight MotionLoRA motions."""
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -75,17 +88,7 @@ class DataConfig:
     """Distinct windows drawn per video (fewer when the video has fewer distinct starts)."""
     flip: bool = False
     """Also store each clip horizontally flipped, as its own row with ``flipped=True``."""
-    camera_motion: Literal[
-        "none",
-        "zoom_in",
-        "zoom_out",
-        "pan_left",
-        "pan_right",
-        "tilt_up",
-        "tilt_down",
-        "roll_clockwise",
-        "roll_anticlockwise",
-    ] = "none"
+    camera_motion: CameraMotion = "none"
     """Camera motion made by rule on every clip after decoding: a crop window that moves over
     time (``pipelines/camera.py``), as the paper makes MotionLoRA data. Part of the fingerprint
     and recorded per clip in the shards, so one corpus gives one training set per motion."""
