@@ -15,11 +15,18 @@ Personalisation, applied in this order before any motion module is injected:
 
 ``load_vae`` and ``load_text_encoder`` apply the same personalisation, so cached latents and text
 embeddings come from the weights that training and sampling use.
+
+The loaders may be called from several threads of one process (``jobs.reproduce`` preprocesses
+collections at once): they take turns, because diffusers and transformers load a model by patching
+``torch.nn.Module`` for the whole process (accelerate's ``init_empty_weights``), and two loads at
+once undo each other's patch, leaving later models' weights on the meta device.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +36,17 @@ import torch
 from animatediff.config import BaseModelConfig
 
 BUILTIN_TINY = "builtin:tiny"
+_LOADING = threading.RLock()
+"""Held while a loader runs (module docstring); re-entrant: ``load_base_model`` calls the others."""
+
+
+def _one_load_at_a_time(loader):
+    @functools.wraps(loader)
+    def locked(*args, **kwargs):
+        with _LOADING:
+            return loader(*args, **kwargs)
+
+    return locked
 
 
 @dataclass
@@ -132,6 +150,7 @@ def _freeze(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     return module.eval()
 
 
+@_one_load_at_a_time
 def load_vae(cfg: BaseModelConfig, dtype: torch.dtype = torch.float32):
     """Only the VAE (the preprocessing stage needs nothing else)."""
     from diffusers import AutoencoderKL
@@ -142,6 +161,7 @@ def load_vae(cfg: BaseModelConfig, dtype: torch.dtype = torch.float32):
     return _freeze(AutoencoderKL.from_pretrained(source, subfolder="vae"), dtype)
 
 
+@_one_load_at_a_time
 def load_text_encoder(cfg: BaseModelConfig, dtype: torch.dtype = torch.float32):
     """The CLIP tokenizer and text encoder."""
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -157,6 +177,7 @@ def load_text_encoder(cfg: BaseModelConfig, dtype: torch.dtype = torch.float32):
     return tokenizer, _freeze(text_encoder, dtype)
 
 
+@_one_load_at_a_time
 def load_base_model(cfg: BaseModelConfig, dtype: torch.dtype = torch.float32) -> BaseComponents:
     """All frozen components of the base."""
     from diffusers import DDIMScheduler, UNet2DConditionModel

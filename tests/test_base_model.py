@@ -301,3 +301,29 @@ def test_single_file_then_lora(tiny_base_dir, personalised, tmp_path):
     loaded = load_base_model(cfg)
     want = _expected(unet.get_submodule(ATTN_Q).weight, down, up, 4, 4, 1.0)
     torch.testing.assert_close(loaded.unet.get_submodule(ATTN_Q).weight, want, rtol=0, atol=1e-6)
+
+
+def test_loads_from_several_threads_take_turns_and_leave_torch_unpatched(tiny_base_dir):
+    """diffusers loads a model by patching ``nn.Module.register_parameter`` for the whole process;
+    unlocked, two loads at once restore each other's patch and it stays (measured: every
+    unlocked run left it patched), so every model built afterwards gets meta weights."""
+    import threading
+
+    cfg = BaseModelConfig(pretrained=str(tiny_base_dir))
+    original = torch.nn.Module.register_parameter
+    loaded: list[torch.nn.Module] = []
+
+    def load_some() -> None:
+        for _ in range(3):
+            loaded.append(load_vae(cfg))
+            loaded.append(load_base_model(cfg).unet)
+
+    threads = [threading.Thread(target=load_some) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(loaded) == 24
+    assert torch.nn.Module.register_parameter is original
+    assert all(p.device.type == "cpu" for model in loaded for p in model.parameters())
+    assert torch.nn.Linear(2, 2).weight.device.type == "cpu"

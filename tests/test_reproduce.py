@@ -173,6 +173,17 @@ def test_a_missing_clip_bpe_stops_the_chain_before_any_stage(tmp_path, capsys):
     assert not (tmp_path / "reproduce").exists()
 
 
+def test_preprocesses_run_at_once_only_where_each_keeps_a_cpu_for_decoding():
+    """Each preprocess holds its encode actors for its whole run; one more at once than the
+    cluster holds would leave a pipeline without a CPU for its decode tasks, waiting forever."""
+    from experiments.moving_digits.run import concurrent_preprocesses, with_overrides
+
+    cfg = load_config(PRESET_FILE)  # 1 encode actor of 1 CPU, decode tasks of 1 CPU
+    assert [concurrent_preprocesses(cfg, cpus) for cpus in (1, 2, 3, 4, 16)] == [1, 1, 1, 2, 8]
+    wider = with_overrides(cfg, ["data.num_encode_actors=2", "data.decode_num_cpus=2"])
+    assert [concurrent_preprocesses(wider, cpus) for cpus in (4, 8, 16)] == [1, 2, 4]
+
+
 # A benchmark's smoke run (271 s on 2 cores, with the toy chain it needs); one-pass scoring is
 # tested in test_evaluate_job.py (test_models_scored_in_one_pass_match_their_own_evaluations).
 @pytest.mark.slow

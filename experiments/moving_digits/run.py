@@ -117,6 +117,33 @@ def preprocess(
     return summary["output"]
 
 
+def concurrent_preprocesses(cfg: Config, cluster_cpus: float) -> int:
+    """How many preprocesses may run at once: each holds an encode actor for its whole run and
+    needs room for a decode task beside it, or its pipeline waits forever for a CPU."""
+    data = cfg.data
+    per_run = data.num_encode_actors * data.encode_num_cpus + data.decode_num_cpus
+    return max(1, int(cluster_cpus // per_run))
+
+
+def preprocess_collections(
+    cfg: Config, collections: dict[str, tuple[Path, int]], latents: Path
+) -> dict[str, str]:
+    """``preprocess`` of each ``{name: (table, frames)}`` into ``latents/<name>``, as many at
+    once as the cluster holds (``concurrent_preprocesses``); the shard sets' URIs by name. On a
+    small cluster this overlaps one run's encode-actor start-up with another's work."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import ray
+
+    at_once = concurrent_preprocesses(cfg, ray.cluster_resources().get("CPU", 1))
+    with ThreadPoolExecutor(max_workers=min(at_once, len(collections))) as pool:
+        futures = {
+            name: pool.submit(preprocess, cfg, table, latents / name, frames)
+            for name, (table, frames) in collections.items()
+        }
+        return {name: future.result() for name, future in futures.items()}
+
+
 def train(cfg: Config, run_name: str, overrides: list[str] | tuple[str, ...], work: Path) -> Any:
     """One training job (the preset, the stage's overrides, a run name); its outcome, with its
     export copied to ``work/models/<run_name>``."""
@@ -257,11 +284,19 @@ def run_reproduction(cfg: Config, work: Path) -> dict[str, Any]:
 
     progress("preprocessing the four collections (Ray Data: decode, VAE-encode, shards)")
     start = time.perf_counter()
-    latents = work / "latents"
-    clips_uri = preprocess(cfg, sets.clips, latents / "clips", rc.frames)
-    stills_uri = preprocess(cfg, sets.stills, latents / "stills", 1)
-    style_uri = preprocess(cfg, sets.style, latents / "style", 1)
-    heldout_uri = preprocess(cfg, sets.heldout, latents / "heldout", rc.frames)
+    uris = preprocess_collections(
+        cfg,
+        {
+            "clips": (sets.clips, rc.frames),
+            "stills": (sets.stills, 1),
+            "style": (sets.style, 1),
+            "heldout": (sets.heldout, rc.frames),
+        },
+        work / "latents",
+    )
+    clips_uri, stills_uri, style_uri, heldout_uri = (
+        uris[name] for name in ("clips", "stills", "style", "heldout")
+    )
     timed("preprocess", start)
 
     still_data = ["data.num_frames=1", "data.stride=1", f"data.resolution={rc.canvas}"]
