@@ -84,6 +84,11 @@ def test_the_chain_runs_at_toy_size(toy_chain):
         assert metrics["videos"] == 4, condition  # 2 digits x 2 directions
     report = (work / "reproduction.md").read_text()
     assert "| the module animates the frozen base |" in report
+    # What exact numbers depend on besides the code, for comparing two runs digit for digit.
+    machine = summary["machine"]
+    assert machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert machine["torch"] == torch.__version__ and machine["cores"] >= 1
+    assert f"({machine['cpu_capability']} kernels)" in report
     assert (work / "contact_sheet.png").stat().st_size > 0
     assert (work / "classifier" / "model.safetensors").is_file()
     # The trained models' local copies live in the run's folder; later stages load them there.

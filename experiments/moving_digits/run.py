@@ -260,6 +260,36 @@ def style_difference(metrics: dict[str, float], reference: dict[str, float]) -> 
     )
 
 
+def machine() -> dict[str, Any]:
+    """What a run's exact numbers depend on besides the code: the CPU (its model and the
+    instruction set PyTorch's kernels use: AVX2 and AVX-512 kernels round differently), the core
+    count, torch, and the commit. Two runs agree digit for digit only where these match."""
+    import os
+    import platform
+
+    import torch
+
+    from tracking.provenance import code_version
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            names = [
+                line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")
+            ]
+        model = names[0] if names else model
+    except OSError:  # not Linux
+        pass
+    code = code_version()
+    return {
+        "cpu": model,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "commit": code.short if code else None,
+    }
+
+
 def run_reproduction(cfg: Config, work: Path) -> dict[str, Any]:
     """The whole chain under ``work``; returns the table's rows, timings and paths."""
     rc = cfg.reproduce
@@ -364,7 +394,7 @@ def run_reproduction(cfg: Config, work: Path) -> dict[str, Any]:
     timed("evaluate", start)
     metrics["c"]["style_difference"] = style_difference(metrics["c"], metrics["c0"])
     metrics["b"]["style_difference"] = style_difference(metrics["b"], metrics["c0"])
-    return {"metrics": metrics, "timings": timings, "work": str(work)}
+    return {"metrics": metrics, "timings": timings, "work": str(work), "machine": machine()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,7 +502,9 @@ def report(summary: dict[str, Any], cfg: Config, command: str, wall_s: float) ->
             "# Moving Digits: does the pipeline learn motion?",
             "",
             f"Command: `{command}`  ",
-            f"Wall time: {wall_s / 60:.1f} min on this machine ({timings}).",
+            f"Wall time: {wall_s / 60:.1f} min on this machine ({timings}).  ",
+            "Machine: {cpu} ({cpu_capability} kernels), {cores} cores, torch {torch}, "
+            "commit {commit}.".format(**summary["machine"]),
             "",
             "## Claims",
             "",
