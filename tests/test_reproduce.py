@@ -208,6 +208,20 @@ def test_the_evaluation_benchmark_runs_on_the_chains_models(toy_chain, capsys):
         assert f"largest metric difference, {mode} vs sequential: " in out
 
 
+@pytest.mark.slow  # two rounds of the toy chain's four preprocesses, with the chain it needs
+def test_the_preprocess_benchmark_runs_on_the_chains_videos(toy_chain, capsys):
+    from benchmarks import preprocess_collections
+
+    work = toy_chain / "reproduce"
+    capsys.readouterr()
+    preprocess_collections.main(["--work", str(work), PRESET, *_toy_overrides(toy_chain)])
+    out = capsys.readouterr().out
+    assert re.search(r"^\| sequential \| [\d.]+ \| 1\.00x \|$", out, re.M), out
+    assert re.search(r"^\| at-once \| [\d.]+ \| [\d.]+x \|$", out, re.M), out
+    for name in ("clips", "stills", "style", "heldout"):
+        assert re.search(rf"^{name}, at-once vs sequential: \d+ rows, the same rows in", out, re.M)
+
+
 def _centres(items, directions=("left", "right", "up", "down")) -> dict[str, np.ndarray]:
     """Each caption direction's stills: the digit's centre of coverage ``(x, y)``, in pixels."""
     found: dict[str, list] = {d: [] for d in directions}
