@@ -22,10 +22,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-COLLECTIONS = ("clips", "stills", "style", "heldout")
 
-
-def shard_table(uri: str) -> pa.Table:
+def shard_rows(uri: str) -> pa.Table:
     """Every row of a shard set, in the manifest's shard order."""
     import pyarrow.parquet as pq
 
@@ -40,21 +38,18 @@ def measure(args: argparse.Namespace) -> dict[str, tuple[float, dict[str, str]]]
     """``{mode: (wall seconds, shard-set URI by collection)}`` in ``args.order``; the shard sets
     live under ``args.scratch``."""
     from animatediff.config import load_config
-    from experiments.moving_digits.run import preprocess, preprocess_collections, with_overrides
+    from experiments.moving_digits.run import (
+        Sets,
+        preprocess,
+        preprocess_collections,
+        with_overrides,
+    )
     from jobs.cluster import init_ray
 
     work = Path(args.work).resolve()
     cfg = load_config(args.config, args.overrides)
     cfg = with_overrides(cfg, [f"model.base.pretrained={work / 'base-untrained'}"])
-    frames = {
-        "clips": cfg.reproduce.frames,
-        "stills": 1,
-        "style": 1,
-        "heldout": cfg.reproduce.frames,
-    }
-    collections = {
-        name: (work / "videos" / name / "videos.csv", frames[name]) for name in COLLECTIONS
-    }
+    collections = Sets.rendered(work).to_preprocess(cfg)
     init_ray(cfg, hide_gpus=True, log_to_driver=False)
     measured = {}
     for mode in args.order.split(","):
@@ -91,10 +86,10 @@ def main(argv: list[str] | None = None) -> None:
         for mode, (seconds, _) in measured.items():
             print(f"| {mode} | {seconds:.1f} | {seconds / measured[modes[0]][0]:.2f}x |")
         print()
-        first = {name: shard_table(uri) for name, uri in measured[modes[0]][1].items()}
+        first = {name: shard_rows(uri) for name, uri in measured[modes[0]][1].items()}
         for mode in modes[1:]:
             for name, uri in measured[mode][1].items():
-                table = shard_table(uri)
+                table = shard_rows(uri)
                 same = (
                     "the same rows in the same order" if table.equals(first[name]) else "DIFFERENT"
                 )

@@ -166,6 +166,11 @@ def write_video(path: Path, frames: np.ndarray, fps: int = 8) -> Path:
     return path
 
 
+def collection_table(directory: Path) -> Path:
+    """The ``video,caption`` CSV of the collection that ``write_collection`` writes there."""
+    return directory / "videos.csv"
+
+
 def write_collection(directory: Path, items: list[Item], fps: int = 8) -> Path:
     """The videos and a ``video,caption`` CSV (``data.format=csv``); returns the CSV's path."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -174,7 +179,7 @@ def write_collection(directory: Path, items: list[Item], fps: int = 8) -> Path:
         name = f"{index:05d}.mp4"
         write_video(directory / name, item.frames, fps)
         rows.append((name, item.caption))
-    table = directory / "videos.csv"
+    table = collection_table(directory)
     with open(table, "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["video", "caption"])

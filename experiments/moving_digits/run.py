@@ -62,6 +62,23 @@ class Sets:
     style: Path
     heldout: Path
 
+    @classmethod
+    def rendered(cls, work: Path) -> Sets:
+        """The collections that ``render`` wrote under ``work``."""
+        names = [field.name for field in dataclasses.fields(cls)]
+        return cls(**{name: data.collection_table(work / "videos" / name) for name in names})
+
+    def to_preprocess(self, cfg: Config) -> dict[str, tuple[Path, int]]:
+        """``{name: (table, frames per clip)}``, as ``preprocess_collections`` takes them: clips
+        of ``reproduce.frames``, stills of one frame."""
+        frames = cfg.reproduce.frames
+        return {
+            "clips": (self.clips, frames),
+            "stills": (self.stills, 1),
+            "style": (self.style, 1),
+            "heldout": (self.heldout, frames),
+        }
+
 
 def render(cfg: Config, work: Path) -> tuple[Sets, dict[str, np.ndarray]]:
     """Write the four collections; return their CSVs and frames for the VAE and classifier."""
@@ -314,19 +331,9 @@ def run_reproduction(cfg: Config, work: Path) -> dict[str, Any]:
 
     progress("preprocessing the four collections (Ray Data: decode, VAE-encode, shards)")
     start = time.perf_counter()
-    uris = preprocess_collections(
-        cfg,
-        {
-            "clips": (sets.clips, rc.frames),
-            "stills": (sets.stills, 1),
-            "style": (sets.style, 1),
-            "heldout": (sets.heldout, rc.frames),
-        },
-        work / "latents",
-    )
-    clips_uri, stills_uri, style_uri, heldout_uri = (
-        uris[name] for name in ("clips", "stills", "style", "heldout")
-    )
+    uris = preprocess_collections(cfg, sets.to_preprocess(cfg), work / "latents")
+    clips_uri, stills_uri = uris["clips"], uris["stills"]
+    style_uri, heldout_uri = uris["style"], uris["heldout"]
     timed("preprocess", start)
 
     still_data = ["data.num_frames=1", "data.stride=1", f"data.resolution={rc.canvas}"]
