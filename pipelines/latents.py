@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import posixpath
+import threading
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -90,6 +91,10 @@ def _drop_retired(table: pa.Table, retired: dict[str, set[str]]) -> pa.Table:
     return table.filter(pa.array(keep, pa.bool_())).drop_columns([PATH_COLUMN])
 
 
+_CONTEXT_SWITCH = threading.Lock()
+"""Held while `read_shards` switches Ray Data's reader (see there)."""
+
+
 def read_shards(
     paths: list[str], filesystem: pafs.FileSystem, include_paths: bool = False
 ) -> ray.data.Dataset:
@@ -99,16 +104,20 @@ def read_shards(
     however few the files: a new worker process each, so a one-shard set took 5 to 10 s to
     materialise on 2 cores (4 to 8 logical CPUs), against 0.1 to 0.2 s with this reader: a
     third of every small training job's start. The manifest already lists the shards; footers
-    add nothing here."""
+    add nothing here.
+
+    The switch is in Ray Data's process-wide context: reads from several threads (trainings or
+    preprocesses at once) take turns, or one could restore another's setting for good."""
     import ray.data
 
-    context = ray.data.DataContext.get_current()
-    default = context.use_datasource_v2
-    context.use_datasource_v2 = False  # read when the plan is built, here, not when it runs
-    try:
-        return ray.data.read_parquet(paths, filesystem=filesystem, include_paths=include_paths)
-    finally:
-        context.use_datasource_v2 = default
+    with _CONTEXT_SWITCH:
+        context = ray.data.DataContext.get_current()
+        default = context.use_datasource_v2
+        context.use_datasource_v2 = False  # read when the plan is built, here, not when it runs
+        try:
+            return ray.data.read_parquet(paths, filesystem=filesystem, include_paths=include_paths)
+        finally:
+            context.use_datasource_v2 = default
 
 
 def shard_set_dataset(location: Location, manifest: dict) -> ray.data.Dataset:

@@ -183,6 +183,24 @@ def test_reading_a_shard_set_starts_no_footer_reader_actors(first):
     assert ray.data.DataContext.get_current().use_datasource_v2 == default  # restored
 
 
+def test_reads_from_several_threads_leave_ray_datas_reader_as_it_was(first):
+    """The reproduction reads shard sets from several threads at once (trainings side by side);
+    each read switches Ray Data's process-wide reader and back, so unguarded they could restore
+    each other's switch for good."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import ray.data
+
+    from pipelines.latents import find_shard_set, shard_set_dataset
+
+    default = ray.data.DataContext.get_current().use_datasource_v2
+    found = find_shard_set(first["summary"]["output"])
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        datasets = list(pool.map(lambda _: shard_set_dataset(*found), range(16)))
+    assert ray.data.DataContext.get_current().use_datasource_v2 == default
+    assert datasets[-1].count() == first["summary"]["clips_encoded"]
+
+
 def _on_a_copy(first: dict, out: Path) -> list[str]:
     """``first``'s arguments writing to ``out``, a copy of its shard set: a test that adds to
     the set leaves ``first``'s as the tests that read it expect, in any order."""

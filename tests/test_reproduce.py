@@ -189,6 +189,37 @@ def test_preprocesses_run_at_once_only_where_each_keeps_a_cpu_for_decoding():
     assert [concurrent_preprocesses(wider, cpus) for cpus in (4, 8, 16)] == [1, 2, 4]
 
 
+def test_trainings_run_at_once_only_where_a_cpu_stays_free_for_their_reads():
+    """Trainings side by side hold their workers' CPUs for their whole fits; the shard reads
+    that feed them need one more, or they wait forever. The preset's trainings (2 workers of 1
+    CPU) run one at a time on its 4 logical CPUs; one-worker toy trainings, three at once."""
+    from experiments.moving_digits.run import concurrent_trainings, with_overrides
+
+    preset = load_config(PRESET_FILE)
+    assert [concurrent_trainings([preset], cpus) for cpus in (2, 4, 5, 8)] == [1, 1, 2, 3]
+    toy = with_overrides(preset, ["train.num_workers=1"])
+    assert [concurrent_trainings([toy], cpus) for cpus in (2, 4, 8)] == [1, 3, 7]
+    assert concurrent_trainings([toy, preset], 4) == 1  # the widest decides
+
+
+def test_at_once_runs_calls_side_by_side_or_in_this_thread_with_a_limit_of_one():
+    import threading
+
+    from experiments.moving_digits.run import at_once
+
+    here = threading.get_ident()
+    in_turn = at_once({"a": threading.get_ident, "b": threading.get_ident}, 1)
+    assert in_turn == {"a": here, "b": here}
+    meeting = threading.Barrier(2, timeout=10)  # broken, an error, unless both wait at once
+
+    def meet(name: str) -> str:
+        meeting.wait()
+        return name
+
+    side_by_side = at_once({"b": lambda: meet("b"), "a": lambda: meet("a")}, 2)
+    assert list(side_by_side.items()) == [("b", "b"), ("a", "a")]  # by name, in call order
+
+
 # A benchmark's smoke run (271 s on 2 cores, with the toy chain it needs); one-pass scoring is
 # tested in test_evaluate_job.py (test_models_scored_in_one_pass_match_their_own_evaluations).
 @pytest.mark.slow

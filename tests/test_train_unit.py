@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 
 import numpy as np
 import pytest
@@ -99,6 +100,26 @@ def test_the_poll_interval_reaches_ray_trains_controller_only_during_the_fit(mon
     with _controller_env(load_config(None, ["train.health_check_interval_s=1"]).train):
         assert get_env_vars_to_propagate()[name] == "1.0"
     assert get_env_vars_to_propagate()[name] == "5"
+
+
+def test_trainings_at_once_share_the_poll_interval_until_the_last_ends(monkeypatch) -> None:
+    """Trainings started from threads (the reproduction's) see one process environment: the
+    first to start sets the interval, the last to end restores the user's."""
+    from trainer.driver import _controller_env
+
+    name = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+    monkeypatch.setenv(name, "5")
+    fast = load_config(None, ["train.health_check_interval_s=0.25"]).train
+    with _controller_env(fast):
+        with _controller_env(fast):
+            assert os.environ[name] == "0.25"
+        assert os.environ[name] == "0.25"  # the first is still starting its controller
+        slow = load_config(None, ["train.health_check_interval_s=1"]).train
+        with pytest.raises(ConfigError, match="train.health_check_interval_s"):
+            with _controller_env(slow):
+                pass
+        assert os.environ[name] == "0.25"
+    assert os.environ[name] == "5"
 
 
 def test_checkpoint_paths_on_s3_are_reported_as_s3_uris() -> None:

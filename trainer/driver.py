@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,23 +246,50 @@ def run_training(
     return _finish(cfg, result.checkpoint, run_id, tracking_uri, export_dir, tags=tags)
 
 
-@contextlib.contextmanager
-def _controller_env(train: TrainConfig) -> Iterator[None]:
-    """The driver's environment while ``fit`` starts Ray Train's controller, which reads its
-    poll interval from the variables that ``fit`` passes on; restored afterwards."""
-    if train.health_check_interval_s is None:
-        yield
-        return
+class _PollInterval:
+    """``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` in the driver's environment while ``fit`` starts Ray
+    Train's controller, which reads its poll interval from the variables that ``fit`` passes on.
+
+    The environment is the process's: trainings that run at once from threads share one setting,
+    set by the first to start and restored when the last ends."""
+
     name = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
-    before = os.environ.get(name)
-    os.environ[name] = str(train.health_check_interval_s)
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = before
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+        self.before: str | None = None
+
+    @contextlib.contextmanager
+    def __call__(self, train: TrainConfig) -> Iterator[None]:
+        if train.health_check_interval_s is None:
+            yield
+            return
+        value = str(train.health_check_interval_s)
+        with self.lock:
+            if self.users and os.environ.get(self.name) != value:
+                raise ConfigError(
+                    f"train.health_check_interval_s: {value} s, but a training running at once "
+                    f"in this process polls every {os.environ.get(self.name)} s; trainings that "
+                    "run at once must share it"
+                )
+            if not self.users:
+                self.before = os.environ.get(self.name)
+                os.environ[self.name] = value
+            self.users += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.users -= 1
+                if not self.users:
+                    if self.before is None:
+                        del os.environ[self.name]
+                    else:
+                        os.environ[self.name] = self.before
+
+
+_controller_env = _PollInterval()
 
 
 def scaling_config(train: TrainConfig) -> Any:

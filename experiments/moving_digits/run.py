@@ -19,18 +19,21 @@ registered. Conditions, all on held-out digits (the held-out loss) and held-out 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from animatediff.config import Config, apply_overrides, from_dict, to_dict
 from experiments.moving_digits import data, models
 from jobs.cli import Progress
+
+T = TypeVar("T")
 
 CONDITIONS = {
     "a1": "base alone, frames sampled independently",
@@ -148,26 +151,54 @@ def preprocess_collections(
     """``preprocess`` of each ``{name: (table, frames)}`` into ``latents/<name>``, as many at
     once as the cluster holds (``concurrent_preprocesses``); the shard sets' URIs by name. On a
     small cluster this overlaps one run's encode-actor start-up with another's work."""
-    from concurrent.futures import ThreadPoolExecutor
-
     import ray
 
-    at_once = concurrent_preprocesses(cfg, ray.cluster_resources().get("CPU", 1))
-    with ThreadPoolExecutor(max_workers=min(at_once, len(collections))) as pool:
-        futures = {
-            name: pool.submit(preprocess, cfg, table, latents / name, frames)
-            for name, (table, frames) in collections.items()
-        }
+    limit = concurrent_preprocesses(cfg, ray.cluster_resources().get("CPU", 1))
+    calls = {
+        name: functools.partial(preprocess, cfg, table, latents / name, frames)
+        for name, (table, frames) in collections.items()
+    }
+    return at_once(calls, limit)
+
+
+def at_once(calls: dict[str, Callable[[], T]], limit: int) -> dict[str, T]:
+    """Each call's result by name, up to ``limit`` calls at a time from a thread pool; with a
+    limit of 1, one after another in this thread, where Ctrl-C stops a training gracefully (Ray
+    Train installs its handler only from the main thread)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if limit <= 1:
+        return {name: call() for name, call in calls.items()}
+    with ThreadPoolExecutor(max_workers=min(limit, len(calls))) as pool:
+        futures = {name: pool.submit(call) for name, call in calls.items()}
         return {name: future.result() for name, future in futures.items()}
 
 
-def train(cfg: Config, run_name: str, overrides: list[str] | tuple[str, ...], work: Path) -> Any:
-    """One training job (the preset, the stage's overrides, a run name); its outcome, with its
-    export copied to ``work/models/<run_name>``."""
+def stage_config(cfg: Config, run_name: str, overrides: list[str] | tuple[str, ...]) -> Config:
+    """One training job's config: the preset, the stage's overrides, a run name."""
+    return with_overrides(cfg, [*overrides, f"train.run_name={run_name}"])
+
+
+def train(stage: Config, work: Path) -> Any:
+    """Run ``stage``'s training job; its outcome, with its export copied to
+    ``work/models/<train.run_name>``."""
     from trainer import run_training
 
-    stage = with_overrides(cfg, [*overrides, f"train.run_name={run_name}"])
-    return run_training(stage, export_dir=work / "models" / run_name)
+    return run_training(stage, export_dir=work / "models" / stage.train.run_name)
+
+
+TRAINING_READ_CPUS = 1
+"""CPUs that trainings running at once leave free of workers: the Ray Data tasks that read their
+shards need one, or they wait forever behind the workers they feed."""
+
+
+def concurrent_trainings(stages: Sequence[Config], cluster_cpus: float) -> int:
+    """How many of ``stages``' trainings may run at once: each holds its workers' CPUs for its
+    whole fit, and ``TRAINING_READ_CPUS`` stay free for reading shards. On the preset's 4
+    logical CPUs that is one (2 workers each); toy trainings of one worker run three at once,
+    overlapping their processes' start-up, which is most of a toy fit."""
+    per_run = max(stage.train.num_workers * stage.train.cpus_per_worker for stage in stages)
+    return max(1, int((cluster_cpus - TRAINING_READ_CPUS) // per_run))
 
 
 def identity_module(cfg: Config, directory: Path) -> Path:
@@ -309,8 +340,10 @@ def machine() -> dict[str, Any]:
 
 def run_reproduction(cfg: Config, work: Path) -> dict[str, Any]:
     """The whole chain under ``work``; returns the table's rows, timings and paths."""
+    import ray
+
     rc = cfg.reproduce
-    progress = Progress(10)
+    progress = Progress(8)
     timings: dict[str, float] = {}
 
     def timed(name: str, start: float) -> None:
@@ -340,44 +373,51 @@ def run_reproduction(cfg: Config, work: Path) -> dict[str, Any]:
 
     progress("image stage: training the base's UNet on still frames (Ray Train + DeepSpeed)")
     start = time.perf_counter()
-    image = train(
+    base_stage = stage_config(
         cfg,
         "digits-base",
         ["train.stage=image", f"train.data_uri={stills_uri}", *still_data, *rc.base_train],
-        work,
     )
-    base = image.export_path
+    base = train(base_stage, work).export_path
     cfg = with_overrides(cfg, [f"model.base.pretrained={base}"])
     timed("base", start)
 
+    # The three trainings on the trained base need only it: they run at once where the cluster
+    # has room (concurrent_trainings), else one after another in this order.
     motion_common = [f"train.data_uri={clips_uri}", f"train.val_data_uri={heldout_uri}"]
     motion_common += [*clip_data(cfg), *rc.motion_train]
-    progress("motion stage: training the motion module on the clips, the base frozen")
-    start = time.perf_counter()
-    motion = train(cfg, "digits-motion", motion_common, work)
-    timed("motion", start)
-
-    progress("ablation: the same motion training with " + ", ".join(rc.ablation))
-    start = time.perf_counter()
-    ablation_overrides = [*motion_common, *rc.ablation, "train.register=false"]
-    ablation = train(cfg, "digits-ablation", ablation_overrides, work)
-    timed("ablation", start)
-
-    progress("personalization: a LoRA of the base on a style the motion module never saw")
-    start = time.perf_counter()
-    lora = train(
-        cfg,
-        "digits-style-lora",
-        [
-            "train.stage=image",
-            "train.lora.rank=4",
-            f"train.data_uri={style_uri}",
-            *still_data,
-            *rc.lora_train,
-        ],
-        work,
+    stages = {
+        "motion": stage_config(cfg, "digits-motion", motion_common),
+        "ablation": stage_config(
+            cfg, "digits-ablation", [*motion_common, *rc.ablation, "train.register=false"]
+        ),
+        "lora": stage_config(
+            cfg,
+            "digits-style-lora",
+            [
+                "train.stage=image",
+                "train.lora.rank=4",
+                f"train.data_uri={style_uri}",
+                *still_data,
+                *rc.lora_train,
+            ],
+        ),
+    }
+    limit = concurrent_trainings(list(stages.values()), ray.cluster_resources().get("CPU", 1))
+    progress(
+        "motion stage (the base frozen), its ablation (" + ", ".join(rc.ablation) + ") and a "
+        f"LoRA of the base on a style the module never saw: {min(limit, len(stages))} at a time"
     )
-    timed("lora", start)
+
+    def fit(name: str) -> Any:
+        start = time.perf_counter()
+        print(f"  {name}: training {stages[name].train.run_name}", flush=True)
+        outcome = train(stages[name], work)
+        timed(name, start)
+        return outcome
+
+    outcomes = at_once({name: functools.partial(fit, name) for name in stages}, limit)
+    motion, ablation, lora = outcomes["motion"], outcomes["ablation"], outcomes["lora"]
 
     progress("training the digit classifier that scores the frames")
     start = time.perf_counter()
