@@ -69,6 +69,34 @@ def test_preprocess_run_logs_the_shards_it_wrote_and_its_errors(shards: Path) ->
     assert {key.split(".")[0] for key in run.data.params} == {"data", "model"}
 
 
+def test_runs_logging_one_shard_set_at_once_each_get_it(tmp_path: Path) -> None:
+    """Trainings side by side log the same held-out set as their validation input; MLflow's
+    find-or-create of the dataset row let all but one fail with a uniqueness error."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mlflow import MlflowClient
+
+    from tracking.datasets import ShardSet, log_shard_set
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(store)
+    experiment = client.create_experiment("at-once", (tmp_path / "artifacts").as_uri())
+    runs = [client.create_run(experiment).info.run_id for _ in range(6)]
+    manifest = {"num_clips": 2, "shards": [{"path": "shards/a.parquet", "rows": 2, "sha256": "a"}]}
+    shards = ShardSet.of(str(tmp_path / "latents" / "fp-0123456789abcdef"), manifest)
+    start = threading.Barrier(len(runs), timeout=30)
+
+    def log(run_id: str) -> None:
+        start.wait()
+        log_shard_set(store, run_id, shards, "validation")
+
+    with ThreadPoolExecutor(max_workers=len(runs)) as pool:
+        list(pool.map(log, runs))
+    for run_id in runs:
+        assert _inputs(client.get_run(run_id))["validation"].digest == shards.digest
+
+
 def test_training_run_names_its_data_code_and_user(reference) -> None:
     from tracking.provenance import code_version
 

@@ -109,13 +109,21 @@ class ShardSet:
 
 def log_shard_set(tracking_uri: str, run_id: str, shards: ShardSet, context: str) -> None:
     """Log ``shards`` as a dataset input of ``run_id`` with ``mlflow.data.context=context``
-    (logging the same digest again is a no-op)."""
+    (logging the same digest again is a no-op).
+
+    MLflow finds or creates the experiment's dataset row in one transaction that two runs can
+    enter at once (trainings side by side on one held-out set): the slower one's insert breaks
+    the table's uniqueness and rolls back. Its second try finds the row and only links it."""
     from mlflow.entities import DatasetInput, InputTag
+    from mlflow.exceptions import MlflowException
 
     from tracking.runs import client
 
     dataset_input = DatasetInput(shards.entity(), tags=[InputTag(CONTEXT_TAG, context)])
-    client(tracking_uri).log_inputs(run_id, datasets=[dataset_input])
+    try:
+        client(tracking_uri).log_inputs(run_id, datasets=[dataset_input])
+    except MlflowException:
+        client(tracking_uri).log_inputs(run_id, datasets=[dataset_input])
 
 
 def columns_of(schema: Any) -> dict[str, str]:
