@@ -46,9 +46,11 @@ def init_ray(
     dashboard: bool = False,
     hide_gpus: bool = False,
     log_to_driver: bool = True,
+    num_cpus: int | None = None,
 ) -> Any:
-    """Connect to ``$RAY_ADDRESS`` or start a local cluster sized by ``local_cpus``; returns
-    Ray's context (None when Ray was already initialised in this process).
+    """Connect to ``$RAY_ADDRESS`` or start a local cluster of ``num_cpus`` logical CPUs (by
+    default ``local_cpus``); returns Ray's context (None when Ray was already initialised in this
+    process).
 
     ``hide_gpus``: workers see no CUDA device (tests and the CPU demo), whatever the machine has.
     The dashboard, when asked for, binds 127.0.0.1."""
@@ -69,7 +71,7 @@ def init_ray(
         env_vars["CUDA_VISIBLE_DEVICES"] = ""
     return ray.init(
         address="local",  # never a cluster that `ray start` left running on this machine
-        num_cpus=local_cpus(cfg),
+        num_cpus=num_cpus or local_cpus(cfg),
         include_dashboard=dashboard,
         dashboard_host="127.0.0.1",
         log_to_driver=log_to_driver,

@@ -253,6 +253,20 @@ def test_the_preprocess_benchmark_runs_on_the_chains_videos(toy_chain, capsys):
         assert re.search(rf"^{name}, at-once vs sequential: \d+ rows, the same rows in", out, re.M)
 
 
+@pytest.mark.slow  # the toy chain's three downstream trainings twice, with the chain it needs
+def test_the_trainings_benchmark_runs_on_the_chains_models(toy_chain, capsys):
+    from benchmarks import trainings_at_once
+
+    work = toy_chain / "reproduce"
+    capsys.readouterr()
+    trainings_at_once.main(["--work", str(work), PRESET, *_toy_overrides(toy_chain)])
+    out = capsys.readouterr().out
+    assert "4 logical CPUs: 3 at a time" in out, out  # the session's cluster, one-worker fits
+    assert re.search(r"^\| at-once \| [\d.]+ \| [\d.]+x \|$", out, re.M), out
+    for name in ("motion", "ablation", "lora"):
+        assert f"{name}, at-once vs sequential: the same weights" in out, out
+
+
 def _centres(items, directions=("left", "right", "up", "down")) -> dict[str, np.ndarray]:
     """Each caption direction's stills: the digit's centre of coverage ``(x, y)``, in pixels."""
     found: dict[str, list] = {d: [] for d in directions}

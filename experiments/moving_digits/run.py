@@ -201,6 +201,28 @@ def concurrent_trainings(stages: Sequence[Config], cluster_cpus: float) -> int:
     return max(1, int((cluster_cpus - TRAINING_READ_CPUS) // per_run))
 
 
+def still_data(cfg: Config) -> list[str]:
+    """The ``data.`` overrides that read the reproduction's stills (one frame, the canvas)."""
+    return ["data.num_frames=1", "data.stride=1", f"data.resolution={cfg.reproduce.canvas}"]
+
+
+def downstream_stages(cfg: Config, uris: dict[str, str]) -> dict[str, Config]:
+    """The trainings that need only the trained base (``cfg``'s ``model.base.pretrained``), by
+    name: the motion module, its ablation and the style LoRA. ``uris``: the shard sets by
+    collection, as ``preprocess_collections`` returns them."""
+    rc = cfg.reproduce
+    motion = [f"train.data_uri={uris['clips']}", f"train.val_data_uri={uris['heldout']}"]
+    motion += [*clip_data(cfg), *rc.motion_train]
+    lora = ["train.stage=image", "train.lora.rank=4", f"train.data_uri={uris['style']}"]
+    return {
+        "motion": stage_config(cfg, "digits-motion", motion),
+        "ablation": stage_config(
+            cfg, "digits-ablation", [*motion, *rc.ablation, "train.register=false"]
+        ),
+        "lora": stage_config(cfg, "digits-style-lora", [*lora, *still_data(cfg), *rc.lora_train]),
+    }
+
+
 def identity_module(cfg: Config, directory: Path) -> Path:
     """A fresh motion module (zero ``proj_out``: each frame is denoised on its own), saved."""
     import torch
@@ -365,18 +387,14 @@ def run_reproduction(cfg: Config, work: Path) -> dict[str, Any]:
     progress("preprocessing the four collections (Ray Data: decode, VAE-encode, shards)")
     start = time.perf_counter()
     uris = preprocess_collections(cfg, sets.to_preprocess(cfg), work / "latents")
-    clips_uri, stills_uri = uris["clips"], uris["stills"]
-    style_uri, heldout_uri = uris["style"], uris["heldout"]
     timed("preprocess", start)
-
-    still_data = ["data.num_frames=1", "data.stride=1", f"data.resolution={rc.canvas}"]
 
     progress("image stage: training the base's UNet on still frames (Ray Train + DeepSpeed)")
     start = time.perf_counter()
     base_stage = stage_config(
         cfg,
         "digits-base",
-        ["train.stage=image", f"train.data_uri={stills_uri}", *still_data, *rc.base_train],
+        ["train.stage=image", f"train.data_uri={uris['stills']}", *still_data(cfg), *rc.base_train],
     )
     base = train(base_stage, work).export_path
     cfg = with_overrides(cfg, [f"model.base.pretrained={base}"])
@@ -384,25 +402,7 @@ def run_reproduction(cfg: Config, work: Path) -> dict[str, Any]:
 
     # The three trainings on the trained base need only it: they run at once where the cluster
     # has room (concurrent_trainings), else one after another in this order.
-    motion_common = [f"train.data_uri={clips_uri}", f"train.val_data_uri={heldout_uri}"]
-    motion_common += [*clip_data(cfg), *rc.motion_train]
-    stages = {
-        "motion": stage_config(cfg, "digits-motion", motion_common),
-        "ablation": stage_config(
-            cfg, "digits-ablation", [*motion_common, *rc.ablation, "train.register=false"]
-        ),
-        "lora": stage_config(
-            cfg,
-            "digits-style-lora",
-            [
-                "train.stage=image",
-                "train.lora.rank=4",
-                f"train.data_uri={style_uri}",
-                *still_data,
-                *rc.lora_train,
-            ],
-        ),
-    }
+    stages = downstream_stages(cfg, uris)
     limit = concurrent_trainings(list(stages.values()), ray.cluster_resources().get("CPU", 1))
     progress(
         "motion stage (the base frozen), its ablation (" + ", ".join(rc.ablation) + ") and a "
@@ -430,7 +430,7 @@ def run_reproduction(cfg: Config, work: Path) -> dict[str, Any]:
     conditions = reproduction_conditions(
         cfg,
         work,
-        heldout_uri,
+        uris["heldout"],
         classifier_dir,
         motion=str(motion.model_version),
         motion_dir=str(motion.motion_dir),
