@@ -88,24 +88,19 @@ def measure(args: argparse.Namespace) -> dict[str, tuple[float, dict[str, dict[s
 
 
 def main(argv: list[str] | None = None) -> None:
+    from benchmarks.side_by_side import print_walls, reproduction_parser
+
     # As jobs.reproduce, whose evaluation this measures: the driver's held-out loss runs beside
     # the actors, and spinning OpenMP threads would take their cores.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", required=True, help="a finished reproduction's folder")
-    parser.add_argument("--config", default="configs/moving_digits.yaml")
-    parser.add_argument("--order", default="sequential,pass", help="modes, in the order run")
+    parser = reproduction_parser(__doc__, "sequential,pass")
     parser.add_argument("--conditions", default="", help="e.g. a1,b (default: all six)")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides of the preset")
     args = parser.parse_args(argv)
     measured = measure(args)
-    modes = list(measured)
-    print(f"\n| mode | wall s | vs {modes[0]} |\n|---|---:|---:|")
-    for mode, (seconds, _) in measured.items():
-        print(f"| {mode} | {seconds:.1f} | {seconds / measured[modes[0]][0]:.2f}x |")
-    first = measured[modes[0]][1]
-    print()
-    for mode in modes[1:]:
+    print_walls({mode: seconds for mode, (seconds, _) in measured.items()})
+    first_mode, *others = measured
+    first = measured[first_mode][1]
+    for mode in others:
         other = measured[mode][1]
         differences = [
             abs(first[c][k] - other[c][k])
@@ -113,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
             for k in first[c]
             if not k.endswith("_seconds")
         ]
-        print(f"largest metric difference, {mode} vs {modes[0]}: {max(differences):.3g}")
+        print(f"largest metric difference, {mode} vs {first_mode}: {max(differences):.3g}")
 
 
 if __name__ == "__main__":

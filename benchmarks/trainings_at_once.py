@@ -90,29 +90,22 @@ def measure(args: argparse.Namespace) -> dict[str, tuple[float, dict[str, Path]]
 
 
 def main(argv: list[str] | None = None) -> None:
+    from benchmarks.side_by_side import print_walls, reproduction_parser
+
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as jobs.reproduce, whose stage this is
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", required=True, help="a finished reproduction's folder")
-    parser.add_argument("--config", default="configs/moving_digits.yaml")
+    parser = reproduction_parser(__doc__, "sequential,at-once")
     parser.add_argument("--cpus", type=int, default=None, help="the local cluster's logical CPUs")
-    parser.add_argument("--order", default="sequential,at-once", help="modes, in the order run")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides of the preset")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="trainings-at-once-") as scratch:
         args.scratch = scratch
         measured = measure(args)
-        modes = list(measured)
-        print(f"\n| mode | wall s | vs {modes[0]} |\n|---|---:|---:|")
-        for mode, (seconds, _) in measured.items():
-            print(f"| {mode} | {seconds:.1f} | {seconds / measured[modes[0]][0]:.2f}x |")
-        print()
-        first = measured[modes[0]][1]
-        for mode in modes[1:]:
+        print_walls({mode: seconds for mode, (seconds, _) in measured.items()})
+        first_mode, *others = measured
+        first = measured[first_mode][1]
+        for mode in others:
             for name, path in measured[mode][1].items():
-                same = same_weights(path, first[name])
-                print(
-                    f"{name}, {mode} vs {modes[0]}: {'the same' if same else 'DIFFERENT'} weights"
-                )
+                same = "the same" if same_weights(path, first[name]) else "DIFFERENT"
+                print(f"{name}, {mode} vs {first_mode}: {same} weights")
 
 
 if __name__ == "__main__":
