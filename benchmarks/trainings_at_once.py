@@ -26,19 +26,6 @@ import time
 from pathlib import Path
 
 
-def same_weights(export: Path, other: Path) -> bool:
-    """Whether two exports (a ``.safetensors`` file or a folder of them) hold equal tensors."""
-    import torch
-    from safetensors.torch import load_file
-
-    def tensors(path: Path) -> dict[str, torch.Tensor]:
-        files = [path] if path.is_file() else sorted(path.rglob("*.safetensors"))
-        return {f"{f.name}:{key}": value for f in files for key, value in load_file(f).items()}
-
-    mine, theirs = tensors(export), tensors(other)
-    return mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
-
-
 def measure(args: argparse.Namespace) -> dict[str, tuple[float, dict[str, Path]]]:
     """``{mode: (wall seconds, export path by training)}`` in ``args.order``."""
     import ray
@@ -65,12 +52,14 @@ def measure(args: argparse.Namespace) -> dict[str, tuple[float, dict[str, Path]]
             "mlflow.enabled=false",
         ],
     )
-    collections = ("clips", "heldout", "style")
-    uris = {name: str(next((work / "latents" / name).glob("fp-*"))) for name in collections}
+    # Each collection's data.output root: the trainer picks the fingerprint directory that
+    # matches the model (pipelines.latents.find_shard_set).
+    uris = {name: str(work / "latents" / name) for name in ("clips", "heldout", "style")}
     stages = downstream_stages(cfg, uris)
     init_ray(cfg, hide_gpus=True, log_to_driver=False, num_cpus=args.cpus)
-    limit = concurrent_trainings(list(stages.values()), ray.cluster_resources()["CPU"])
-    print(f"{ray.cluster_resources()['CPU']:.0f} logical CPUs: {limit} at a time", flush=True)
+    cpus = ray.cluster_resources()["CPU"]
+    limit = concurrent_trainings(list(stages.values()), cpus)
+    print(f"{cpus:.0f} logical CPUs: {limit} at a time", flush=True)
     measured = {}
     for mode in args.order.split(","):
         if mode not in ("sequential", "at-once"):
@@ -91,6 +80,7 @@ def measure(args: argparse.Namespace) -> dict[str, tuple[float, dict[str, Path]]
 
 def main(argv: list[str] | None = None) -> None:
     from benchmarks.side_by_side import print_walls, reproduction_parser
+    from tracking.registry import weights_sha256
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as jobs.reproduce, whose stage this is
     parser = reproduction_parser(__doc__, "sequential,at-once")
@@ -104,8 +94,10 @@ def main(argv: list[str] | None = None) -> None:
         first = measured[first_mode][1]
         for mode in others:
             for name, path in measured[mode][1].items():
-                same = "the same" if same_weights(path, first[name]) else "DIFFERENT"
-                print(f"{name}, {mode} vs {first_mode}: {same} weights")
+                # The registry's test of identical weights (it registers them once).
+                identical = weights_sha256(path) == weights_sha256(first[name])
+                verdict = "the same" if identical else "DIFFERENT"
+                print(f"{name}, {mode} vs {first_mode}: {verdict} weights")
 
 
 if __name__ == "__main__":
