@@ -128,6 +128,8 @@ def test_the_image_stage_exports_a_pipeline_that_loads_as_the_base(toy_chain):
     work = toy_chain / "reproduce"
     pipeline = work / "models" / "digits-base" / "pipeline"
     assert (pipeline / "model_index.json").is_file()
+    unet_config = json.loads((pipeline / "unet" / "config.json").read_text())
+    assert unet_config["attention_head_dim"] == [1, 2]  # the preset's 16-channel heads
     run_dir = toy_chain / "ray_results" / "digits-base"
     assert [p.name for p in run_dir.glob("checkpoint_0*")] == ["checkpoint_00000002"]  # keep 1
     last = load_file(str(run_dir / "checkpoint_00000002/unet/diffusion_pytorch_model.safetensors"))
@@ -307,6 +309,31 @@ def test_clip_start_stills_need_clip_captions():
 
     with pytest.raises(ConfigError, match=r"reproduce\.still_position: clip_start needs"):
         ReproduceConfig(base_captions="digit", still_position="clip_start")
+
+
+def test_the_bases_attention_heads_are_as_wide_as_configured():
+    from diffusers.models.attention_processor import Attention
+
+    from animatediff.config import ConfigError, ReproduceConfig
+    from experiments.moving_digits.models import build_unet
+
+    def head_widths(rc: ReproduceConfig) -> dict[int, set[int]]:
+        """Each attention's width -> the widths of its heads."""
+        widths: dict[int, set[int]] = {}
+        for attention in build_unet(rc, latent_size=8).modules():
+            if isinstance(attention, Attention):
+                widths.setdefault(attention.inner_dim, set()).add(
+                    attention.inner_dim // attention.heads
+                )
+        return widths
+
+    assert head_widths(ReproduceConfig(unet_channels=(32, 64), unet_head_channels=16)) == {
+        32: {16},
+        64: {16},  # the mid block's
+    }
+    assert head_widths(ReproduceConfig(unet_channels=(32, 64))) == {32: {4}, 64: {8}}  # 8 heads
+    with pytest.raises(ConfigError, match=r"reproduce\.unet_head_channels: must divide"):
+        ReproduceConfig(unet_channels=(32, 64), unet_head_channels=24)
 
 
 @pytest.mark.slow  # both adaptation experiments on the toy chain's models

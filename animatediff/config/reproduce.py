@@ -62,6 +62,11 @@ class ReproduceConfig:
     """Block widths of the base UNet."""
     unet_layers: int = 1
     """Resnets per UNet block."""
+    unet_head_channels: int | None = None
+    """Channels per attention head of the base UNet: each level of width ``w`` gets ``w // n``
+    heads. None: 8 heads at every level, as SD 1.5's ``attention_head_dim=8`` (whose heads are
+    40-160 channels wide; at a width of 32 they are 4 wide, and attention over such thin heads is
+    most of a CPU step's attention time)."""
     text_width: int = 32
     """Hidden size of the frozen CLIP text encoder (random weights)."""
     text_layers: int = 2
@@ -99,6 +104,15 @@ class ReproduceConfig:
             self.still_position == "anywhere" or self.base_captions == "clip",
             "reproduce.still_position",
             "clip_start needs reproduce.base_captions=clip (a still's direction is its caption's)",
+        )
+        check(
+            self.unet_head_channels is None
+            or (
+                self.unet_head_channels >= 1
+                and all(width % self.unet_head_channels == 0 for width in self.unet_channels)
+            ),
+            "reproduce.unet_head_channels",
+            f"must divide every reproduce.unet_channels width {list(self.unet_channels)}",
         )
         check(1 <= self.eval_digits <= 10, "reproduce.eval_digits", "must be in [1, 10]")
         for name in ("train_clips", "heldout_clips", "stills", "style_stills", "frames"):

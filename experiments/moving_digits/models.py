@@ -113,6 +113,10 @@ def build_unet(cfg: ReproduceConfig, latent_size: int):
 
     torch.manual_seed(cfg.seed)
     levels = len(cfg.unet_channels)
+    if cfg.unet_head_channels is None:
+        heads: int | tuple[int, ...] = 8
+    else:  # one count per down block; diffusers' mid block takes the last
+        heads = tuple(width // cfg.unet_head_channels for width in cfg.unet_channels)
     return UNet2DConditionModel(
         sample_size=latent_size,
         in_channels=4,
@@ -122,7 +126,7 @@ def build_unet(cfg: ReproduceConfig, latent_size: int):
         down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
         cross_attention_dim=cfg.text_width,
-        attention_head_dim=8,
+        attention_head_dim=heads,  # diffusers' legacy name: the number of heads
         norm_num_groups=8,
     )
 
