@@ -4,6 +4,7 @@ benchmarks.<name>``): a refactor of what they call cannot silently break them.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -46,6 +47,21 @@ def test_unet_step_compares_ours_with_diffusers_in_every_checkpointing_mode():
     assert all(float(peak) > 0 for _, *peaks in attention for peak in peaks), attention
     share = re.search(r"motion modules (-?[\d.]+)% of our step; 2D alone/diffusers ([\d.]+)", out)
     assert share and float(share[1]) < 100 and float(share[2]) > 0, out
+
+
+def test_head_width_times_the_bases_two_head_widths_in_both_stages():
+    out = _run(
+        "head_width",
+        *("--blocks", "1", "--steps", "1", "reproduce.unet_channels=[16,32]"),
+        *("train.batch_size=2", "reproduce.base_train=[train.batch_size=2]"),
+    )
+    heads = re.search(r"8 heads (\[.*?\]), 16-channel (\[.*?\])", out)
+    assert heads, out
+    # Every layer 16 channels wide: the down and up blocks' (width 16), then the mid block's (32).
+    assert set(json.loads(heads[1])) == {8} and json.loads(heads[2]) == [1] * 6 + [2, 2], out
+    rows = re.findall(r"^\| (image|motion) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+)x \|$", out, re.M)
+    assert [stage for stage, *_ in rows] == ["image", "motion"], out
+    assert all(float(figure) > 0 for _, *figures in rows for figure in figures), rows
 
 
 def test_sampling_times_ours_against_animatediff_pipeline_on_the_same_video():

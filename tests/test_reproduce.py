@@ -320,7 +320,7 @@ def test_the_bases_attention_heads_are_as_wide_as_configured():
     def head_widths(rc: ReproduceConfig) -> dict[int, set[int]]:
         """Each attention's width -> the widths of its heads."""
         widths: dict[int, set[int]] = {}
-        for attention in build_unet(rc, latent_size=8).modules():
+        for attention in build_unet(rc).modules():
             if isinstance(attention, Attention):
                 widths.setdefault(attention.inner_dim, set()).add(
                     attention.inner_dim // attention.heads

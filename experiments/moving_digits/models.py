@@ -107,7 +107,12 @@ def build_text_encoder(cfg: ReproduceConfig, vocab_size: int):
     ).eval()
 
 
-def build_unet(cfg: ReproduceConfig, latent_size: int):
+def latent_size(cfg: ReproduceConfig) -> int:
+    """Side of a frame's latent: the canvas over the VAE's downsampling."""
+    return cfg.canvas // 2 ** (len(cfg.vae_channels) - 1)
+
+
+def build_unet(cfg: ReproduceConfig):
     """A random UNet2DConditionModel of the layout ``VideoUNet`` inflates."""
     from diffusers import UNet2DConditionModel
 
@@ -118,7 +123,7 @@ def build_unet(cfg: ReproduceConfig, latent_size: int):
     else:  # one count per down block; diffusers' mid block takes the last
         heads = tuple(width // cfg.unet_head_channels for width in cfg.unet_channels)
     return UNet2DConditionModel(
-        sample_size=latent_size,
+        sample_size=latent_size(cfg),
         in_channels=4,
         out_channels=4,
         layers_per_block=cfg.unet_layers,
@@ -164,8 +169,7 @@ def write_base(directory: Path, cfg: ReproduceConfig, vae) -> Path:
         metadata={"format": "pt"},
     )
     vae.save_pretrained(directory / "vae")
-    latent_size = cfg.canvas // 2 ** (len(cfg.vae_channels) - 1)
-    build_unet(cfg, latent_size).save_pretrained(directory / "unet")
+    build_unet(cfg).save_pretrained(directory / "unet")
     DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
