@@ -2,13 +2,14 @@
 ``reproduce.unet_head_channels`` channels, in the preset's image and motion training steps.
 
     .venv/bin/python -m benchmarks.head_width                  # the preset, 1 thread per worker
-    .venv/bin/python -m benchmarks.head_width --threads 2 --blocks 8
+    .venv/bin/python -m benchmarks.head_width --threads 2 --repeats 60
 
 Both bases get the same random weights (a head count changes no parameter's shape) and the
 project's own wrappers: ``FrameUNet`` with every parameter trainable (the image stage, one frame
 per clip) and ``VideoUNet`` with fresh motion modules and the 2D layers frozen (the motion
 stage). A step is the forward pass, the L2 loss against the noise, the backward pass and AdamW,
-at the preset's per-worker batch. Blocks of steps alternate between the two widths, so the
+at the preset's per-worker batch. After a warm-up, steps alternate between the two widths
+(``unet_step.interleaved_medians``: process CPU time, the first of each round rotating), so the
 machine's drift hits both alike. Prints each stage's median step time and the ratio.
 """
 
@@ -16,15 +17,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from animatediff.config import Config, load_config
+from benchmarks.unet_step import interleaved_medians
 from experiments.moving_digits.run import with_overrides
+
+WARMUP_STEPS = 3
 
 
 def base_unet(cfg: Config, head_channels: int | None) -> torch.nn.Module:
@@ -72,29 +74,11 @@ def training_step(cfg: Config, unet2d: torch.nn.Module) -> Callable[[], None]:
     return step
 
 
-def interleaved_medians(
-    steps: dict[str, Callable[[], None]], blocks: int, steps_per_block: int
-) -> dict[str, float]:
-    """Median seconds per step of each callable, blocks taking turns after a warm-up."""
-    for step in steps.values():
-        for _ in range(3):
-            step()
-    seconds: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(blocks):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            for _ in range(steps_per_block):
-                step()
-            seconds[name].append((time.perf_counter() - start) / steps_per_block)
-    return {name: statistics.median(values) for name, values in seconds.items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/moving_digits.yaml")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (a worker's CPUs)")
-    parser.add_argument("--blocks", type=int, default=6, help="timed blocks per width")
-    parser.add_argument("--steps", type=int, default=5, help="steps per block")
+    parser.add_argument("--repeats", type=int, default=30, help="timed steps per width")
     parser.add_argument("overrides", nargs="*", help="dotted overrides of the preset")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -114,7 +98,10 @@ def main() -> None:
             "8 heads": training_step(stage_cfg, base_unet(cfg, None)),
             "wide": training_step(stage_cfg, base_unet(cfg, wide)),
         }
-        medians = interleaved_medians(steps, args.blocks, args.steps)
+        for step in steps.values():  # AdamW's state and the allocator's pools
+            for _ in range(WARMUP_STEPS):
+                step()
+        medians = interleaved_medians(steps, args.repeats, "cpu", rotate=True)
         narrow, wide_s = medians["8 heads"], medians["wide"]
         print(f"| {stage} | {narrow * 1e3:.1f} | {wide_s * 1e3:.1f} | {wide_s / narrow:.2f}x |")
 

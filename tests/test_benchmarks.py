@@ -52,7 +52,7 @@ def test_unet_step_compares_ours_with_diffusers_in_every_checkpointing_mode():
 def test_head_width_times_the_bases_two_head_widths_in_both_stages():
     out = _run(
         "head_width",
-        *("--blocks", "1", "--steps", "1", "reproduce.unet_channels=[16,32]"),
+        *("--repeats", "1", "reproduce.unet_channels=[16,32]"),
         *("train.batch_size=2", "reproduce.base_train=[train.batch_size=2]"),
     )
     heads = re.search(r"8 heads (\[.*?\]), 16-channel (\[.*?\])", out)
