@@ -526,3 +526,30 @@ def test_gradient_checkpointing_gives_the_same_gradients(model_and_cfg) -> None:
     assert not vanishing, vanishing  # every motion-module tensor takes part
     for name, grad in plain.items():
         torch.testing.assert_close(recomputed[name], grad, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_readers_of_an_s3_checkpoint_each_keep_their_directory_until_they_leave(s3, tmp_path):
+    """Ray's ``Checkpoint.as_directory`` downloads into one directory per node that its readers
+    share, and one reader's exit can delete it under another (two ranks resuming from S3 failed
+    that way). ``local_directory`` gives each reader its own; a local checkpoint is read in place."""
+    from ray.train import Checkpoint
+
+    from animatediff.storage import locate
+    from trainer.checkpoint import local_directory
+
+    s3.create_bucket(Bucket="runs")
+    s3.put_object(Bucket="runs", Key="run/checkpoint_1/trainer_state.json", Body=b"{}")
+    where = locate("s3://runs/run/checkpoint_1")
+    remote = Checkpoint(where.path, filesystem=where.fs)
+    with local_directory(remote) as outer:
+        with local_directory(remote) as inner:
+            assert inner != outer
+            assert (inner / "trainer_state.json").read_bytes() == b"{}"
+        assert (outer / "trainer_state.json").read_bytes() == b"{}"  # left alone by inner's exit
+    assert not outer.exists()  # removed when its reader left
+
+    local = tmp_path / "checkpoint_1"
+    local.mkdir()
+    with local_directory(Checkpoint(str(local))) as directory:
+        assert directory == local
+    assert local.is_dir()

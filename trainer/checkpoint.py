@@ -14,9 +14,12 @@ Ray Train merges the ranks' files into one checkpoint once every rank has report
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
+import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +103,23 @@ def save(directory: Path, engine: Any, rank: int, state: TrainerState, export: E
     if rank == 0:
         export.write(directory)
         state.write(directory)
+
+
+@contextlib.contextmanager
+def local_directory(ray_checkpoint: Any) -> Iterator[Path]:
+    """A Ray ``Checkpoint``'s files as a local directory for this reader alone: the checkpoint
+    itself on a local filesystem, else a download into a temporary directory of its own, removed
+    on exit. Ray's ``as_directory`` downloads into one directory per node that its readers share,
+    and a rank that leaves it as another arrives can delete it under that one ("Checkpoint
+    directory ... does not exist, even though it should have been created by another process",
+    seen resuming two ranks from S3)."""
+    import pyarrow.fs
+
+    if isinstance(ray_checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        yield Path(ray_checkpoint.path)
+        return
+    with tempfile.TemporaryDirectory(prefix="checkpoint-") as scratch:
+        yield Path(ray_checkpoint.to_directory(scratch))
 
 
 def restore(directory: Path, engine: Any, rank: int, world_size: int) -> TrainerState:

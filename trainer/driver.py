@@ -338,9 +338,9 @@ def _finish(
     name = export_name(cfg.train)
     local = Path(export_dir or tempfile.mkdtemp(prefix="animatediff-train-"))
     local.mkdir(parents=True, exist_ok=True)
-    with checkpoint.as_directory() as directory:
+    with checkpoint_store.local_directory(checkpoint) as directory:
         state = TrainerState.read(directory)
-        source = Path(directory) / name
+        source = directory / name
         export_path = local / ("pipeline" if name == UNET_EXPORT else name)
         if export_path.is_dir():  # a rerun into the same export_dir replaces its copy
             shutil.rmtree(export_path)

@@ -178,8 +178,8 @@ class Worker:
         self.val_loss: float | None = None
         restored = ray.train.get_checkpoint()
         if restored is not None:
-            with restored.as_directory() as directory:
-                state = checkpoint.restore(Path(directory), self.engine, self.rank, self.world)
+            with checkpoint.local_directory(restored) as directory:
+                state = checkpoint.restore(directory, self.engine, self.rank, self.world)
             self.position, self.val_loss = state.position, state.val_loss
 
         self.run_id = loop_config.get("run_id")
