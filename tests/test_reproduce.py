@@ -77,12 +77,17 @@ def test_the_chain_runs_at_toy_size(toy_chain):
     work = toy_chain / "reproduce"
     store = f"sqlite:///{toy_chain / 'mlflow.db'}"
     summary = json.loads((work / "summary.json").read_text())
-    assert set(summary["metrics"]) == {"a1", "a2", "b", "c", "c0", "d"}
+    assert set(summary["metrics"]) == {"a1", "a2", "b", "c", "c0", "d", "r"}
     for condition, metrics in summary["metrics"].items():
-        for name in ("held_out_loss", "order_sensitivity", "frame_consistency", "label_share"):
+        names = ["frame_consistency", "label_share", "direction_accuracy"]
+        if condition != "r":  # the reference scores the held-out clips; it trains no model
+            names += ["held_out_loss", "order_sensitivity"]
+        for name in names:
             assert math.isfinite(metrics[name]), (condition, name)
-        assert metrics["videos"] == 4, condition  # 2 digits x 2 directions
+        # 2 digits x 2 directions; the reference: the 4 held-out clips
+        assert metrics["videos"] == 4, condition
     report = (work / "reproduction.md").read_text()
+    assert "| (r) held-out clips, VAE-decoded (real data, no generation) |" in report
     assert "| the module animates the frozen base |" in report
     # What exact numbers depend on besides the code, for comparing two runs digit for digit.
     machine = summary["machine"]
@@ -302,6 +307,31 @@ def test_clip_start_stills_show_where_their_captions_clip_starts():
     anywhere = centres("anywhere")
     assert abs(anywhere["left"][:, 0].mean() - anywhere["right"][:, 0].mean()) < 2
     assert abs(anywhere["up"][:, 1].mean() - anywhere["down"][:, 1].mean()) < 2
+
+
+def test_rendered_clips_score_as_their_captions_say():
+    """The reference row's scoring (``score_clips``) on real rendered clips: each moves the
+    caption's way at the rendered speed. Scored against another clip's caption, a clip whose
+    direction differs counts as wrong; a caption that is no clip's is an error."""
+    from animatediff.config import ReproduceConfig
+    from animatediff.features import PixelFeatures
+    from experiments.moving_digits import data
+    from experiments.moving_digits.run import score_clips
+
+    rc = ReproduceConfig(canvas=32, digit_size=16, speed=2)
+    digits, _ = data.digit_split(rc)
+    items = data.clips(digits, 12, np.random.default_rng(0), rc, (rc.background, rc.foreground))
+    videos = [item.frames for item in items]
+    captions = [item.caption for item in items]
+    own = score_clips(videos, captions, PixelFeatures(), rc)
+    assert own["direction_accuracy"] == 1 and own["moving_share"] == 1
+    assert own["displacement_per_frame"] == pytest.approx(rc.speed, abs=0.25)
+    shifted = captions[1:] + captions[:1]
+    differs = np.mean([a.direction != b.direction for a, b in zip(items, items[1:] + items[:1])])
+    assert differs > 0
+    assert score_clips(videos, shifted, PixelFeatures(), rc)["direction_accuracy"] == 1 - differs
+    with pytest.raises(ValueError, match="not a caption of a Moving Digits clip"):
+        score_clips(videos[:1], ["the digit 3"], PixelFeatures(), rc)
 
 
 def test_clip_start_stills_need_clip_captions():
