@@ -387,6 +387,19 @@ def test_the_adaptation_experiments_run_on_the_reproductions_models(toy_chain):
     assert (work / "adapt" / "motion_lora" / "zoom_sheet.png").stat().st_size > 0
 
 
+def test_the_frames_probe_reads_every_conditions_videos_and_the_held_out_clips(toy_chain, capsys):
+    from experiments.moving_digits import probes
+
+    argv = ["frames", "--config", str(PRESET_FILE), "--work", str(toy_chain / "reproduce")]
+    probes.main([*argv, *_toy_overrides(toy_chain)])
+    out = capsys.readouterr().out
+    shares = dict(re.findall(r"^\((\w+)\) \d+ videos: ([\d.]+) \|", out, flags=re.M))
+    merged = set(re.findall(r"^\((\w+)\) 4 videos left out", out, flags=re.M))
+    assert set(shares) | merged == {"a1", "b", "c", "c0", "d", "r"}
+    assert "(r) 4 videos:" in out  # the 4 held-out clips, decoded by the VAE
+    assert all(0 <= float(share) <= 1 for share in shares.values())
+
+
 @pytest.mark.slow
 def test_the_full_reproduction(ray_cluster, tmp_path):
     """The full run (about 45 minutes on 2 cores): `make reproduce` does the same."""

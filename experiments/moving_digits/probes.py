@@ -4,6 +4,7 @@ base, motion module and digit classifier, found in its MLflow store and output f
     .venv/bin/python -m experiments.moving_digits.probes long_video   # 64 frames vs 8
     .venv/bin/python -m experiments.moving_digits.probes direction    # seed or caption?
     .venv/bin/python -m experiments.moving_digits.probes text_path    # what the base hears
+    .venv/bin/python -m experiments.moving_digits.probes frames       # where digits are lost
 
 ``long_video``: videos of 64 frames made with sliding windows, against the 8-frame training
 length. The same prompts and seeds at both lengths (``sample.context_frames`` and
@@ -21,12 +22,20 @@ alike. Printed: the accuracy, and how many distinct directions the captions of o
 ``text_path``: the motion module has no text input; a caption reaches it only through the frozen
 base's features. How much the base's noise prediction moves when only the direction word changes,
 against when only the digit changes (relative L2, the same noisy latents, several timesteps).
+
+``frames``: where frames lose the caption's digit. The share of frames the digit classifier gives
+the caption's digit, by frame index and by digit, for every condition's evaluation videos and for
+the held-out clips decoded by the VAE (``r``, real data). The videos are read back from their
+GIFs, which store a run of identical frames once: ``a2`` is left out, and so is any video whose
+GIF merged frames. A GIF's palette can move a frame across the classifier's boundary, so a
+condition's share may differ from its table's in the last digit.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -216,16 +225,61 @@ def text_path(args: argparse.Namespace) -> None:
             print(f"t={t}: relative change of the base's prediction: {cells}")
 
 
+def frames(args: argparse.Namespace) -> None:
+    from animatediff.features import load_extractor
+    from experiments.moving_digits import run
+
+    cfg = load_config(args.config, args.overrides)
+    base, _ = trained_paths(cfg)
+    cfg = cfg.with_base(dataclasses.replace(cfg.model.base, pretrained=str(base)))
+    work = Path(args.work)
+    extractor = load_extractor(f"classifier:{work / 'classifier'}")
+    prompts = [json.loads(line) for line in (work / "prompts.jsonl").read_text().splitlines()]
+    sets = {}  # name: (videos (n, frames, h, w, 3) uint8, the captions' digits (n,))
+    for name in run.CONDITIONS:
+        if name == "a2":
+            continue
+        gifs = [
+            run.read_gif(work / "evaluate" / name / f"{i:05d}.gif") for i in range(len(prompts))
+        ]
+        # A GIF stores a run of identical frames once: such a video has no frame index to read.
+        kept = [i for i, gif in enumerate(gifs) if len(gif) == cfg.reproduce.frames]
+        if len(kept) < len(gifs):
+            print(f"({name}) {len(gifs) - len(kept)} videos left out: GIFs with merged frames")
+        if kept:
+            labels = np.array([prompts[i]["expect"]["label"] for i in kept])
+            sets[name] = (np.stack([gifs[i] for i in kept]), labels)
+    videos, captions = run.held_out_videos(cfg, str(work / "latents" / "heldout"))
+    expected = run.caption_expectations(cfg.reproduce)
+    sets["r"] = (videos, np.array([expected[caption]["label"] for caption in captions]))
+
+    print("share of frames showing the caption's digit: all | by frame index | by digit\n")
+    for name, (videos, labels) in sets.items():
+        classes = np.stack([extractor.classify(video).numpy() for video in videos])  # (n, frames)
+        right = classes == labels[:, None]
+        by_frame = " ".join(f"{share:.3f}" for share in right.mean(axis=0))
+        by_digit = " ".join(
+            f"{digit}:{right[labels == digit].mean():.2f}" for digit in np.unique(labels)
+        )
+        print(f"({name}) {len(videos)} videos: {right.mean():.4f} | {by_frame} | {by_digit}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("probe", choices=["long_video", "direction", "text_path"])
+    parser.add_argument("probe", choices=["long_video", "direction", "text_path", "frames"])
     parser.add_argument("--config", default=str(PRESET))
     parser.add_argument("--work", default="outputs/reproduce", help="the reproduction's folder")
     parser.add_argument("--frames", type=int, default=64, help="long_video: frames")
     parser.add_argument("--prompts", type=int, default=12, help="prompts (direction: seeds)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args(argv)  # options and overrides in any order
-    {"long_video": long_video, "direction": direction, "text_path": text_path}[args.probe](args)
+    probes = {
+        "long_video": long_video,
+        "direction": direction,
+        "text_path": text_path,
+        "frames": frames,
+    }
+    probes[args.probe](args)
 
 
 if __name__ == "__main__":

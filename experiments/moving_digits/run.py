@@ -329,6 +329,15 @@ def trajectory_directions(rc: ReproduceConfig) -> int:
     return len(rc.directions) if len(rc.directions) > 4 else 4
 
 
+def caption_expectations(rc: ReproduceConfig) -> dict[str, dict[str, Any]]:
+    """What each clip caption says: ``{caption: {"label": digit, "direction": direction}}``."""
+    return {
+        data.caption(label, direction): {"label": label, "direction": direction}
+        for label in range(10)
+        for direction in rc.directions
+    }
+
+
 def score_clips(
     videos: Sequence[np.ndarray], captions: Sequence[str], extractor: Any, rc: ReproduceConfig
 ) -> dict[str, float]:
@@ -336,11 +345,7 @@ def score_clips(
     scored as a generated video is, against the digit and direction its caption names."""
     from animatediff.evaluation import score_video, summarize
 
-    expected = {
-        data.caption(label, direction): {"label": label, "direction": direction}
-        for label in range(10)
-        for direction in rc.directions
-    }
+    expected = caption_expectations(rc)
     rows = []
     for video, caption in zip(videos, captions, strict=True):
         if caption not in expected:
@@ -358,15 +363,12 @@ def score_clips(
     return summarize(rows)
 
 
-def held_out_reference(cfg: Config, heldout_uri: str, classifier_dir: Path) -> dict[str, float]:
-    """The measures on real data (``r``): every held-out clip's stored latent (the VAE
-    posterior's mean) decoded by the base's VAE as generated videos are, then ``score_clips``.
-    A generated video cannot be expected to score above these: the VAE's losses and the digit
-    scorer's own errors are in them."""
+def held_out_videos(cfg: Config, heldout_uri: str) -> tuple[np.ndarray, list[str]]:
+    """``(videos (clips, frames, height, width, 3) uint8, captions)``: every held-out clip's
+    stored latent (the VAE posterior's mean) decoded by the base's VAE as generated videos are."""
     import torch
 
     from animatediff.base_model import load_vae
-    from animatediff.features import load_extractor
     from animatediff.sampling import decode_latents
     from pipelines.fingerprint import data_fingerprint
     from pipelines.latents import find_shard_set
@@ -381,8 +383,18 @@ def held_out_reference(cfg: Config, heldout_uri: str, classifier_dir: Path) -> d
         videos = decode_latents(
             vae, latents * vae.config.scaling_factor, cfg.sample.decode_chunk_frames
         )
+    return videos, [str(caption) for caption in clips["caption"]]
+
+
+def held_out_reference(cfg: Config, heldout_uri: str, classifier_dir: Path) -> dict[str, float]:
+    """The measures on real data (``r``): ``score_clips`` of the ``held_out_videos``. A
+    generated video cannot be expected to score above these: the VAE's losses and the digit
+    scorer's own errors are in them."""
+    from animatediff.features import load_extractor
+
+    videos, captions = held_out_videos(cfg, heldout_uri)
     extractor = load_extractor(f"classifier:{classifier_dir}")
-    return score_clips(list(videos), [str(c) for c in clips["caption"]], extractor, cfg.reproduce)
+    return score_clips(list(videos), captions, extractor, cfg.reproduce)
 
 
 def style_difference(metrics: dict[str, float], reference: dict[str, float]) -> float:
@@ -643,8 +655,6 @@ def sheet(
 ) -> np.ndarray:
     """The contact sheet: the first prompts of every condition (its ``evaluate/<condition>``
     folder under ``work``), one row per video."""
-    from PIL import Image
-
     from animatediff.report import contact_sheet
 
     videos, labels = [], []
@@ -652,12 +662,19 @@ def sheet(
     step = max(1, len(prompts) // rows_per_condition)
     for name in conditions:
         for index in range(0, step * rows_per_condition, step):
-            path = work / "evaluate" / name / f"{index:05d}.gif"
-            with Image.open(path) as gif:
-                frames = []
-                for frame in range(gif.n_frames):
-                    gif.seek(frame)
-                    frames.append(np.asarray(gif.convert("RGB")))
-            videos.append(np.stack(frames))
+            videos.append(read_gif(work / "evaluate" / name / f"{index:05d}.gif"))
             labels.append(f"({name}) {prompts[index]['prompt']}")
     return contact_sheet(videos, labels, max_frames=cfg.reproduce.frames)
+
+
+def read_gif(path: Path) -> np.ndarray:
+    """``(frames, height, width, 3)`` uint8: the frames a GIF stores (a run of identical frames
+    is stored once, with a longer duration)."""
+    from PIL import Image
+
+    with Image.open(path) as gif:
+        frames = []
+        for frame in range(gif.n_frames):
+            gif.seek(frame)
+            frames.append(np.asarray(gif.convert("RGB")))
+    return np.stack(frames)
