@@ -25,7 +25,8 @@ against when only the digit changes (relative L2, the same noisy latents, severa
 
 ``frames``: where frames lose the caption's digit. The share of frames the digit classifier gives
 the caption's digit, by frame index and by digit, for every condition's evaluation videos and for
-the held-out clips decoded by the VAE (``r``, real data). The videos are read back from their
+the held-out clips decoded by the VAE (``r``, real data), and what the scorer took the other
+frames for. The videos are read back from their
 GIFs, which store a run of identical frames once: ``a2`` is left out, and so is any video whose
 GIF merged frames. A GIF's palette can move a frame across the classifier's boundary, so a
 condition's share may differ from its table's in the last digit.
@@ -226,6 +227,8 @@ def text_path(args: argparse.Namespace) -> None:
 
 
 def frames(args: argparse.Namespace) -> None:
+    from collections import Counter
+
     from animatediff.features import load_extractor
     from experiments.moving_digits import run
 
@@ -253,7 +256,10 @@ def frames(args: argparse.Namespace) -> None:
     expected = run.caption_expectations(cfg.reproduce)
     sets["r"] = (videos, np.array([expected[caption]["label"] for caption in captions]))
 
-    print("share of frames showing the caption's digit: all | by frame index | by digit\n")
+    print(
+        "share of frames showing the caption's digit: all | by frame index | by digit | "
+        "what the lost frames were classified as (class: frames)\n"
+    )
     for name, (videos, labels) in sets.items():
         classes = np.stack([extractor.classify(video).numpy() for video in videos])  # (n, frames)
         right = classes == labels[:, None]
@@ -261,7 +267,12 @@ def frames(args: argparse.Namespace) -> None:
         by_digit = " ".join(
             f"{digit}:{right[labels == digit].mean():.2f}" for digit in np.unique(labels)
         )
-        print(f"({name}) {len(videos)} videos: {right.mean():.4f} | {by_frame} | {by_digit}")
+        lost = Counter(classes[~right].tolist()).most_common()
+        lost_as = " ".join(f"{cls}:{count}" for cls, count in lost) or "none"
+        print(
+            f"({name}) {len(videos)} videos: {right.mean():.4f} | {by_frame} | {by_digit} | "
+            f"{lost_as}"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
