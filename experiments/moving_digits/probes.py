@@ -26,10 +26,10 @@ against when only the digit changes (relative L2, the same noisy latents, severa
 ``frames``: where frames lose the caption's digit. The share of frames the digit classifier gives
 the caption's digit, by frame index and by digit, for every condition's evaluation videos and for
 the held-out clips decoded by the VAE (``r``, real data), and what the scorer took the other
-frames for. The videos are read back from their
-GIFs, which store a run of identical frames once: ``a2`` is left out, and so is any video whose
-GIF merged frames. A GIF's palette can move a frame across the classifier's boundary, so a
-condition's share may differ from its table's in the last digit.
+frames for. The videos are read back from their GIFs, which store a run of identical frames once:
+``a2`` is left out, and so is any video whose GIF merged frames. A GIF's palette can move a frame
+across the classifier's boundary, so a condition's share may differ from its table's in the last
+digit.
 """
 
 from __future__ import annotations
