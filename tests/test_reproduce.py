@@ -88,6 +88,9 @@ def test_the_chain_runs_at_toy_size(toy_chain):
         assert metrics["videos"] == 4, condition
     report = (work / "reproduction.md").read_text()
     assert "| (r) held-out clips, VAE-decoded (real data, no generation) |" in report
+    assert (
+        "the held-out clips themselves, decoded by the VAE (r), give direction_accuracy" in report
+    )
     assert "| the module animates the frozen base |" in report
     # What exact numbers depend on besides the code, for comparing two runs digit for digit.
     machine = summary["machine"]
