@@ -345,20 +345,13 @@ def score_clips(
     scored as a generated video is, against the digit and direction its caption names."""
     from animatediff.evaluation import score_video, summarize
 
-    expected = caption_expectations(rc)
+    expected, directions = caption_expectations(rc), trajectory_directions(rc)
     rows = []
     for video, caption in zip(videos, captions, strict=True):
         if caption not in expected:
             raise ValueError(f"{caption!r} is not a caption of a Moving Digits clip")
         rows.append(
-            score_video(
-                video,
-                extractor,
-                expected[caption],
-                caption,
-                directions=trajectory_directions(rc),
-                min_speed=rc.speed / 2,
-            )
+            score_video(video, extractor, expected[caption], caption, directions, rc.speed / 2)
         )
     return summarize(rows)
 
@@ -386,14 +379,11 @@ def held_out_videos(cfg: Config, heldout_uri: str) -> tuple[np.ndarray, list[str
     return videos, [str(caption) for caption in clips["caption"]]
 
 
-def held_out_reference(cfg: Config, heldout_uri: str, classifier_dir: Path) -> dict[str, float]:
-    """The measures on real data (``r``): ``score_clips`` of the ``held_out_videos``. A
-    generated video cannot be expected to score above these: the VAE's losses and the digit
-    scorer's own errors are in them."""
-    from animatediff.features import load_extractor
-
+def held_out_reference(cfg: Config, heldout_uri: str, extractor: Any) -> dict[str, float]:
+    """The measures on real data (``r``): ``score_clips`` of the ``held_out_videos`` with the
+    digit scorer's ``extractor``. A generated video cannot be expected to score above these: the
+    VAE's losses and the digit scorer's own errors are in them."""
     videos, captions = held_out_videos(cfg, heldout_uri)
-    extractor = load_extractor(f"classifier:{classifier_dir}")
     return score_clips(list(videos), captions, extractor, cfg.reproduce)
 
 
@@ -519,7 +509,7 @@ def run_reproduction(cfg: Config, work: Path) -> dict[str, Any]:
 
     progress("scoring the held-out clips themselves: the measures on real data")
     start = time.perf_counter()
-    metrics["r"] = held_out_reference(cfg, uris["heldout"], classifier_dir)
+    metrics["r"] = held_out_reference(cfg, uris["heldout"], classifier.extractor())
     timed("reference", start)
     metrics["c"]["style_difference"] = style_difference(metrics["c"], metrics["c0"])
     metrics["b"]["style_difference"] = style_difference(metrics["b"], metrics["c0"])
