@@ -403,6 +403,45 @@ def test_the_frames_probe_reads_every_conditions_videos_and_the_held_out_clips(t
     assert all(0 <= float(share) <= 1 for share in shares.values())
 
 
+def test_the_lora_scale_probe_scores_both_modules_at_each_scale_and_draws_its_sheet(
+    toy_chain, capsys
+):
+    """Plumbing only: toy models score alike in every row. That the probe's rows at scales 0 and
+    1 are the chain's (b), (a1), (c) and (c0) was measured at full size (docs/reproduction.md)."""
+    from PIL import Image
+
+    from animatediff.report import GAP, LABEL_HEIGHT
+    from experiments.moving_digits import probes
+
+    work = toy_chain / "reproduce"
+    argv = ["lora_scale", "--config", str(PRESET_FILE), "--work", str(work), "--scales", "0,1"]
+    probes.main([*argv, "--repeats", "1", *_toy_overrides(toy_chain)])
+    rows = re.findall(
+        r"^\| ([\d.]+) \| (\w+) \| ([\d.]+) \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \| ([\d.]+) \|",
+        capsys.readouterr().out,
+        flags=re.M,
+    )
+    assert {(scale, module) for scale, module, *_ in rows} == {
+        (scale, module) for scale in ("0", "1") for module in ("trained", "identity")
+    }
+    assert all(
+        0 <= float(share) <= 1 and 0 <= float(switching) <= 1 for *_, share, switching in rows
+    )
+    # The trained module's videos of the 4 toy prompts at each of the 2 scales, one row each.
+    canvas = load_config(PRESET_FILE, TOY).reproduce.canvas
+    assert Image.open(work / "lora_scale.png").height == 8 * (LABEL_HEIGHT + canvas + GAP) - GAP
+
+
+def test_canvas_spread_is_zero_for_one_canvas_and_the_colour_distance_for_two():
+    from experiments.moving_digits.probes import canvas_spread
+
+    video = np.zeros((4, 16, 16, 3), dtype=np.uint8)
+    video[:, 6:10, 6:10] = 255  # a subject away from the border does not count
+    assert canvas_spread(video) == 0.0
+    video[2:, ..., 2] = np.where(video[2:, ..., 2] == 255, 255, 204)  # frames 2, 3: a blue canvas
+    assert canvas_spread(video) == pytest.approx(0.8)
+
+
 @pytest.mark.slow
 def test_the_full_reproduction(ray_cluster, tmp_path):
     """The full run (about 45 minutes on 2 cores): `make reproduce` does the same."""

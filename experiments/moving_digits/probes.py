@@ -5,6 +5,7 @@ base, motion module and digit classifier, found in its MLflow store and output f
     .venv/bin/python -m experiments.moving_digits.probes direction    # seed or caption?
     .venv/bin/python -m experiments.moving_digits.probes text_path    # what the base hears
     .venv/bin/python -m experiments.moving_digits.probes frames       # where digits are lost
+    .venv/bin/python -m experiments.moving_digits.probes lora_scale   # the style LoRA's cost
 
 ``long_video``: videos of 64 frames made with sliding windows, against the 8-frame training
 length. The same prompts and seeds at both lengths (``sample.context_frames`` and
@@ -30,6 +31,16 @@ frames for. The videos are read back from their GIFs, which store a run of ident
 ``a2`` is left out, and so is any video whose GIF merged frames. A GIF's palette can move a frame
 across the classifier's boundary, so a condition's share may differ from its table's in the last
 digit.
+
+``lora_scale``: what the personalized base (c) costs the motion module, against how far the style
+LoRA moves the base. For each LoRA scale in ``--scales`` (0 is the base of (b), 1 the base of (c)),
+the evaluation's prompts and seeds plus ``--repeats - 1`` more seeds per caption are generated
+with the trained module and with the identity module (independent frames, as (a1) and (c0)).
+Per scale and module: the share of frames showing the caption's digit (overall and by digit),
+the direction accuracy, the displacement per frame, the frame consistency and the style
+difference to the identity module's videos at scale 1 (the personalized stills, (c0)), and the
+share of videos whose frames are drawn in different styles (``canvas_spread``). The trained
+module's first videos at each scale go to ``<work>/lora_scale.png``.
 """
 
 from __future__ import annotations
@@ -275,13 +286,101 @@ def frames(args: argparse.Namespace) -> None:
         )
 
 
+def canvas_spread(video: np.ndarray) -> float:
+    """The largest distance between two frames' canvas colours (each frame's border median), in
+    [0, 1] units of the colour cube: near 0 when every frame has the same canvas."""
+    from animatediff.metrics import background_colour
+
+    canvases = np.stack([background_colour(frame[None]) for frame in video]) / 255.0  # (frames, 3)
+    return float(np.linalg.norm(canvases[:, None] - canvases[None], axis=-1).max())
+
+
+def lora_scale(args: argparse.Namespace) -> None:
+    from animatediff.checkpoints import load_any
+    from animatediff.config.model import BaseModelConfig, LoraConfig
+    from animatediff.features import load_extractor
+    from animatediff.report import contact_sheet, save_png
+    from animatediff.sampling import TextToVideo
+    from experiments.moving_digits import run
+
+    cfg = load_config(args.config, args.overrides)
+    base_dir, motion_dir = trained_paths(cfg)
+    trained, motion_cfg = load_any(motion_dir, defaults=cfg.model.motion)
+    cfg = cfg.with_motion(motion_cfg)
+    extractor = load_extractor(f"classifier:{Path(args.work) / 'classifier'}")
+    lora = Path(args.work) / "models" / "digits-style-lora" / "lora.safetensors"
+    prompts = [
+        json.loads(line) for line in (Path(args.work) / "prompts.jsonl").read_text().splitlines()
+    ]
+    captions = [p["prompt"] for p in prompts] * args.repeats
+    # The evaluation's own seeds first (scale 1 with the module is (c), scale 0 is (b)), then
+    # seeds no evaluation used.
+    seeds = [p["seed"] for p in prompts]
+    seeds += [cfg.reproduce.eval_seed + 30_000 + i for i in range(len(captions) - len(seeds))]
+    labels = np.array([run.caption_expectations(cfg.reproduce)[c]["label"] for c in captions])
+    shown = range(0, len(prompts), max(1, len(prompts) // 4))[:4]  # as the report's sheet
+    sheet_videos, sheet_labels = [], []
+    scored: dict[tuple[float, str], dict[str, float]] = {}
+    columns: dict[tuple[float, str], str] = {}  # the cells after the evaluation's measures
+    for scale in args.scales:
+        base = BaseModelConfig(pretrained=str(base_dir), loras=(LoraConfig(str(lora), scale),))
+        scaled = cfg.with_base(base)
+        for module, modules in (("trained", trained), ("identity", None)):
+            t2v = TextToVideo(scaled, modules)
+            videos = []
+            for start in range(0, len(captions), len(prompts)):
+                batch = slice(start, start + len(prompts))
+                videos += t2v.generate(captions[batch], seeds=seeds[batch])
+            scored[scale, module] = run.score_clips(videos, captions, extractor, cfg.reproduce)
+            right = np.stack([extractor.classify(v).numpy() for v in videos]) == labels[:, None]
+            switched = np.array([canvas_spread(v) > 0.25 for v in videos])
+            by_digit = " ".join(f"{d}:{right[labels == d].mean():.2f}" for d in np.unique(labels))
+            shares = [
+                f"{right[rows].mean():.3f}" if rows.any() else "-" for rows in (switched, ~switched)
+            ]
+            columns[scale, module] = f"{switched.mean():.3f} | {' | '.join(shares)} | {by_digit}"
+            if module == "trained":
+                sheet_videos += [videos[i] for i in shown]
+                sheet_labels += [f"LoRA {scale:g}: {captions[i]}" for i in shown]
+            print(f"scale {scale} {module}: {scored[scale, module]['label_share']:.4f}", flush=True)
+
+    sheet = save_png(contact_sheet(sheet_videos, sheet_labels), Path(args.work) / "lora_scale.png")
+    print(f"the trained module's first videos at each scale: {sheet}")
+    stills = scored.get((1.0, "identity"))
+    print(f"\n{len(captions)} videos per row. style: relative difference of the mean colours to")
+    print("the identity module's videos at LoRA scale 1 (the personalized stills, c0). switching:")
+    print("share of videos whose frames' canvas colours lie more than a quarter of the colour cube")
+    print("apart (frames drawn in different styles), and label_share in those videos | the rest.\n")
+    print(
+        "| LoRA scale | module | label_share | direction | px/frame | frame_consistency | style "
+        "| switching | label_share, switching | label_share, the rest | label_share by digit |"
+    )
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for (scale, module), m in scored.items():
+        style = run.style_difference(m, stills) if stills else float("nan")
+        print(
+            f"| {scale:g} | {module} | {m['label_share']:.4f} | {m['direction_accuracy']:.3f} | "
+            f"{m['displacement_per_frame']:.2f} | {m['frame_consistency']:.4f} | {style:.3f} | "
+            f"{columns[scale, module]} |"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("probe", choices=["long_video", "direction", "text_path", "frames"])
+    parser.add_argument(
+        "probe", choices=["long_video", "direction", "text_path", "frames", "lora_scale"]
+    )
     parser.add_argument("--config", default=str(PRESET))
     parser.add_argument("--work", default="outputs/reproduce", help="the reproduction's folder")
     parser.add_argument("--frames", type=int, default=64, help="long_video: frames")
     parser.add_argument("--prompts", type=int, default=12, help="prompts (direction: seeds)")
+    parser.add_argument(
+        "--scales",
+        type=lambda text: [float(x) for x in text.split(",")],
+        default=[0.0, 0.25, 0.5, 0.75, 1.0],
+        help="lora_scale: the style LoRA's scales, comma-separated",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="lora_scale: seeds per caption")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args(argv)  # options and overrides in any order
     probes = {
@@ -289,6 +388,7 @@ def main(argv: list[str] | None = None) -> None:
         "direction": direction,
         "text_path": text_path,
         "frames": frames,
+        "lora_scale": lora_scale,
     }
     probes[args.probe](args)
 
