@@ -417,7 +417,7 @@ def test_the_lora_scale_probe_scores_both_modules_at_each_scale_and_draws_its_sh
     argv = ["lora_scale", "--config", str(PRESET_FILE), "--work", str(work), "--scales", "0,1"]
     probes.main([*argv, "--repeats", "1", *_toy_overrides(toy_chain)])
     rows = re.findall(
-        r"^\| ([\d.]+) \| (\w+) \| ([\d.]+) \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \| ([\d.]+) \|",
+        r"^\| ([\d.]+) \| (\w+) \| ([\d.]+)(?: \| [\d.]+){6} \| ([\d.]+) \|",
         capsys.readouterr().out,
         flags=re.M,
     )
@@ -440,6 +440,23 @@ def test_canvas_spread_is_zero_for_one_canvas_and_the_colour_distance_for_two():
     assert canvas_spread(video) == 0.0
     video[2:, ..., 2] = np.where(video[2:, ..., 2] == 255, 255, 204)  # frames 2, 3: a blue canvas
     assert canvas_spread(video) == pytest.approx(0.8)
+
+
+def test_a_frame_canvas_trajectory_follows_a_subject_whose_canvas_changes_colour():
+    """A square moving right 2 px per frame; the canvas turns from black to blue halfway. The
+    evaluation's one canvas colour per video takes the canvas for the subject; each frame's own
+    does not."""
+    from animatediff.metrics import trajectory
+    from experiments.moving_digits.probes import frame_canvas_trajectory
+
+    video = np.zeros((8, 32, 32, 3), dtype=np.uint8)
+    video[4:, ..., 2] = 204
+    for t in range(8):
+        video[t, 13:19, 4 + 2 * t : 10 + 2 * t] = 255
+    own = frame_canvas_trajectory(video, load_config(PRESET_FILE))
+    assert own.direction == "right"
+    assert own.displacement_per_frame == pytest.approx(2.0, abs=0.01)
+    assert trajectory(video).displacement_per_frame < 1.0
 
 
 @pytest.mark.slow

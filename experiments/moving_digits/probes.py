@@ -39,8 +39,10 @@ with the trained module and with the identity module (independent frames, as (a1
 Per scale and module: the share of frames showing the caption's digit (overall and by digit),
 the direction accuracy, the displacement per frame, the frame consistency and the style
 difference to the identity module's videos at scale 1 (the personalized stills, (c0)), and the
-share of videos whose frames are drawn in different styles (``canvas_spread``). The trained
-module's first videos at each scale go to ``<work>/lora_scale.png``.
+share of videos whose frames are drawn in different styles (``canvas_spread``). The direction
+and speed are also measured against each frame's own canvas colour, as the evaluation does not
+(``frame_canvas_trajectory``). The trained module's first videos at each scale go to
+``<work>/lora_scale.png``.
 """
 
 from __future__ import annotations
@@ -295,6 +297,17 @@ def canvas_spread(video: np.ndarray) -> float:
     return float(np.linalg.norm(canvases[:, None] - canvases[None], axis=-1).max())
 
 
+def frame_canvas_trajectory(video: np.ndarray, cfg: Config) -> object:
+    """The evaluation's ``trajectory`` of ``video``, its foreground taken against each frame's
+    own canvas colour instead of one colour for the whole video."""
+    from animatediff.metrics import foreground_mask, trajectory
+    from experiments.moving_digits import run
+
+    mask = np.concatenate([foreground_mask(frame[None]) for frame in video])  # (frames, h, w)
+    directions = run.trajectory_directions(cfg.reproduce)
+    return trajectory(video, directions, min_speed=cfg.reproduce.speed / 2, mask=mask)
+
+
 def lora_scale(args: argparse.Namespace) -> None:
     from animatediff.checkpoints import load_any
     from animatediff.config.model import BaseModelConfig, LoraConfig
@@ -317,7 +330,9 @@ def lora_scale(args: argparse.Namespace) -> None:
     # seeds no evaluation used.
     seeds = [p["seed"] for p in prompts]
     seeds += [cfg.reproduce.eval_seed + 30_000 + i for i in range(len(captions) - len(seeds))]
-    labels = np.array([run.caption_expectations(cfg.reproduce)[c]["label"] for c in captions])
+    expected = run.caption_expectations(cfg.reproduce)
+    labels = np.array([expected[c]["label"] for c in captions])
+    directions = [expected[c]["direction"] for c in captions]
     shown = range(0, len(prompts), max(1, len(prompts) // 4))[:4]  # as the report's sheet
     sheet_videos, sheet_labels = [], []
     scored: dict[tuple[float, str], dict[str, float]] = {}
@@ -338,7 +353,14 @@ def lora_scale(args: argparse.Namespace) -> None:
             shares = [
                 f"{right[rows].mean():.3f}" if rows.any() else "-" for rows in (switched, ~switched)
             ]
-            columns[scale, module] = f"{switched.mean():.3f} | {' | '.join(shares)} | {by_digit}"
+            # The evaluation's trajectories take one canvas colour per video; here each frame's own.
+            own = [frame_canvas_trajectory(v, cfg) for v in videos]
+            own_direction = np.mean([t.direction == d for t, d in zip(own, directions)])
+            own_speed = np.nanmean([t.displacement_per_frame for t in own])
+            columns[scale, module] = (
+                f"{own_direction:.3f} | {own_speed:.2f} | {switched.mean():.3f} | "
+                f"{' | '.join(shares)} | {by_digit}"
+            )
             if module == "trained":
                 sheet_videos += [videos[i] for i in shown]
                 sheet_labels += [f"LoRA {scale:g}: {captions[i]}" for i in shown]
@@ -350,12 +372,14 @@ def lora_scale(args: argparse.Namespace) -> None:
     print(f"\n{len(captions)} videos per row. style: relative difference of the mean colours to")
     print("the identity module's videos at LoRA scale 1 (the personalized stills, c0). switching:")
     print("share of videos whose frames' canvas colours lie more than a quarter of the colour cube")
-    print("apart (frames drawn in different styles), and label_share in those videos | the rest.\n")
+    print("apart (frames drawn in different styles), and label_share in those videos | the rest.")
+    print("own canvas: the trajectory against each frame's canvas colour, not the video's.\n")
     print(
         "| LoRA scale | module | label_share | direction | px/frame | frame_consistency | style "
-        "| switching | label_share, switching | label_share, the rest | label_share by digit |"
+        "| direction, own canvas | px/frame, own canvas | switching | label_share, switching "
+        "| label_share, the rest | label_share by digit |"
     )
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for (scale, module), m in scored.items():
         style = run.style_difference(m, stills) if stills else float("nan")
         print(
