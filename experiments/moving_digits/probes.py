@@ -129,9 +129,16 @@ def trained_paths(cfg: Config) -> tuple[Path, Path]:
 
 def load_trained(args: argparse.Namespace) -> tuple[Config, object, object]:
     """``(cfg, TextToVideo, classifier extractor)`` of the reproduction's trained models."""
+    from animatediff.sampling import TextToVideo
+
+    cfg, modules, extractor = trained_models(args)
+    return cfg, TextToVideo(cfg, modules), extractor
+
+
+def trained_models(args: argparse.Namespace) -> tuple[Config, object, object]:
+    """``(cfg on the trained base, the trained motion modules, classifier extractor)``."""
     from animatediff.checkpoints import load_any
     from animatediff.features import load_extractor
-    from animatediff.sampling import TextToVideo
 
     cfg = load_config(args.config, args.overrides)
     base, motion = trained_paths(cfg)
@@ -139,7 +146,7 @@ def load_trained(args: argparse.Namespace) -> tuple[Config, object, object]:
     cfg = cfg.with_base(dataclasses.replace(cfg.model.base, pretrained=str(base)))
     cfg = cfg.with_motion(motion_cfg)
     extractor = load_extractor(f"classifier:{Path(args.work) / 'classifier'}")
-    return cfg, TextToVideo(cfg, modules), extractor
+    return cfg, modules, extractor
 
 
 def long_video(args: argparse.Namespace) -> None:
@@ -309,18 +316,12 @@ def frame_canvas_trajectory(video: np.ndarray, cfg: Config) -> object:
 
 
 def lora_scale(args: argparse.Namespace) -> None:
-    from animatediff.checkpoints import load_any
-    from animatediff.config.model import BaseModelConfig, LoraConfig
-    from animatediff.features import load_extractor
+    from animatediff.config.model import LoraConfig
     from animatediff.report import contact_sheet, save_png
     from animatediff.sampling import TextToVideo
     from experiments.moving_digits import run
 
-    cfg = load_config(args.config, args.overrides)
-    base_dir, motion_dir = trained_paths(cfg)
-    trained, motion_cfg = load_any(motion_dir, defaults=cfg.model.motion)
-    cfg = cfg.with_motion(motion_cfg)
-    extractor = load_extractor(f"classifier:{Path(args.work) / 'classifier'}")
+    cfg, trained, extractor = trained_models(args)
     lora = Path(args.work) / "models" / "digits-style-lora" / "lora.safetensors"
     prompts = [
         json.loads(line) for line in (Path(args.work) / "prompts.jsonl").read_text().splitlines()
@@ -338,8 +339,9 @@ def lora_scale(args: argparse.Namespace) -> None:
     scored: dict[tuple[float, str], dict[str, float]] = {}
     columns: dict[tuple[float, str], str] = {}  # the cells after the evaluation's measures
     for scale in args.scales:
-        base = BaseModelConfig(pretrained=str(base_dir), loras=(LoraConfig(str(lora), scale),))
-        scaled = cfg.with_base(base)
+        scaled = cfg.with_base(
+            dataclasses.replace(cfg.model.base, loras=(LoraConfig(str(lora), scale),))
+        )
         for module, modules in (("trained", trained), ("identity", None)):
             t2v = TextToVideo(scaled, modules)
             videos = []
