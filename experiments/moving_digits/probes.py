@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -249,15 +248,11 @@ def text_path(args: argparse.Namespace) -> None:
 def frames(args: argparse.Namespace) -> None:
     from collections import Counter
 
-    from animatediff.features import load_extractor
     from experiments.moving_digits import run
 
-    cfg = load_config(args.config, args.overrides)
-    base, _ = trained_paths(cfg)
-    cfg = cfg.with_base(dataclasses.replace(cfg.model.base, pretrained=str(base)))
+    cfg, _, extractor = trained_models(args)
     work = Path(args.work)
-    extractor = load_extractor(f"classifier:{work / 'classifier'}")
-    prompts = [json.loads(line) for line in (work / "prompts.jsonl").read_text().splitlines()]
+    prompts = run.read_prompts(work)
     sets = {}  # name: (videos (n, frames, h, w, 3) uint8, the captions' digits (n,))
     for name in run.CONDITIONS:
         if name == "a2":
@@ -284,15 +279,19 @@ def frames(args: argparse.Namespace) -> None:
         classes = np.stack([extractor.classify(video).numpy() for video in videos])  # (n, frames)
         right = classes == labels[:, None]
         by_frame = " ".join(f"{share:.3f}" for share in right.mean(axis=0))
-        by_digit = " ".join(
-            f"{digit}:{right[labels == digit].mean():.2f}" for digit in np.unique(labels)
-        )
+        by_digit = shares_by_digit(right, labels)
         lost = Counter(classes[~right].tolist()).most_common()
         lost_as = " ".join(f"{cls}:{count}" for cls, count in lost) or "none"
         print(
             f"({name}) {len(videos)} videos: {right.mean():.4f} | {by_frame} | {by_digit} | "
             f"{lost_as}"
         )
+
+
+def shares_by_digit(right: np.ndarray, labels: np.ndarray) -> str:
+    """``"digit:share ..."``: the mean of ``right`` (per video ``(n,)`` or per frame
+    ``(n, frames)``) over the videos of each caption digit in ``labels`` ``(n,)``."""
+    return " ".join(f"{digit}:{right[labels == digit].mean():.2f}" for digit in np.unique(labels))
 
 
 def canvas_spread(video: np.ndarray) -> float:
@@ -317,15 +316,14 @@ def frame_canvas_trajectory(video: np.ndarray, cfg: Config) -> object:
 
 def lora_scale(args: argparse.Namespace) -> None:
     from animatediff.config.model import LoraConfig
+    from animatediff.evaluation import summarize
     from animatediff.report import contact_sheet, save_png
     from animatediff.sampling import TextToVideo
     from experiments.moving_digits import run
 
     cfg, trained, extractor = trained_models(args)
     lora = Path(args.work) / "models" / "digits-style-lora" / "lora.safetensors"
-    prompts = [
-        json.loads(line) for line in (Path(args.work) / "prompts.jsonl").read_text().splitlines()
-    ]
+    prompts = run.read_prompts(Path(args.work))
     captions = [p["prompt"] for p in prompts] * args.repeats
     # The evaluation's own seeds first (scale 1 with the module is (c), scale 0 is (b)), then
     # seeds no evaluation used.
@@ -334,7 +332,7 @@ def lora_scale(args: argparse.Namespace) -> None:
     expected = run.caption_expectations(cfg.reproduce)
     labels = np.array([expected[c]["label"] for c in captions])
     directions = [expected[c]["direction"] for c in captions]
-    shown = range(0, len(prompts), max(1, len(prompts) // 4))[:4]  # as the report's sheet
+    shown = run.sheet_indices(len(prompts), 4)  # as the report's sheet
     sheet_videos, sheet_labels = [], []
     scored: dict[tuple[float, str], dict[str, float]] = {}
     columns: dict[tuple[float, str], str] = {}  # the cells after the evaluation's measures
@@ -348,13 +346,13 @@ def lora_scale(args: argparse.Namespace) -> None:
             for start in range(0, len(captions), len(prompts)):
                 batch = slice(start, start + len(prompts))
                 videos += t2v.generate(captions[batch], seeds=seeds[batch])
-            scored[scale, module] = run.score_clips(videos, captions, extractor, cfg.reproduce)
-            right = np.stack([extractor.classify(v).numpy() for v in videos]) == labels[:, None]
+            rows = run.score_rows(videos, captions, extractor, cfg.reproduce)
+            scored[scale, module] = summarize(rows)
+            # Each video's share of frames showing the caption's digit; the videos are as long.
+            right = np.array([row["label_share"] for row in rows])
             switched = np.array([canvas_spread(v) > 0.25 for v in videos])
-            by_digit = " ".join(f"{d}:{right[labels == d].mean():.2f}" for d in np.unique(labels))
-            shares = [
-                f"{right[rows].mean():.3f}" if rows.any() else "-" for rows in (switched, ~switched)
-            ]
+            by_digit = shares_by_digit(right, labels)
+            shares = [f"{right[i].mean():.3f}" if i.any() else "-" for i in (switched, ~switched)]
             # The evaluation's trajectories take one canvas colour per video; here each frame's own.
             own = [frame_canvas_trajectory(v, cfg) for v in videos]
             own_direction = np.mean([t.direction == d for t, d in zip(own, directions)])

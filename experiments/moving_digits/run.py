@@ -261,6 +261,11 @@ def prompts_file(cfg: Config, path: Path) -> Path:
     return path
 
 
+def read_prompts(work: Path) -> list[dict[str, Any]]:
+    """The evaluation's prompts that ``prompts_file`` wrote to ``work/prompts.jsonl``, in order."""
+    return [json.loads(line) for line in (work / "prompts.jsonl").read_text().splitlines()]
+
+
 Conditions = dict[str, tuple[str, list[str]]]
 """``{name: (motion module, jobs.evaluate overrides)}``."""
 
@@ -338,12 +343,12 @@ def caption_expectations(rc: ReproduceConfig) -> dict[str, dict[str, Any]]:
     }
 
 
-def score_clips(
+def score_rows(
     videos: Sequence[np.ndarray], captions: Sequence[str], extractor: Any, rc: ReproduceConfig
-) -> dict[str, float]:
-    """The evaluation's summary of ``videos`` (each ``(frames, height, width, 3)`` uint8), each
+) -> list[dict[str, Any]]:
+    """``score_video``'s row of each of ``videos`` (each ``(frames, height, width, 3)`` uint8),
     scored as a generated video is, against the digit and direction its caption names."""
-    from animatediff.evaluation import score_video, summarize
+    from animatediff.evaluation import score_video
 
     expected, directions = caption_expectations(rc), trajectory_directions(rc)
     rows = []
@@ -353,7 +358,16 @@ def score_clips(
         rows.append(
             score_video(video, extractor, expected[caption], caption, directions, rc.speed / 2)
         )
-    return summarize(rows)
+    return rows
+
+
+def score_clips(
+    videos: Sequence[np.ndarray], captions: Sequence[str], extractor: Any, rc: ReproduceConfig
+) -> dict[str, float]:
+    """The evaluation's summary of ``score_rows``."""
+    from animatediff.evaluation import summarize
+
+    return summarize(score_rows(videos, captions, extractor, rc))
 
 
 def held_out_videos(cfg: Config, heldout_uri: str) -> tuple[np.ndarray, list[str]]:
@@ -665,13 +679,18 @@ def sheet(
     from animatediff.report import contact_sheet
 
     videos, labels = [], []
-    prompts = [json.loads(line) for line in (work / "prompts.jsonl").read_text().splitlines()]
-    step = max(1, len(prompts) // rows_per_condition)
+    prompts = read_prompts(work)
     for name in conditions:
-        for index in range(0, step * rows_per_condition, step):
+        for index in sheet_indices(len(prompts), rows_per_condition):
             videos.append(read_gif(work / "evaluate" / name / f"{index:05d}.gif"))
             labels.append(f"({name}) {prompts[index]['prompt']}")
     return contact_sheet(videos, labels, max_frames=cfg.reproduce.frames)
+
+
+def sheet_indices(prompts: int, rows: int) -> range:
+    """Which of ``prompts`` prompts a contact sheet shows: ``rows`` evenly spaced from the first
+    (all of them when there are fewer)."""
+    return range(0, prompts, max(1, prompts // rows))[:rows]
 
 
 def read_gif(path: Path) -> np.ndarray:
