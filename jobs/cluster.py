@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from animatediff.config import Config
-from tracking.runs import configured_tracking_uri
+from tracking.runs import SQLITE_PREFIX, configured_tracking_uri
 
 HOME_ENV = "ANIMATEDIFF_HOME"
 """Environment variable naming the home of submitted jobs' relative results."""
 DEFAULT_HOME = "~/animatediff-ray"
-SQLITE = "sqlite:///"
 
 
 def local_cpus(cfg: Config) -> int:
@@ -109,8 +108,9 @@ def anchor_results(cfg: Config, home: Path) -> Config:
         return str(home / value) if value and _is_relative_path(value) else value
 
     tracking_uri = configured_tracking_uri(cfg.mlflow)
-    if tracking_uri.startswith(SQLITE) and _is_relative_path(tracking_uri[len(SQLITE) :]):
-        tracking_uri = SQLITE + str(home / tracking_uri[len(SQLITE) :])
+    database = tracking_uri[len(SQLITE_PREFIX) :]
+    if tracking_uri.startswith(SQLITE_PREFIX) and _is_relative_path(database):
+        tracking_uri = SQLITE_PREFIX + str(home / database)
     replace = dataclasses.replace
     return replace(
         cfg,
@@ -143,7 +143,7 @@ def node_local_results(cfg: Config) -> list[str]:
         if value and ("://" not in value or value.startswith("file://"))
     ]
     tracking_uri = configured_tracking_uri(cfg.mlflow)
-    if tracking_uri.startswith((SQLITE, "file:")) or "://" not in tracking_uri:
+    if tracking_uri.startswith((SQLITE_PREFIX, "file:")) or "://" not in tracking_uri:
         found.append("mlflow.tracking_uri")
     return found
 

@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from serve_helpers import free_port
 
@@ -52,3 +53,19 @@ def tracking_server(backend_store_uri: str, artifacts: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=30)
+
+
+def find_or_create_experiment_when_released(tracking_uri: str, start: Any, results: Any) -> None:
+    """What a job does first, in a process of its own: wait at ``start`` (a multiprocessing
+    ``Barrier``) with MLflow imported, then find or create the experiment ``at-once`` on
+    ``tracking_uri``; put its id, or the error, on ``results`` (a multiprocessing queue)."""
+    import mlflow  # noqa: F401  (imported before the start, as a job has it by then)
+
+    from animatediff.config import MlflowConfig
+    from tracking.runs import experiment_id
+
+    try:
+        start.wait()
+        results.put(experiment_id(MlflowConfig(experiment="at-once"), tracking_uri))
+    except Exception as error:  # the test reports it
+        results.put(f"{type(error).__name__}: {error}")

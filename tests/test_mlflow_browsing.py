@@ -97,6 +97,39 @@ def test_runs_logging_one_shard_set_at_once_each_get_it(tmp_path: Path) -> None:
         assert _inputs(client.get_run(run_id))["validation"].digest == shards.digest
 
 
+@pytest.mark.parametrize("store", ["new", "existing"])
+def test_jobs_started_at_once_share_one_store_and_one_experiment(tmp_path: Path, store) -> None:
+    """Four jobs started together on one SQLite file: on a new file, MLflow's table creation
+    ran in all four at once and every one failed, leaving the file half migrated; on an
+    existing one, all but one failed to create the experiment that another had just created."""
+    import multiprocessing
+
+    from mlflow_helpers import find_or_create_experiment_when_released
+
+    from tracking.runs import client
+
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    if store == "existing":
+        client(tracking_uri)
+    context = multiprocessing.get_context("spawn")  # a fresh process each, as jobs are
+    start, results = context.Barrier(4, timeout=120), context.Queue()
+    jobs = [
+        context.Process(
+            target=find_or_create_experiment_when_released, args=(tracking_uri, start, results)
+        )
+        for _ in range(4)
+    ]
+    for job in jobs:
+        job.start()
+    found = [results.get(timeout=180) for _ in jobs]
+    for job in jobs:
+        job.join(timeout=60)
+    experiment = client(tracking_uri).get_experiment_by_name("at-once")
+    assert experiment is not None, found
+    assert found == [experiment.experiment_id] * 4
+    assert [job.exitcode for job in jobs] == [0] * 4
+
+
 def test_training_run_names_its_data_code_and_user(reference) -> None:
     from tracking.provenance import code_version
 

@@ -71,10 +71,11 @@ def resolve_model_ref(ref: str | None, snapshot: ModelSnapshot, default_alias: s
 
 def read_snapshot(tracking_uri: str, name: str) -> ModelSnapshot:
     """Ask the registry (one search and one get) for the versions and aliases of ``name``."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    from tracking.runs import client as mlflow_client
+
+    client = mlflow_client(tracking_uri)
     try:
         registered = client.get_registered_model(name)
     except MlflowException as error:
@@ -134,9 +135,9 @@ def resolve_lora_ref(
 
 def read_motion_lora_snapshots(tracking_uri: str, model_name: str) -> dict[str, ModelSnapshot]:
     """Every registered MotionLoRA for ``model_name``'s motion modules, by LoRA name."""
-    from mlflow import MlflowClient
+    from tracking.runs import client as mlflow_client
 
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = mlflow_client(tracking_uri)
     prefix = motion_lora_model_name(model_name, "")
     # LIKE treats '_' as a wildcard: a superset, narrowed to the exact prefix here.
     found = client.search_registered_models(filter_string=f"name LIKE '{prefix}%'")

@@ -8,7 +8,10 @@ Only client calls on an explicit tracking URI: MLflow's process-wide settings ar
 
 from __future__ import annotations
 
+import fcntl
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,8 @@ from animatediff.config import Config, MlflowConfig, flatten
 from tracking import notes
 from tracking.provenance import NOTE_TAG
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+SQLITE_PREFIX = "sqlite:///"
+DEFAULT_TRACKING_URI = f"{SQLITE_PREFIX}mlflow.db"
 RUN_KEY_TAG = "animatediff.train_run"
 PARAM_VALUE_LIMIT = 6000  # MLflow rejects longer param values
 TRAIN_PARAM_SECTIONS = ("model", "train", "sample")
@@ -41,9 +45,8 @@ def resolve_tracking_uri(cfg: MlflowConfig) -> str:
     """``configured_tracking_uri`` with a relative SQLite path made absolute: Ray workers run in
     other working directories."""
     uri = configured_tracking_uri(cfg)
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        uri = prefix + str(Path(uri[len(prefix) :]).resolve())
+    if uri.startswith(SQLITE_PREFIX) and not uri.startswith(SQLITE_PREFIX + "/"):
+        uri = SQLITE_PREFIX + str(Path(uri[len(SQLITE_PREFIX) :]).resolve())
     return uri
 
 
@@ -55,15 +58,45 @@ def resolve_artifact_location(cfg: MlflowConfig, tracking_uri: str) -> str | Non
         if "://" not in location:
             location = Path(location).resolve().as_uri()
         return location
-    if tracking_uri.startswith("sqlite:///"):
-        return (Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
+    if tracking_uri.startswith(SQLITE_PREFIX):
+        return (Path(tracking_uri[len(SQLITE_PREFIX) :]).parent / "mlartifacts").as_uri()
     return None  # a tracking server decides (its --artifacts-destination)
 
 
 def client(tracking_uri: str):
+    """An ``MlflowClient`` of ``tracking_uri`` for runs and the registry; a SQLite store's
+    tables exist once it returns (``_sqlite_client``)."""
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    def new_client() -> Any:
+        return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    if tracking_uri.startswith(SQLITE_PREFIX) and tracking_uri not in _tables_ready:
+        return _sqlite_client(tracking_uri, new_client)
+    return new_client()
+
+
+_tables_ready: set[str] = set()
+_tables_lock = threading.Lock()
+
+
+def _sqlite_client(tracking_uri: str, new_client: Callable[[], Any]) -> Any:
+    """``new_client()`` the first time this process uses a SQLite store. MLflow creates the
+    tables when a client first opens the run and registry stores, by migrations that break when
+    two processes run them at once: jobs started together on a new file all failed and left it
+    half migrated. So the first use in each process holds a lock file beside the database
+    (``<file>.lock``) while it opens both stores: one process creates the tables, the others
+    find them. A missing folder is left to MLflow to report."""
+    database = Path(tracking_uri[len(SQLITE_PREFIX) :])
+    with _tables_lock:
+        if tracking_uri in _tables_ready or not database.parent.is_dir():
+            return new_client()
+        with open(f"{database}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            mlflow_client = new_client()  # opens the run store
+            mlflow_client.search_registered_models(max_results=1)  # and the registry's
+        _tables_ready.add(tracking_uri)
+        return mlflow_client
 
 
 def experiment_id(cfg: MlflowConfig, tracking_uri: str, description: str = "") -> str:
@@ -76,11 +109,19 @@ def experiment_id(cfg: MlflowConfig, tracking_uri: str, description: str = "") -
     if description:
         tags[NOTE_TAG] = description
     if experiment is None:
-        return mlflow_client.create_experiment(
-            cfg.experiment,
-            artifact_location=resolve_artifact_location(cfg, tracking_uri),
-            tags=tags,
-        )
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return mlflow_client.create_experiment(
+                cfg.experiment,
+                artifact_location=resolve_artifact_location(cfg, tracking_uri),
+                tags=tags,
+            )
+        except MlflowException as error:
+            # Another job created it since the lookup above (jobs started together).
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment = mlflow_client.get_experiment_by_name(cfg.experiment)
     for key, value in tags.items():
         if not experiment.tags.get(key):
             mlflow_client.set_experiment_tag(experiment.experiment_id, key, value)
