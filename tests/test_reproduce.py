@@ -415,14 +415,16 @@ def test_the_lora_scale_probe_scores_both_modules_at_each_scale_and_draws_its_sh
 
     work = toy_chain / "reproduce"
     argv = ["lora_scale", "--config", str(PRESET_FILE), "--work", str(work), "--scales", "0,1"]
-    probes.main([*argv, "--repeats", "1", *_toy_overrides(toy_chain)])
+    off = ["--off", "down_blocks.0,up_blocks.1"]
+    probes.main([*argv, "--repeats", "1", *off, *_toy_overrides(toy_chain)])
     rows = re.findall(
-        r"^\| ([\d.]+) \| (\w+) \| ([\d.]+)(?: \| [\d.]+){6} \| ([\d.]+) \|",
+        r"^\| ([\d.]+) \| ([\w.,]+(?: off)?) \| ([\d.]+)(?: \| [\d.]+){6} \| ([\d.]+) \|",
         capsys.readouterr().out,
         flags=re.M,
     )
+    modules = ("trained", "identity", "down_blocks.0,up_blocks.1 off")
     assert {(scale, module) for scale, module, *_ in rows} == {
-        (scale, module) for scale in ("0", "1") for module in ("trained", "identity")
+        (scale, module) for scale in ("0", "1") for module in modules
     }
     assert all(
         0 <= float(share) <= 1 and 0 <= float(switching) <= 1 for *_, share, switching in rows
@@ -430,6 +432,31 @@ def test_the_lora_scale_probe_scores_both_modules_at_each_scale_and_draws_its_sh
     # The trained module's videos of the 4 toy prompts at each of the 2 scales, one row each.
     canvas = load_config(PRESET_FILE, TOY).reproduce.canvas
     assert Image.open(work / "lora_scale.png").height == 8 * (LABEL_HEIGHT + canvas + GAP) - GAP
+
+
+def test_without_blocks_turns_off_only_the_named_blocks_modules_in_a_copy():
+    from animatediff.config import MotionModuleConfig
+    from animatediff.motion_module import MotionModules
+    from experiments.moving_digits.probes import without_blocks
+
+    generator = torch.Generator().manual_seed(0)
+    modules = MotionModules((32, 64), 1, MotionModuleConfig(norm_groups=8, num_heads=4))
+    with torch.no_grad():
+        for parameter in modules.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    before = {name: p.clone() for name, p in modules.state_dict().items()}
+    off = without_blocks(modules, ["down_blocks.0", "up_blocks.1"])
+    # (batch * frames, channels, height, width) at each level's width: 32, then 64 channels
+    at_32, at_64 = (torch.randn(2 * 4, c, 3, 3, generator=generator) for c in (32, 64))
+    # Turned off, a module passes its input through; one of another block still changes it.
+    assert torch.equal(off.down_blocks[0].motion_modules[0](at_32, 4), at_32)
+    assert torch.equal(off.up_blocks[1].motion_modules[0](at_32, 4), at_32)
+    assert not torch.equal(off.down_blocks[1].motion_modules[0](at_64, 4), at_64)
+    zeroed = {n for n, p in off.state_dict().items() if not torch.equal(p, before[n])}
+    assert zeroed and all(n.startswith(("down_blocks.0.", "up_blocks.1.")) for n in zeroed)
+    assert all(torch.equal(p, before[n]) for n, p in modules.state_dict().items())  # a copy
+    with pytest.raises(SystemExit, match="no motion module"):
+        without_blocks(modules, ["down_blocks.7"])
 
 
 def test_canvas_spread_is_zero_for_one_canvas_and_the_colour_distance_for_two():

@@ -42,7 +42,9 @@ difference to the identity module's videos at scale 1 (the personalized stills, 
 share of videos whose frames are drawn in different styles (``canvas_spread``). The direction
 and speed are also measured against each frame's own canvas colour, as the evaluation does not
 (``frame_canvas_trajectory``). The trained module's first videos at each scale go to
-``<work>/lora_scale.png``.
+``<work>/lora_scale.png``. Each ``--off`` adds a row per scale: the trained module with its
+motion modules under the given blocks turned off (``without_blocks``), e.g. ``--off
+down_blocks.0,up_blocks.1`` for the latent's full-size level of the preset's two-level UNet.
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -314,6 +318,29 @@ def frame_canvas_trajectory(video: np.ndarray, cfg: Config) -> object:
     return trajectory(video, directions, min_speed=cfg.reproduce.speed / 2, mask=mask)
 
 
+def without_blocks(modules: Any, blocks: Sequence[str]) -> Any:
+    """A copy of ``modules`` (``MotionModules``) whose motion modules under ``blocks`` (e.g.
+    ``down_blocks.0``, ``mid_block``) pass their input through: their ``proj_out``, the layer
+    before the residual sum, zeroed."""
+    import copy
+
+    import torch
+
+    turned_off = copy.deepcopy(modules)
+    layers = [
+        layer
+        for name, layer in turned_off.named_modules()
+        if name.endswith(".proj_out") and name.startswith(tuple(f"{b}." for b in blocks))
+    ]
+    if not layers:
+        raise SystemExit(f"--off {','.join(blocks)}: no motion module under these blocks")
+    with torch.no_grad():
+        for layer in layers:
+            layer.weight.zero_()
+            layer.bias.zero_()
+    return turned_off
+
+
 def lora_scale(args: argparse.Namespace) -> None:
     from animatediff.config.model import LoraConfig
     from animatediff.evaluation import summarize
@@ -336,11 +363,15 @@ def lora_scale(args: argparse.Namespace) -> None:
     sheet_videos, sheet_labels = [], []
     scored: dict[tuple[float, str], dict[str, float]] = {}
     columns: dict[tuple[float, str], str] = {}  # the cells after the evaluation's measures
+    variants = [("trained", trained), ("identity", None)]
+    variants += [
+        (f"{','.join(blocks)} off", without_blocks(trained, blocks)) for blocks in args.off
+    ]
     for scale in args.scales:
         scaled = cfg.with_base(
             dataclasses.replace(cfg.model.base, loras=(LoraConfig(str(lora), scale),))
         )
-        for module, modules in (("trained", trained), ("identity", None)):
+        for module, modules in variants:
             t2v = TextToVideo(scaled, modules)
             videos = []
             for start in range(0, len(captions), len(prompts)):
@@ -405,6 +436,13 @@ def main(argv: list[str] | None = None) -> None:
         help="lora_scale: the style LoRA's scales, comma-separated",
     )
     parser.add_argument("--repeats", type=int, default=3, help="lora_scale: seeds per caption")
+    parser.add_argument(
+        "--off",
+        action="append",
+        default=[],
+        type=lambda text: text.split(","),
+        help="lora_scale: one more row with the motion modules under these blocks turned off",
+    )
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args(argv)  # options and overrides in any order
     probes = {
