@@ -99,9 +99,10 @@ def test_runs_logging_one_shard_set_at_once_each_get_it(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("store", ["new", "existing"])
 def test_jobs_started_at_once_share_one_store_and_one_experiment(tmp_path: Path, store) -> None:
-    """Four jobs started together on one SQLite file: on a new file, MLflow's table creation
-    ran in all four at once and every one failed, leaving the file half migrated; on an
-    existing one, all but one failed to create the experiment that another had just created."""
+    """Four jobs started together on one SQLite file. Before `tracking.runs.client` took turns:
+    on a new file, MLflow's table creation ran in all four at once and most or all of them
+    failed, leaving the file half migrated; on an existing one, some failed to create the
+    experiment that another had just created."""
     import multiprocessing
 
     from mlflow_helpers import find_or_create_experiment_when_released
