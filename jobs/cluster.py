@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from animatediff.config import Config
-from tracking.runs import SQLITE_PREFIX, configured_tracking_uri
+from tracking.runs import SQLITE_PREFIX, configured_tracking_uri, sqlite_database
 
 HOME_ENV = "ANIMATEDIFF_HOME"
 """Environment variable naming the home of submitted jobs' relative results."""
@@ -108,8 +108,8 @@ def anchor_results(cfg: Config, home: Path) -> Config:
         return str(home / value) if value and _is_relative_path(value) else value
 
     tracking_uri = configured_tracking_uri(cfg.mlflow)
-    database = tracking_uri[len(SQLITE_PREFIX) :]
-    if tracking_uri.startswith(SQLITE_PREFIX) and _is_relative_path(database):
+    database = sqlite_database(tracking_uri)
+    if database is not None and _is_relative_path(database):
         tracking_uri = SQLITE_PREFIX + str(home / database)
     replace = dataclasses.replace
     return replace(

@@ -54,7 +54,6 @@ from tracking.model_refs import (
 from tracking.provenance import code_version, source_tags
 from tracking.runs import (
     LOSS_METRIC,
-    SQLITE_PREFIX,
     TRAIN_PARAM_SECTIONS,
     VAL_LOSS_METRIC,
     add_event,
@@ -62,6 +61,7 @@ from tracking.runs import (
     resolve_tracking_uri,
     run_link,
     section_params,
+    sqlite_database,
 )
 
 MOTION_ARTIFACT = "motion_module"
@@ -795,8 +795,8 @@ class RegistryError(ConfigError):
 def promote_preflight(tracking_uri: str) -> None:
     """A SQLite store must exist before promoting from it: MLflow would create an empty one (a
     stray ``mlflow.db`` in the working directory when ``--config`` was forgotten)."""
-    database = tracking_uri[len(SQLITE_PREFIX) :]
-    if tracking_uri.startswith(SQLITE_PREFIX) and not Path(database).is_file():
+    database = sqlite_database(tracking_uri)
+    if database is not None and not Path(database).is_file():
         raise RegistryError(
             f"mlflow.tracking_uri: {tracking_uri} does not exist (nothing was registered there); "
             "pass --config with the preset that trained the model, or mlflow.tracking_uri=..."

@@ -11,7 +11,6 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +40,19 @@ def configured_tracking_uri(cfg: MlflowConfig) -> str:
     return cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def sqlite_database(tracking_uri: str) -> str | None:
+    """The database file that a ``sqlite:///`` URI names (as written: it may be relative), or
+    None for any other store."""
+    return tracking_uri[len(SQLITE_PREFIX) :] if tracking_uri.startswith(SQLITE_PREFIX) else None
+
+
 def resolve_tracking_uri(cfg: MlflowConfig) -> str:
     """``configured_tracking_uri`` with a relative SQLite path made absolute: Ray workers run in
     other working directories."""
     uri = configured_tracking_uri(cfg)
-    if uri.startswith(SQLITE_PREFIX) and not uri.startswith(SQLITE_PREFIX + "/"):
-        uri = SQLITE_PREFIX + str(Path(uri[len(SQLITE_PREFIX) :]).resolve())
+    database = sqlite_database(uri)
+    if database is not None and not database.startswith("/"):
+        uri = SQLITE_PREFIX + str(Path(database).resolve())
     return uri
 
 
@@ -58,45 +64,44 @@ def resolve_artifact_location(cfg: MlflowConfig, tracking_uri: str) -> str | Non
         if "://" not in location:
             location = Path(location).resolve().as_uri()
         return location
-    if tracking_uri.startswith(SQLITE_PREFIX):
-        return (Path(tracking_uri[len(SQLITE_PREFIX) :]).parent / "mlartifacts").as_uri()
+    database = sqlite_database(tracking_uri)
+    if database is not None:
+        return (Path(database).parent / "mlartifacts").as_uri()
     return None  # a tracking server decides (its --artifacts-destination)
 
 
 def client(tracking_uri: str):
     """An ``MlflowClient`` of ``tracking_uri`` for runs and the registry; a SQLite store's
-    tables exist once it returns (``_sqlite_client``)."""
+    tables exist once it returns (``_create_sqlite_tables_once``)."""
     from mlflow import MlflowClient
 
-    def new_client() -> Any:
-        return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
-    if tracking_uri.startswith(SQLITE_PREFIX) and tracking_uri not in _tables_ready:
-        return _sqlite_client(tracking_uri, new_client)
-    return new_client()
+    database = sqlite_database(tracking_uri)
+    if database is not None:
+        _create_sqlite_tables_once(tracking_uri, Path(database))
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 _tables_ready: set[str] = set()
 _tables_lock = threading.Lock()
 
 
-def _sqlite_client(tracking_uri: str, new_client: Callable[[], Any]) -> Any:
-    """``new_client()`` the first time this process uses a SQLite store. MLflow creates the
-    tables when a client first opens the run and registry stores, by migrations that break when
-    two processes run them at once: jobs started together on a new file all failed and left it
-    half migrated. So the first use in each process holds a lock file beside the database
-    (``<file>.lock``) while it opens both stores: one process creates the tables, the others
-    find them. A missing folder is left to MLflow to report."""
-    database = Path(tracking_uri[len(SQLITE_PREFIX) :])
+def _create_sqlite_tables_once(tracking_uri: str, database: Path) -> None:
+    """MLflow creates a SQLite store's tables when a client first opens the run and registry
+    stores in a process, by migrations that break when two processes run them at once: jobs
+    started together on a new file all failed and left it half migrated. So the first use in
+    each process opens both stores while it holds a lock file beside the database
+    (``<file>.lock``): one process creates the tables, the others find them. MLflow keeps the
+    opened stores for the process. A missing folder is left to MLflow to report."""
+    from mlflow import MlflowClient
+
     with _tables_lock:
         if tracking_uri in _tables_ready or not database.parent.is_dir():
-            return new_client()
+            return
         with open(f"{database}.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-            mlflow_client = new_client()  # opens the run store
-            mlflow_client.search_registered_models(max_results=1)  # and the registry's
+            opened = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            opened.search_registered_models(max_results=1)  # opens the registry's store too
         _tables_ready.add(tracking_uri)
-        return mlflow_client
 
 
 def experiment_id(cfg: MlflowConfig, tracking_uri: str, description: str = "") -> str:
