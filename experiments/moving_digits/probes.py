@@ -421,10 +421,15 @@ def lora_scale(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    probes = {
+        "long_video": long_video,
+        "direction": direction,
+        "text_path": text_path,
+        "frames": frames,
+        "lora_scale": lora_scale,
+    }
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "probe", choices=["long_video", "direction", "text_path", "frames", "lora_scale"]
-    )
+    parser.add_argument("probe", choices=list(probes))
     parser.add_argument("--config", default=str(PRESET))
     parser.add_argument("--work", default="outputs/reproduce", help="the reproduction's folder")
     parser.add_argument("--frames", type=int, default=64, help="long_video: frames")
@@ -445,13 +450,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args(argv)  # options and overrides in any order
-    probes = {
-        "long_video": long_video,
-        "direction": direction,
-        "text_path": text_path,
-        "frames": frames,
-        "lora_scale": lora_scale,
-    }
     probes[args.probe](args)
 
 
