@@ -95,8 +95,10 @@ def score_video(
 
     Always: ``frame_consistency`` (mean cosine of consecutive frames' features),
     ``motion_magnitude`` (mean absolute frame difference), ``displacement_per_frame`` (pixels,
-    from the foreground's fitted trajectory), ``direction`` and ``static``. With an ``expect``
-    ``direction``: ``direction_correct``. With a classifying extractor: ``label_agreement`` (share
+    from the foreground's fitted trajectory), ``trajectory_residual`` (pixels, RMS distance of the
+    foreground's centroids from that straight line: jumps and jitter, which a per-frame label
+    misses), ``direction`` and ``static``. With an ``expect`` ``direction``:
+    ``direction_correct``. With a classifying extractor: ``label_agreement`` (share
     of frames agreeing with the clip's majority class) and, with an ``expect`` ``label``,
     ``label_share`` (share of frames of that class). With a text scorer and ``prompt``:
     ``text_alignment`` (mean CLIP score). The style: ``foreground_r/g/b`` and
@@ -107,6 +109,7 @@ def score_video(
         "frame_consistency": frame_consistency(extractor(video)),
         "motion_magnitude": motion_magnitude(video),
         "displacement_per_frame": path.displacement_per_frame,
+        "trajectory_residual": path.residual,
         "direction": path.direction,
         "static": path.static,
     }

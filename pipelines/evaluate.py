@@ -39,6 +39,7 @@ SUMMARY_COLUMNS = (
     "order_sensitivity",
     "direction_accuracy",
     "displacement_per_frame",
+    "trajectory_residual",
     "moving_share",
     "frame_consistency",
     "label_share",
@@ -197,7 +198,14 @@ def _report(cfg: Config, source: MotionSource, metrics: dict, videos: list[dict]
     from animatediff.report import markdown_table
 
     summary = [{"metric": k, "value": metrics[k]} for k in SUMMARY_COLUMNS if k in metrics]
-    columns = ["index", "prompt", "seed", "direction", "displacement_per_frame"]
+    columns = [
+        "index",
+        "prompt",
+        "seed",
+        "direction",
+        "displacement_per_frame",
+        "trajectory_residual",
+    ]
     columns += [
         c for c in ("direction_correct", "label_share", "frame_consistency") if c in videos[0]
     ]

@@ -91,6 +91,11 @@ def test_a_video_is_scored_against_its_expectations():
     right = score_video(_moving_square((1, 0)), extractor, {"direction": "right"}, min_speed=0.5)
     assert right["direction"] == "right" and right["direction_correct"] is True
     assert right["displacement_per_frame"] == pytest.approx(1.0, abs=0.05)
+    jumped = _moving_square((1, 0))
+    jumped[4:] = np.roll(jumped[4:], 6, axis=1)  # 6 px down halfway: the line fits worse
+    broken = score_video(jumped, extractor, min_speed=0.5)
+    assert right["trajectory_residual"] == pytest.approx(0.0, abs=1e-9)
+    assert broken["trajectory_residual"] > 1
     assert not right["static"] and right["motion_magnitude"] > 0
     static = np.repeat(_moving_square((0, 0))[:1], 8, axis=0)
     still = score_video(static, extractor, {"direction": "left"})
@@ -102,6 +107,9 @@ def test_a_video_is_scored_against_its_expectations():
     summary = summarize([right, still])
     assert summary["direction_accuracy"] == 0.5 and summary["static_share"] == 0.5
     assert summary["moving_share"] == 0.5 and summary["videos"] == 2
+    assert summarize([right, broken])["trajectory_residual"] == pytest.approx(
+        broken["trajectory_residual"] / 2
+    )
 
 
 def test_frame_classifier_saves_and_loads_as_an_extractor(tmp_path):

@@ -97,6 +97,19 @@ def test_the_fitted_speed_matches_the_rendered_speed(velocity):
     assert not traj.static
 
 
+def test_a_jump_halfway_shows_in_the_residual_not_in_the_direction():
+    """A square moving right 2 px per frame that drops 6 px between the fourth and fifth of 8
+    frames. A straight line fitted to a step of ``h`` halfway through 8 frames leaves an RMS
+    residual of ``h * sqrt(1/4 - 1/5.25)`` (the step's variance less what the slope explains)."""
+    video = moving_square((2, 0))
+    jumped = video.copy()
+    jumped[4:] = np.roll(video[4:], 6, axis=1)  # rows: 6 px down, the canvas is uniform
+    smooth, broken = trajectory(video), trajectory(jumped)
+    assert smooth.residual == pytest.approx(0.0, abs=1e-9)
+    assert broken.direction == "right"
+    assert broken.residual == pytest.approx(6 * math.sqrt(1 / 4 - 1 / 5.25), abs=1e-6)
+
+
 def test_a_static_clip_has_no_motion():
     video = moving_square((0, 0))
     traj = trajectory(video, min_speed=0.5)

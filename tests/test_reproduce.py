@@ -329,6 +329,7 @@ def test_rendered_clips_score_as_their_captions_say():
     own = score_clips(videos, captions, PixelFeatures(), rc)
     assert own["direction_accuracy"] == 1 and own["moving_share"] == 1
     assert own["displacement_per_frame"] == pytest.approx(rc.speed, abs=0.25)
+    assert own["trajectory_residual"] < 0.25  # rendered clips move in straight lines
     shifted = captions[1:] + captions[:1]
     differs = np.mean([a.direction != b.direction for a, b in zip(items, items[1:] + items[:1])])
     assert differs > 0

@@ -617,6 +617,7 @@ def report(summary: dict[str, Any], cfg: Config, command: str, wall_s: float) ->
     columns = [
         "direction_accuracy",
         "displacement_per_frame",
+        "trajectory_residual",
         "moving_share",
         "label_share",
         "label_agreement",
