@@ -41,6 +41,7 @@ from experiments.moving_digits.run import (
     preprocess,
     prompts_file,
     sheet,
+    stage_config,
     train,
     with_overrides,
 )
@@ -110,7 +111,8 @@ def finetune(args: argparse.Namespace) -> str:
     for condition, extra in (("scratch", []), ("finetuned", [f"train.init_from={motion}"])):
         start = time.perf_counter()
         run = f"digits-speed{args.speed}-{condition}-{args.steps}"
-        modules[condition] = str(train(cfg, run, [*common, *extra], work).motion_dir)
+        stage = stage_config(cfg, run, [*common, *extra])
+        modules[condition] = str(train(stage, work).motion_dir)
         seconds[condition] = time.perf_counter() - start
     scored = [
         f"evaluate.prompts={prompts_file(cfg, work / 'prompts.jsonl')}",
@@ -147,7 +149,7 @@ def motion_lora(args: argparse.Namespace) -> str:
     items, train_csv, _ = clip_sets(cfg, work, rc.speed, args.clips, rc.seed + 2)
     train_uri = preprocess(cfg, train_csv, work / "latents" / "train", rc.frames, camera)
     start = time.perf_counter()
-    outcome = train(
+    stage = stage_config(
         cfg,
         f"digits-zoom-in-lora-{args.steps}",
         [
@@ -162,8 +164,8 @@ def motion_lora(args: argparse.Namespace) -> str:
             *camera,
             *clip_data(cfg),
         ],
-        work,
     )
+    outcome = train(stage, work)
     train_seconds = time.perf_counter() - start
 
     from pipelines.camera import apply_camera_motion
