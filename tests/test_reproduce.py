@@ -392,6 +392,61 @@ def test_the_adaptation_experiments_run_on_the_reproductions_models(toy_chain):
     assert (work / "adapt" / "motion_lora" / "zoom_sheet.png").stat().st_size > 0
 
 
+def test_longer_training_goes_on_in_a_copy_of_the_chains_motion_run(toy_chain, capsys):
+    """The continuation resumes the chain's last checkpoint in a copy, as an MLflow run of its own,
+    and scores (b) and (c) with each module; the chain's run folder, its MLflow run and its
+    registered versions stay as they were."""
+    from mlflow import MlflowClient
+    from PIL import Image
+
+    from animatediff.report import GAP, LABEL_HEIGHT
+    from experiments.moving_digits import longer
+
+    work, store = toy_chain / "reproduce", f"sqlite:///{toy_chain / 'mlflow.db'}"
+    chain_run = toy_chain / "ray_results" / "digits-motion"
+    folder = sorted(path.name for path in chain_run.iterdir())
+    client = MlflowClient(store)
+    versions = [v.version for v in client.search_model_versions("name='moving-digits-motion'")]
+    argv = ["--config", str(PRESET_FILE), "--work", str(work), *_toy_overrides(toy_chain)]
+    with pytest.raises(SystemExit, match="--steps: each must exceed the chain's 1 steps"):
+        longer.main([*argv, "--steps", "1"])
+
+    longer.main([*argv, "--steps", "2"])
+    table = (work / "longer" / "longer.md").read_text()
+    assert table in capsys.readouterr().out
+    rows = re.findall(r"^\| \((\w)\) \| (\d+) \| (.+) \|$", table, flags=re.M)
+    # The chain's module, then the longer one, on the base and on the personalized base.
+    assert [row[:2] for row in rows] == [("b", "1"), ("b", "2"), ("c", "1"), ("c", "2")]
+    for *_, cells in rows:
+        values = [float(cell) for cell in cells.split(" | ")]
+        evaluated, own = values[: len(longer.COLUMNS)], values[len(longer.COLUMNS) :]
+        assert len(own) == len(longer.OWN_CANVAS_COLUMNS)
+        assert all(math.isfinite(value) for value in evaluated)
+        direction, *_, jumping, switching = own
+        assert 0 <= direction <= 1 and 0 <= switching <= 1
+        assert jumping in range(5)  # the toy's 4 videos
+    # 4 rows a video each, of the 4 toy prompts: as many as the sheet shows.
+    canvas = load_config(PRESET_FILE, TOY).reproduce.canvas
+    sheet = Image.open(work / "longer" / "longer_sheet.png")
+    assert sheet.height == 4 * 4 * (LABEL_HEIGHT + canvas + GAP) - GAP
+    chain = load_file(work / "models/digits-motion/motion_module/motion_module.safetensors")
+    trained = load_file(work / "longer/models/steps-2/motion_module.safetensors")
+    assert chain.keys() == trained.keys()
+    assert any(not torch.equal(chain[name], trained[name]) for name in chain)
+    copy = work / "longer/ray_results" / longer.RUN_NAME
+    assert (copy / "checkpoint_00000002").is_dir()
+    assert sorted(path.name for path in chain_run.iterdir()) == folder
+    experiment = client.get_experiment_by_name("moving-digits").experiment_id
+    for name, last_step in (("digits-motion", 1), (longer.RUN_NAME, 2)):
+        runs = client.search_runs([experiment], f"attributes.run_name = '{name}'")
+        assert len(runs) == 1, name  # the probes find the chain's module by its run's name
+        history = client.get_metric_history(runs[0].info.run_id, "train/loss")
+        assert max(metric.step for metric in history) == last_step, name
+    assert [v.version for v in client.search_model_versions("name='moving-digits-motion'")] == (
+        versions
+    )
+
+
 def test_the_frames_probe_reads_every_conditions_videos_and_the_held_out_clips(toy_chain, capsys):
     from experiments.moving_digits import probes
 
@@ -486,6 +541,24 @@ def test_a_frame_canvas_trajectory_follows_a_subject_whose_canvas_changes_colour
     assert own.direction == "right"
     assert own.displacement_per_frame == pytest.approx(2.0, abs=0.01)
     assert trajectory(video).displacement_per_frame < 1.0
+
+
+def test_the_longer_tables_own_canvas_cells_count_style_switches_and_not_their_jumps():
+    """Two squares gliding right 2 px per frame, one on a canvas that turns blue halfway: on each
+    frame's own canvas both glide (residual 0, no jump); one of the two switches style."""
+    from experiments.moving_digits.longer import own_canvas
+
+    videos = [np.zeros((8, 32, 32, 3), dtype=np.uint8) for _ in range(2)]
+    videos[1][4:, ..., 2] = 204
+    for video in videos:
+        for t in range(8):
+            video[t, 13:19, 4 + 2 * t : 10 + 2 * t] = 255
+    direction, speed, residual, jumping, switching = own_canvas(
+        videos, ["right", "left"], load_config(PRESET_FILE)
+    )
+    assert direction == 0.5  # the second caption said left
+    assert speed == pytest.approx(2.0, abs=0.01) and residual == pytest.approx(0.0, abs=0.01)
+    assert jumping == 0 and switching == 0.5
 
 
 @pytest.mark.slow

@@ -298,6 +298,11 @@ def shares_by_digit(right: np.ndarray, labels: np.ndarray) -> str:
     return " ".join(f"{digit}:{right[labels == digit].mean():.2f}" for digit in np.unique(labels))
 
 
+SWITCHING_SPREAD = 0.25
+"""``canvas_spread`` above which a video's frames are drawn in different styles: a quarter of the
+colour cube (the plain and the personalized canvases lie 0.58 apart)."""
+
+
 def canvas_spread(video: np.ndarray) -> float:
     """The largest distance between two frames' canvas colours (each frame's border median), in
     [0, 1] units of the colour cube: near 0 when every frame has the same canvas."""
@@ -381,7 +386,7 @@ def lora_scale(args: argparse.Namespace) -> None:
             scored[scale, module] = summarize(rows)
             # Each video's share of frames showing the caption's digit; the videos are as long.
             right = np.array([row["label_share"] for row in rows])
-            switched = np.array([canvas_spread(v) > 0.25 for v in videos])
+            switched = np.array([canvas_spread(v) > SWITCHING_SPREAD for v in videos])
             by_digit = shares_by_digit(right, labels)
             shares = [f"{right[i].mean():.3f}" if i.any() else "-" for i in (switched, ~switched)]
             # The evaluation's trajectories take one canvas colour per video; here each frame's own.

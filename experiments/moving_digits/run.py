@@ -308,17 +308,9 @@ def reproduction_conditions(
     ``work/evaluate/<condition>``."""
     rc = cfg.reproduce
     identity = str(identity_module(cfg, work / "identity_motion_module"))
-    common = [
-        f"evaluate.prompts={prompts_file(cfg, work / 'prompts.jsonl')}",
-        f"evaluate.data_uri={heldout_uri}",
-        f"evaluate.features=classifier:{classifier_dir}",
-        f"evaluate.directions={trajectory_directions(rc)}",
-        f"evaluate.min_speed={rc.speed / 2}",
-        f"output_dir={work}",
-        *clip_data(cfg),
-    ]
+    common = scoring(cfg, work, heldout_uri, classifier_dir)
     own = [*common, "evaluate.log_to=own_run"]
-    lora_base = [f"model.base.loras=[{{path: {lora}}}]"]
+    lora_base = personalized(lora)
     return {
         "a1": (identity, own),
         "a2": (identity, [*own, "sample.shared_noise=true"]),
@@ -327,6 +319,28 @@ def reproduction_conditions(
         "c0": (identity, [*own, *lora_base]),
         "d": (ablation, [*own, *rc.ablation]),
     }
+
+
+def scoring(cfg: Config, work: Path, heldout_uri: str, classifier_dir: Path) -> list[str]:
+    """The ``jobs.evaluate`` overrides that score a condition as the reproduction does: its
+    prompts (written to ``work/prompts.jsonl``), the held-out shards for the loss, the digit
+    classifier as the feature extractor, the caption's direction and half the rendered speed;
+    reports under ``work``."""
+    rc = cfg.reproduce
+    return [
+        f"evaluate.prompts={prompts_file(cfg, work / 'prompts.jsonl')}",
+        f"evaluate.data_uri={heldout_uri}",
+        f"evaluate.features=classifier:{classifier_dir}",
+        f"evaluate.directions={trajectory_directions(rc)}",
+        f"evaluate.min_speed={rc.speed / 2}",
+        f"output_dir={work}",
+        *clip_data(cfg),
+    ]
+
+
+def personalized(lora: str) -> list[str]:
+    """The override that loads the base with the style LoRA at ``lora``: the personalized base."""
+    return [f"model.base.loras=[{{path: {lora}}}]"]
 
 
 def trajectory_directions(rc: ReproduceConfig) -> int:
