@@ -99,6 +99,83 @@ def own_canvas(videos: list[np.ndarray], directions: list[str], cfg: Config) -> 
     ]
 
 
+def train_on(cfg: Config, reproduction: Path, steps: list[int]) -> dict[int, str]:
+    """The motion module's directory by training steps: the chain's own, then each of ``steps``
+    (trained on from the chain's last checkpoint, in a copy of its run under
+    ``reproduction/longer``). ``cfg``: the preset on the trained base."""
+    from animatediff.storage import locate
+    from trainer import checkpoint
+    from trainer.driver import run_directory
+
+    work = reproduction / "longer"
+    uris = {name: str(reproduction / "latents" / name) for name in ("clips", "heldout", "style")}
+    chain_stage = downstream_stages(cfg, uris)["motion"]
+    if "://" in chain_stage.train.storage_path:
+        raise SystemExit("train.storage_path: this experiment reads the chain's run locally")
+    chain_run = Path(run_directory(chain_stage))
+    found = checkpoint.latest(locate(chain_run))
+    if found is None:
+        raise SystemExit(f"no checkpoint of the chain's motion stage in {chain_run}")
+    chain_steps = found[1].position.step
+    if steps[0] <= chain_steps:
+        raise SystemExit(f"--steps: each must exceed the chain's {chain_steps} steps")
+
+    storage = work / "ray_results"
+    if not (storage / RUN_NAME).exists():
+        shutil.copytree(chain_run, storage / RUN_NAME)
+    stage = with_overrides(
+        chain_stage,
+        [f"train.run_name={RUN_NAME}", f"train.storage_path={storage}", "train.register=false"],
+    )
+    modules = {chain_steps: str(trained_paths(cfg)[1])}
+    for total in steps:
+        module = work / "models" / f"steps-{total}"
+        if not module.exists():  # not trained by an earlier call
+            outcome = train(with_overrides(stage, [f"train.max_steps={total}"]), work)
+            if outcome.step != total:
+                raise SystemExit(
+                    f"--steps {total}: the run in {storage / RUN_NAME} is at step {outcome.step}; "
+                    "delete that folder to start again from the chain's checkpoint"
+                )
+            shutil.copytree(outcome.motion_dir, module)
+        modules[total] = str(module)
+    return modules
+
+
+def score(cfg: Config, reproduction: Path, modules: dict[int, str]) -> str:
+    """(b) and (c) with each of ``modules`` (by steps), scored in one pass: the markdown table,
+    ending with the path of the contact sheet it draws."""
+    from pipelines.evaluate import run_evaluations
+
+    work = reproduction / "longer"
+    heldout, classifier = str(reproduction / "latents" / "heldout"), reproduction / "classifier"
+    scored = [*scoring(cfg, work, heldout, classifier), "evaluate.log_to=own_run"]
+    lora = personalized(str(reproduction / "models" / "digits-style-lora" / "lora.safetensors"))
+    runs = {f"b-{steps}": (module, scored) for steps, module in modules.items()}
+    runs |= {f"c-{steps}": (module, [*scored, *lora]) for steps, module in modules.items()}
+    stages = evaluation_stages(cfg, runs)
+    results = run_evaluations(list(stages.values()))
+
+    chain_steps = next(iter(modules))
+    lines = [
+        f"(b) the base and (c) the personalized base, each with the motion module after more "
+        f"training ({chain_steps} steps: the chain's module); {len(results[0].videos)} videos each",
+        "",
+        "| condition | steps | " + " | ".join((*COLUMNS, *OWN_CANVAS_COLUMNS)) + " |",
+        "|---" + "|---:" * (len(COLUMNS) + len(OWN_CANVAS_COLUMNS) + 1) + "|",
+    ]
+    for (name, evaluation), result in zip(stages.items(), results, strict=True):
+        condition, steps = name.split("-")
+        folder = Path(evaluation.output_dir) / evaluation.evaluate.output_subdir
+        videos = [read_gif(folder / video["file"]) for video in result.videos]
+        directions = [video["expect"]["direction"] for video in result.videos]
+        cells = [result.metrics[column] for column in COLUMNS]
+        cells += own_canvas(videos, directions, cfg)
+        lines.append(f"| ({condition}) | {steps} | " + " | ".join(f"{c:.4g}" for c in cells) + " |")
+    picture = save_png(sheet(work, cfg, SHEET_ROWS, list(runs)), work / "longer_sheet.png")
+    return "\n".join([*lines, "", f"Videos: {picture}"])
+
+
 def main(argv: list[str] | None = None) -> None:
     # As jobs.reproduce: OpenMP's spinning threads cost a shared CPU machine several times over.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -114,78 +191,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args(argv)  # options and overrides in any order
 
-    from animatediff.storage import locate
     from jobs.cluster import init_ray
-    from pipelines.evaluate import run_evaluations
-    from trainer import checkpoint
-    from trainer.driver import run_directory
 
     cfg = load_config(args.config, args.overrides)
-    base, chain_module = trained_paths(cfg)
-    cfg = with_overrides(cfg, [f"model.base.pretrained={base}"])
+    cfg = with_overrides(cfg, [f"model.base.pretrained={trained_paths(cfg)[0]}"])
     reproduction = Path(args.work).resolve()
-    work = reproduction / "longer"
-    uris = {name: str(reproduction / "latents" / name) for name in ("clips", "heldout", "style")}
-    chain_stage = downstream_stages(cfg, uris)["motion"]
-    if "://" in chain_stage.train.storage_path:
-        raise SystemExit("train.storage_path: this experiment reads the chain's run locally")
-    chain_run = Path(run_directory(chain_stage))
-    found = checkpoint.latest(locate(chain_run))
-    if found is None:
-        raise SystemExit(f"no checkpoint of the chain's motion stage in {chain_run}")
-    chain_steps = found[1].position.step
-    if args.steps[0] <= chain_steps:
-        raise SystemExit(f"--steps: each must exceed the chain's {chain_steps} steps")
-
-    storage = work / "ray_results"
-    if not (storage / RUN_NAME).exists():
-        shutil.copytree(chain_run, storage / RUN_NAME)
     init_ray(cfg, hide_gpus=True, log_to_driver=False)
-    stage = with_overrides(
-        chain_stage,
-        [f"train.run_name={RUN_NAME}", f"train.storage_path={storage}", "train.register=false"],
-    )
-    modules = {chain_steps: str(chain_module)}
-    for steps in args.steps:
-        module = work / "models" / f"steps-{steps}"
-        if not module.exists():  # not trained by an earlier call
-            outcome = train(with_overrides(stage, [f"train.max_steps={steps}"]), work)
-            if outcome.step != steps:
-                raise SystemExit(
-                    f"--steps {steps}: the run in {storage / RUN_NAME} is at step {outcome.step}; "
-                    "delete that folder to start again from the chain's checkpoint"
-                )
-            shutil.copytree(outcome.motion_dir, module)
-        modules[steps] = str(module)
-
-    scoring_overrides = scoring(cfg, work, uris["heldout"], reproduction / "classifier")
-    scored = [*scoring_overrides, "evaluate.log_to=own_run"]
-    lora = personalized(str(reproduction / "models" / "digits-style-lora" / "lora.safetensors"))
-    runs = {f"b-{steps}": (module, scored) for steps, module in modules.items()}
-    runs |= {f"c-{steps}": (module, [*scored, *lora]) for steps, module in modules.items()}
-    stages = evaluation_stages(cfg, runs)
-    results = run_evaluations(list(stages.values()))
-
-    lines = [
-        f"(b) the base and (c) the personalized base, each with the motion module after more "
-        f"training ({chain_steps} steps: the chain's module); {len(results[0].videos)} videos each",
-        "",
-        "| condition | steps | " + " | ".join((*COLUMNS, *OWN_CANVAS_COLUMNS)) + " |",
-        "|---" + "|---:" * (len(COLUMNS) + len(OWN_CANVAS_COLUMNS) + 1) + "|",
-    ]
-    for (name, stage), result in zip(stages.items(), results, strict=True):
-        condition, steps = name.split("-")
-        folder = Path(stage.output_dir) / stage.evaluate.output_subdir
-        videos = [read_gif(folder / video["file"]) for video in result.videos]
-        directions = [video["expect"]["direction"] for video in result.videos]
-        cells = [result.metrics[column] for column in COLUMNS]
-        cells += own_canvas(videos, directions, cfg)
-        lines.append(f"| ({condition}) | {steps} | " + " | ".join(f"{c:.4g}" for c in cells) + " |")
-    picture = save_png(sheet(work, cfg, SHEET_ROWS, list(runs)), work / "longer_sheet.png")
-    lines += ["", f"Videos: {picture}"]
-    table = "\n".join(lines)
-    (work / "longer.md").write_text(table + "\n")
-    print(f"\n{table}\n\n-> {work / 'longer.md'}")
+    table = score(cfg, reproduction, train_on(cfg, reproduction, args.steps))
+    (reproduction / "longer" / "longer.md").write_text(table + "\n")
+    print(f"\n{table}\n\n-> {reproduction / 'longer' / 'longer.md'}")
 
 
 if __name__ == "__main__":
