@@ -39,7 +39,7 @@ from experiments.moving_digits.run import (
     clip_data,
     evaluate,
     preprocess,
-    prompts_file,
+    scoring,
     sheet,
     stage_config,
     train,
@@ -114,16 +114,10 @@ def finetune(args: argparse.Namespace) -> str:
         stage = stage_config(cfg, run, [*common, *extra])
         modules[condition] = str(train(stage, work).motion_dir)
         seconds[condition] = time.perf_counter() - start
-    scored = [
-        f"evaluate.prompts={prompts_file(cfg, work / 'prompts.jsonl')}",
-        f"evaluate.data_uri={held_uri}",
-        f"evaluate.features=classifier:{Path(args.work).resolve() / 'classifier'}",
-        f"evaluate.directions={len(rc.directions) if len(rc.directions) > 4 else 4}",
-        f"evaluate.min_speed={args.speed / 2}",
-        f"output_dir={work}",
-        "evaluate.log_to=own_run",
-        *clip_data(cfg),
-    ]
+    # Scored as the chain scores, at the new speed (half of it is the slowest that counts as moving).
+    at_speed = dataclasses.replace(cfg, reproduce=dataclasses.replace(rc, speed=args.speed))
+    classifier = Path(args.work).resolve() / "classifier"
+    scored = [*scoring(at_speed, work, held_uri, classifier), "evaluate.log_to=own_run"]
     folders = {condition: f"speed{args.speed}-{condition}" for condition in modules}
     scores = evaluate(cfg, {folders[c]: (module, scored) for c, module in modules.items()})
     metrics = {condition: scores[folder] for condition, folder in folders.items()}

@@ -99,9 +99,11 @@ def own_canvas(videos: list[np.ndarray], directions: list[str], cfg: Config) -> 
     ]
 
 
-def train_on(cfg: Config, reproduction: Path, steps: list[int]) -> dict[int, str]:
-    """The motion module's directory by training steps: the chain's own, then each of ``steps``
-    (trained on from the chain's last checkpoint, in a copy of its run under
+def train_on(
+    cfg: Config, reproduction: Path, chain_module: Path, steps: list[int]
+) -> dict[int, str]:
+    """The motion module's directory by training steps: the chain's own (``chain_module``), then
+    each of ``steps`` (trained on from the chain's last checkpoint, in a copy of its run under
     ``reproduction/longer``). ``cfg``: the preset on the trained base."""
     from animatediff.storage import locate
     from trainer import checkpoint
@@ -127,7 +129,7 @@ def train_on(cfg: Config, reproduction: Path, steps: list[int]) -> dict[int, str
         chain_stage,
         [f"train.run_name={RUN_NAME}", f"train.storage_path={storage}", "train.register=false"],
     )
-    modules = {chain_steps: str(trained_paths(cfg)[1])}
+    modules = {chain_steps: str(chain_module)}
     for total in steps:
         module = work / "models" / f"steps-{total}"
         if not module.exists():  # not trained by an earlier call
@@ -194,10 +196,11 @@ def main(argv: list[str] | None = None) -> None:
     from jobs.cluster import init_ray
 
     cfg = load_config(args.config, args.overrides)
-    cfg = with_overrides(cfg, [f"model.base.pretrained={trained_paths(cfg)[0]}"])
+    base, chain_module = trained_paths(cfg)
+    cfg = with_overrides(cfg, [f"model.base.pretrained={base}"])
     reproduction = Path(args.work).resolve()
     init_ray(cfg, hide_gpus=True, log_to_driver=False)
-    table = score(cfg, reproduction, train_on(cfg, reproduction, args.steps))
+    table = score(cfg, reproduction, train_on(cfg, reproduction, chain_module, args.steps))
     (reproduction / "longer" / "longer.md").write_text(table + "\n")
     print(f"\n{table}\n\n-> {reproduction / 'longer' / 'longer.md'}")
 
