@@ -491,6 +491,39 @@ def test_the_lora_scale_probe_scores_both_modules_at_each_scale_and_draws_its_sh
     assert Image.open(work / "lora_scale.png").height == 8 * (LABEL_HEIGHT + canvas + GAP) - GAP
 
 
+def test_the_style_probe_reads_the_personalized_conditions_and_the_rendered_stills(
+    toy_chain, capsys
+):
+    from experiments.moving_digits import probes
+
+    argv = ["style", "--config", str(PRESET_FILE), "--work", str(toy_chain / "reproduce")]
+    probes.main([*argv, *_toy_overrides(toy_chain)])
+    out = capsys.readouterr().out
+    assert "(stills) 4 rendered style stills: subject (" in out  # reproduce.style_stills=4
+    counts = re.findall(
+        r"^\((c0?)\) 4 videos: (\d) with a plain frame, (\d+) plain frames of (\d+)",
+        out,
+        flags=re.M,
+    )
+    assert [name for name, *_ in counts] == ["c", "c0"]
+    assert all(
+        int(videos) <= 4 and int(frames) <= int(total) for _, videos, frames, total in counts
+    )
+    assert re.search(r"^style of \(c\) vs \(c0\): [\d.]+% over all videos", out, flags=re.M)
+
+
+def test_plain_frames_are_those_whose_canvas_is_nearer_the_plain_style():
+    from experiments.moving_digits.probes import plain_frames
+
+    rc = load_config(PRESET_FILE).reproduce
+    video = np.zeros((4, 16, 16, 3), dtype=np.uint8)  # (frames, height, width, rgb)
+    video[:] = np.round(np.asarray(rc.style_background) * 255).astype(np.uint8)
+    video[2] = np.round(np.asarray(rc.background) * 255).astype(np.uint8)
+    video[:, 5:11, 5:11] = 255  # a subject away from the border does not count
+    video[3, :, :2] = 0  # nor does a border partly dark, while most of it is the style's canvas
+    assert plain_frames(video, rc).tolist() == [False, False, True, False]
+
+
 def test_without_blocks_turns_off_only_the_named_blocks_modules_in_a_copy():
     from animatediff.config import MotionModuleConfig
     from animatediff.motion_module import MotionModules

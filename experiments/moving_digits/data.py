@@ -166,6 +166,14 @@ def write_video(path: Path, frames: np.ndarray, fps: int = 8) -> Path:
     return path
 
 
+def read_video(path: Path) -> np.ndarray:
+    """``(frames, height, width, 3)`` uint8: the frames of an MP4 that ``write_video`` wrote."""
+    import av
+
+    with av.open(str(path)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
 def collection_table(directory: Path) -> Path:
     """The ``video,caption`` CSV of the collection that ``write_collection`` writes there."""
     return directory / "videos.csv"

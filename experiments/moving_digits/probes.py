@@ -6,6 +6,7 @@ base, motion module and digit classifier, found in its MLflow store and output f
     .venv/bin/python -m experiments.moving_digits.probes text_path    # what the base hears
     .venv/bin/python -m experiments.moving_digits.probes frames       # where digits are lost
     .venv/bin/python -m experiments.moving_digits.probes lora_scale   # the style LoRA's cost
+    .venv/bin/python -m experiments.moving_digits.probes style        # the style claim's videos
 
 ``long_video``: videos of 64 frames made with sliding windows, against the 8-frame training
 length. The same prompts and seeds at both lengths (``sample.context_frames`` and
@@ -45,6 +46,13 @@ and speed are also measured against each frame's own canvas colour, as the evalu
 ``<work>/lora_scale.png``. Each ``--off`` adds a row per scale: the trained module with its
 motion modules under the given blocks turned off (``without_blocks``), e.g. ``--off
 down_blocks.0,up_blocks.1`` for the latent's full-size level of the preset's two-level UNet.
+
+``style``: what the style claim compares, read back from the evaluation's GIFs of (c) and (c0).
+Per condition: the videos holding a frame on the plain style's canvas (``plain_frames``), the
+mean subject and canvas colours (the evaluation's ``colour_statistics``, one canvas colour per
+video, so a plain frame's canvas counts as subject) and their distance from the rendered style
+stills that the LoRA trained on; then the claim's distance of (c) from (c0), over all videos and
+over the videos without a plain frame. Needs no model.
 """
 
 from __future__ import annotations
@@ -58,7 +66,7 @@ from typing import Any
 
 import numpy as np
 
-from animatediff.config import Config, load_config
+from animatediff.config import Config, ReproduceConfig, load_config
 
 PRESET = Path(__file__).resolve().parents[2] / "configs" / "moving_digits.yaml"
 
@@ -346,6 +354,58 @@ def without_blocks(modules: Any, blocks: Sequence[str]) -> Any:
     return turned_off
 
 
+def plain_frames(video: np.ndarray, rc: ReproduceConfig) -> np.ndarray:
+    """``(frames,)`` bool: the frames of ``video`` ``(frames, height, width, 3)`` uint8 whose canvas
+    (the border's median) is nearer the plain style's canvas colour than the personal style's. On
+    the personalized base, frames that fell back to the style the motion module trained on."""
+    from animatediff.metrics import background_colour
+
+    canvases = np.stack([background_colour(frame[None]) for frame in video]) / 255.0  # (frames, 3)
+    to_plain = np.linalg.norm(canvases - np.asarray(rc.background), axis=1)
+    to_personal = np.linalg.norm(canvases - np.asarray(rc.style_background), axis=1)
+    return to_plain < to_personal
+
+
+def style(args: argparse.Namespace) -> None:
+    from animatediff.metrics import colour_statistics, relative_difference
+    from experiments.moving_digits import data, run
+
+    rc = load_config(args.config, args.overrides).reproduce
+    work = Path(args.work)
+    stills = np.concatenate(
+        [data.read_video(path) for path in sorted((work / "videos" / "style").glob("*.mp4"))]
+    )  # (stills, height, width, 3)
+    rendered = colour_statistics(stills).vector()
+    print(f"(stills) {len(stills)} rendered style stills: {colours(rendered)}")
+    vectors, plain = {}, {}  # per condition: (videos, 6) style vectors, (videos,) plain frames
+    for name in ("c", "c0"):
+        folder = work / "evaluate" / name
+        videos = [run.read_gif(folder / f"{i:05d}.gif") for i in range(len(run.read_prompts(work)))]
+        vectors[name] = np.stack([colour_statistics(video).vector() for video in videos])
+        plain[name] = np.array([plain_frames(video, rc).sum() for video in videos])
+        mean = np.nanmean(vectors[name], axis=0)
+        print(
+            f"({name}) {len(videos)} videos: {np.count_nonzero(plain[name])} with a plain frame, "
+            f"{plain[name].sum()} plain frames of {sum(map(len, videos))}; {colours(mean)}; "
+            f"{relative_difference(mean, rendered):.2%} from the rendered stills"
+        )
+    kept = {name: vectors[name][plain[name] == 0] for name in vectors}
+    everything, one_style = (
+        relative_difference(np.nanmean(v["c"], axis=0), np.nanmean(v["c0"], axis=0))
+        for v in (vectors, kept)
+    )
+    print(
+        f"style of (c) vs (c0): {everything:.2%} over all videos, {one_style:.2%} over the videos "
+        f"without a plain frame ({len(kept['c'])} and {len(kept['c0'])})"
+    )
+
+
+def colours(vector: np.ndarray) -> str:
+    """A ``ColourStatistics.vector()`` ``(6,)`` as ``subject (r, g, b) on (r, g, b)``."""
+    subject, canvas = (", ".join(f"{x:.3f}" for x in part) for part in (vector[:3], vector[3:]))
+    return f"subject ({subject}) on ({canvas})"
+
+
 def lora_scale(args: argparse.Namespace) -> None:
     from animatediff.config.model import LoraConfig
     from animatediff.evaluation import summarize
@@ -432,6 +492,7 @@ def main(argv: list[str] | None = None) -> None:
         "text_path": text_path,
         "frames": frames,
         "lora_scale": lora_scale,
+        "style": style,
     }
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("probe", choices=list(probes))
