@@ -314,10 +314,15 @@ colour cube (the plain and the personalized canvases lie 0.58 apart)."""
 def canvas_spread(video: np.ndarray) -> float:
     """The largest distance between two frames' canvas colours (each frame's border median), in
     [0, 1] units of the colour cube: near 0 when every frame has the same canvas."""
+    canvases = frame_canvases(video)
+    return float(np.linalg.norm(canvases[:, None] - canvases[None], axis=-1).max())
+
+
+def frame_canvases(video: np.ndarray) -> np.ndarray:
+    """``(frames, 3)`` float in [0, 1]: each frame's canvas colour (its border's median)."""
     from animatediff.metrics import background_colour
 
-    canvases = np.stack([background_colour(frame[None]) for frame in video]) / 255.0  # (frames, 3)
-    return float(np.linalg.norm(canvases[:, None] - canvases[None], axis=-1).max())
+    return np.stack([background_colour(frame[None]) for frame in video]) / 255.0
 
 
 def frame_canvas_trajectory(video: np.ndarray, cfg: Config) -> object:
@@ -358,9 +363,7 @@ def plain_frames(video: np.ndarray, rc: ReproduceConfig) -> np.ndarray:
     """``(frames,)`` bool: the frames of ``video`` ``(frames, height, width, 3)`` uint8 whose canvas
     (the border's median) is nearer the plain style's canvas colour than the personal style's. On
     the personalized base, frames that fell back to the style the motion module trained on."""
-    from animatediff.metrics import background_colour
-
-    canvases = np.stack([background_colour(frame[None]) for frame in video]) / 255.0  # (frames, 3)
+    canvases = frame_canvases(video)
     to_plain = np.linalg.norm(canvases - np.asarray(rc.background), axis=1)
     to_personal = np.linalg.norm(canvases - np.asarray(rc.style_background), axis=1)
     return to_plain < to_personal
@@ -372,6 +375,7 @@ def style(args: argparse.Namespace) -> None:
 
     rc = load_config(args.config, args.overrides).reproduce
     work = Path(args.work)
+    prompts = run.read_prompts(work)
     stills = np.concatenate(
         [data.read_video(path) for path in sorted((work / "videos" / "style").glob("*.mp4"))]
     )  # (stills, height, width, 3)
@@ -380,7 +384,7 @@ def style(args: argparse.Namespace) -> None:
     vectors, plain = {}, {}  # per condition: (videos, 6) style vectors, (videos,) plain frames
     for name in ("c", "c0"):
         folder = work / "evaluate" / name
-        videos = [run.read_gif(folder / f"{i:05d}.gif") for i in range(len(run.read_prompts(work)))]
+        videos = [run.read_gif(folder / f"{i:05d}.gif") for i in range(len(prompts))]
         vectors[name] = np.stack([colour_statistics(video).vector() for video in videos])
         plain[name] = np.array([plain_frames(video, rc).sum() for video in videos])
         mean = np.nanmean(vectors[name], axis=0)
