@@ -47,18 +47,20 @@ and speed are also measured against each frame's own canvas colour, as the evalu
 motion modules under the given blocks turned off (``without_blocks``), e.g. ``--off
 down_blocks.0,up_blocks.1`` for the latent's full-size level of the preset's two-level UNet.
 
-``style``: what the style claim compares, read back from the evaluation's GIFs of (c) and (c0).
-Per condition: the videos holding a frame on the plain style's canvas (``plain_frames``), the
-mean subject and canvas colours (the evaluation's ``colour_statistics``, one canvas colour per
-video, so a plain frame's canvas counts as subject) and their distance from the rendered style
-stills that the LoRA trained on; then the claim's distance of (c) from (c0), over all videos and
-over the videos without a plain frame. Needs no model.
+``style``: what the style claim compares, read back from the evaluation of (c) and (c0).
+Per condition: the videos holding a frame on the plain style's canvas (``plain_frames``, from the
+GIFs), the mean subject and canvas colours (the evaluation's per-video ``colour_statistics`` in
+``videos.jsonl``, one canvas colour per video, so a plain frame's canvas counts as subject) and
+their distance from the rendered style stills that the LoRA trained on; then the claim's distance
+of (c) from (c0), over all videos (the claim itself) and over the videos without a plain frame.
+Needs no model.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -375,7 +377,6 @@ def style(args: argparse.Namespace) -> None:
 
     rc = load_config(args.config, args.overrides).reproduce
     work = Path(args.work)
-    prompts = run.read_prompts(work)
     stills = np.concatenate(
         [data.read_video(path) for path in sorted((work / "videos" / "style").glob("*.mp4"))]
     )  # (stills, height, width, 3)
@@ -384,8 +385,10 @@ def style(args: argparse.Namespace) -> None:
     vectors, plain = {}, {}  # per condition: (videos, 6) style vectors, (videos,) plain frames
     for name in ("c", "c0"):
         folder = work / "evaluate" / name
-        videos = [run.read_gif(folder / f"{i:05d}.gif") for i in range(len(prompts))]
-        vectors[name] = np.stack([colour_statistics(video).vector() for video in videos])
+        # The colours the evaluation measured on the generated arrays (the GIFs are quantised).
+        rows = [json.loads(line) for line in (folder / "videos.jsonl").read_text().splitlines()]
+        vectors[name] = np.array([[row[n] for n in run.STYLE_COLUMNS] for row in rows], float)
+        videos = [run.read_gif(folder / f"{row['index']:05d}.gif") for row in rows]
         plain[name] = np.array([plain_frames(video, rc).sum() for video in videos])
         mean = np.nanmean(vectors[name], axis=0)
         print(
