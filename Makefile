@@ -47,7 +47,7 @@ $(CLIP_BPE): | install
 	$(PY) -m pip download -q --no-deps -d .cache/wheels open_clip_torch==3.3.0
 	$(PY) -c "import glob, zipfile; wheel = zipfile.ZipFile(glob.glob('.cache/wheels/open_clip_torch-3.3.0-*.whl')[0]); open('$(CLIP_BPE)', 'wb').write(wheel.read('open_clip/bpe_simple_vocab_16e6.txt.gz'))"
 
-# The Moving Digits miniature reproduction (36 minutes on 2 cores in its latest run): docs/reproduction.md.
+# The Moving Digits miniature reproduction (35 minutes on 2 cores in its latest run alone): docs/reproduction.md.
 reproduce: install $(CLIP_BPE)
 	$(PY) -m jobs.reproduce --config configs/moving_digits.yaml
 
