@@ -289,7 +289,11 @@ def test_batched_windows_give_what_one_call_per_window_gives(
         cfg = _config(tiny_base_dir, f"sample.context_batch_size={size}")
         pipe = TextToVideo(cfg, base=base, unet=t2v.unet, device="cpu")
         outputs[size] = pipe.predict_noise(latents, t, text, 7.5)
-    assert torch.equal(outputs[3], outputs[1]) and torch.equal(outputs[16], outputs[1])
+    # To float32 rounding, not bit for bit: CPU kernels may sum in another order for another batch
+    # size (equal on an AMD EPYC, up to 6e-6 apart on an Intel Xeon). A window paired with the
+    # wrong text or blended at the wrong frames would be off by orders of magnitude more.
+    for size in (3, 16):
+        torch.testing.assert_close(outputs[size], outputs[1], rtol=1e-5, atol=1e-5)
 
 
 def test_chunked_decode_equals_unchunked(base) -> None:
