@@ -29,6 +29,10 @@ from animatediff.metrics import (
 )
 from animatediff.training import Batch, TrainingModel
 
+STYLE_COLUMNS = tuple(f"{part}_{c}" for part in ("foreground", "background") for c in "rgb")
+"""``score_video``'s style columns, in ``ColourStatistics.vector`` order: mean subject, then canvas,
+colours."""
+
 
 def fixed_timesteps(count: int, num_train_timesteps: int) -> list[int]:
     """``count`` evenly spaced timesteps, the centres of equal bins of ``[0, T)``."""
@@ -124,9 +128,8 @@ def score_video(
             row["label_share"] = agreement.expected
     if hasattr(extractor, "text_similarity") and prompt:
         row["text_alignment"] = float(extractor.text_similarity(video, prompt).mean())
-    colours = colour_statistics(video)  # the style: mean subject and canvas colours
-    for name, values in (("foreground", colours.foreground), ("background", colours.background)):
-        row |= {f"{name}_{c}": float(v) for c, v in zip("rgb", values)}
+    colours = colour_statistics(video).vector()  # the style: mean subject and canvas colours
+    row |= {name: float(v) for name, v in zip(STYLE_COLUMNS, colours, strict=True)}
     return row
 
 

@@ -372,6 +372,7 @@ def plain_frames(video: np.ndarray, rc: ReproduceConfig) -> np.ndarray:
 
 
 def style(args: argparse.Namespace) -> None:
+    from animatediff.evaluation import STYLE_COLUMNS
     from animatediff.metrics import colour_statistics, relative_difference
     from experiments.moving_digits import data, run
 
@@ -387,8 +388,8 @@ def style(args: argparse.Namespace) -> None:
         folder = work / "evaluate" / name
         # The colours the evaluation measured on the generated arrays (the GIFs are quantised).
         rows = [json.loads(line) for line in (folder / "videos.jsonl").read_text().splitlines()]
-        vectors[name] = np.array([[row[n] for n in run.STYLE_COLUMNS] for row in rows], float)
-        videos = [run.read_gif(folder / f"{row['index']:05d}.gif") for row in rows]
+        vectors[name] = np.array([[row[n] for n in STYLE_COLUMNS] for row in rows], float)
+        videos = [run.read_gif(folder / row["file"]) for row in rows]
         plain[name] = np.array([plain_frames(video, rc).sum() for video in videos])
         mean = np.nanmean(vectors[name], axis=0)
         print(

@@ -415,12 +415,9 @@ def held_out_reference(cfg: Config, heldout_uri: str, extractor: Any) -> dict[st
     return score_clips(list(videos), captions, extractor, cfg.reproduce)
 
 
-STYLE_COLUMNS = [f"{part}_{c}" for part in ("foreground", "background") for c in "rgb"]
-"""The evaluation's style columns: mean subject, then canvas, colours (``ColourStatistics.vector``)."""
-
-
 def style_difference(metrics: dict[str, float], reference: dict[str, float]) -> float:
     """Relative difference of the mean colours (subject, canvas) to the reference's."""
+    from animatediff.evaluation import STYLE_COLUMNS
     from animatediff.metrics import relative_difference
 
     return relative_difference(
